@@ -1,0 +1,268 @@
+//! Proxy configuration: one serde struct, its documented defaults, and `validate`.
+//!
+//! Values come from three places, highest precedence first: command-line flags,
+//! `FENCEGATE_*` environment variables (both handled by clap in `main.rs`), and an optional
+//! TOML file named with `--config`. This module owns the file format and the checks; it does
+//! no I/O except reading the file it is asked to read.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address (the port PgBouncer users expect).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// Default upstream PostgreSQL address.
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
+/// Default cap on concurrently served client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Default largest protocol message accepted after authentication: PostgreSQL's own limit
+/// for a single message (1 GiB - 1), so nothing the server accepts is refused by the proxy.
+/// Memory is reserved as bytes arrive, never from the length header.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = (1 << 30) - 1;
+/// Default time allowed to establish the upstream TCP (and TLS) connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time open sessions get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Largest startup-phase packet (StartupMessage, SSLRequest, CancelRequest), as in PostgreSQL.
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// Largest message a client may send before authentication completes (PasswordMessage,
+/// SASL and GSS responses); PostgreSQL caps auth tokens at 65535 bytes.
+pub const MAX_AUTH_MESSAGE: usize = 65_540;
+
+/// How the proxy talks TLS to the upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Plain TCP (the default; the usual setup for a proxy beside its database).
+    #[default]
+    Disable,
+    /// Use TLS when the server offers it, plain TCP otherwise; no certificate check.
+    Prefer,
+    /// Require TLS; do not check the certificate (libpq's `sslmode=require`).
+    Require,
+    /// Require TLS and check the certificate chain against `upstream_ca` and the host name.
+    VerifyFull,
+}
+
+/// The proxy's settings. Every field has a documented default; unknown keys are an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address clients connect to. Default `127.0.0.1:6432`.
+    pub listen: SocketAddr,
+    /// Upstream PostgreSQL `host:port`. Default `127.0.0.1:5432`.
+    pub upstream: String,
+    /// Maximum concurrent client connections; further ones wait in the accept queue.
+    /// Default 1000.
+    pub max_connections: usize,
+    /// Largest message accepted after authentication, in bytes. Default 1 GiB - 1.
+    pub max_message_size: usize,
+    /// PEM certificate chain for TLS towards clients. TLS is offered only when both
+    /// `tls_cert` and `tls_key` are set; otherwise SSLRequest is answered `N`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// TLS towards the upstream server. Default `disable`.
+    pub upstream_tls: UpstreamTls,
+    /// PEM CA bundle used by `upstream_tls = "verify-full"`.
+    pub upstream_ca: Option<PathBuf>,
+    /// Upstream connect timeout. Default 10 s. In TOML: `connect_timeout = "10s"`.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// How long open sessions may run after a shutdown signal before they are closed.
+    /// Default 30 s.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
+            upstream: DEFAULT_UPSTREAM.to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            tls_cert: None,
+            tls_key: None,
+            upstream_tls: UpstreamTls::Disable,
+            upstream_ca: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named config file could not be read (a named file that is missing is an error).
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range or settings contradict each other.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses TOML text into a configuration (defaults for absent keys).
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reads and parses a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks ranges and combinations. Call after all sources are merged.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
+        }
+        if self.max_message_size < MAX_STARTUP_PACKET {
+            return invalid("max_message_size must be at least 10000 bytes");
+        }
+        if self.max_message_size > i32::MAX as usize {
+            return invalid(
+                "max_message_size cannot exceed 2147483647 (the protocol's length field)",
+            );
+        }
+        if self.upstream.rsplit_once(':').is_none() {
+            return invalid("upstream must be host:port");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key must be set together");
+        }
+        if self.upstream_tls == UpstreamTls::VerifyFull && self.upstream_ca.is_none() {
+            return invalid("upstream_tls = verify-full needs upstream_ca");
+        }
+        if self.connect_timeout.is_zero() {
+            return invalid("connect_timeout must be positive");
+        }
+        Ok(())
+    }
+
+    /// The upstream host name (for TLS server-name checks and error messages).
+    pub fn upstream_host(&self) -> &str {
+        let host = self
+            .upstream
+            .rsplit_once(':')
+            .map_or(self.upstream.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Parses durations written as `250ms`, `10s`, `5m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 10s, 5m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" | "min" => Ok(Duration::from_secs(n * 60)),
+        other => Err(format!("invalid duration unit {other:?} in {text:?}")),
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let c =
+            Config::from_toml("listen = '127.0.0.1:7000'\nconnect_timeout = '250ms'\n").unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.upstream, DEFAULT_UPSTREAM);
+        assert!(Config::from_toml("lisen = '127.0.0.1:7000'").is_err());
+    }
+
+    #[test]
+    fn validate_catches_contradictions() {
+        let c = Config {
+            tls_cert: Some("a.pem".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            upstream_tls: UpstreamTls::VerifyFull,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        assert!(Config::from_file(Path::new("/nonexistent/fencegate.toml")).is_err());
+    }
+
+    #[test]
+    fn upstream_host_strips_port_and_brackets() {
+        let c = Config {
+            upstream: "[::1]:5432".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.upstream_host(), "::1");
+    }
+}

@@ -1,0 +1,25 @@
+//! fencegate: a PostgreSQL wire-protocol proxy that enforces fencing tokens.
+//!
+//! # Layout
+//! - [`config`]: the settings struct, its defaults and validation.
+//! - [`error`]: error types; each says which side (client, upstream, internal) failed.
+//! - [`server`]: the accept loop, the connection limit and the shutdown drain.
+//! - [`protocol`]: sans-IO message handling: frame splitting with length checks, typed views
+//!   of the few messages the proxy must look inside, and builders for what it sends itself.
+//! - [`session`]: one client connection: negotiation and authentication relay, the steady
+//!   state relay loop, and the queue of expected server replies that lets the proxy inject
+//!   its own messages and hide their results.
+//! - [`upstream`]: connecting to PostgreSQL (TCP, optional TLS) and forwarding cancels.
+//! - [`tls`]: loading certificates and building rustls configurations.
+//!
+//! Dependencies point one way: `server` → `session` → (`protocol`, `upstream`, `tls`).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod upstream;

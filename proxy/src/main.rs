@@ -1,0 +1,151 @@
+//! The `fencegate` command line: parse flags, set up logging, call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use fencegate::config::{parse_duration, Config, UpstreamTls};
+use fencegate::session::hook::NoHooks;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "fencegate",
+    version,
+    about = "PostgreSQL proxy that enforces fencing tokens"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in front of a PostgreSQL server.
+    Serve(ServeArgs),
+}
+
+/// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
+/// named by `--config` (key = flag name with `_`); flags win over the environment, which
+/// wins over the file.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; a named file that is missing is an error.
+    #[arg(long, env = "FENCEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to accept clients on [default: 127.0.0.1:6432].
+    #[arg(long, env = "FENCEGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Upstream PostgreSQL host:port [default: 127.0.0.1:5432].
+    #[arg(long, env = "FENCEGATE_UPSTREAM")]
+    upstream: Option<String>,
+    /// Maximum concurrent client connections [default: 1000].
+    #[arg(long, env = "FENCEGATE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest message accepted after authentication, in bytes [default: 1073741823].
+    #[arg(long, env = "FENCEGATE_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// PEM certificate chain for TLS towards clients (with --tls-key).
+    #[arg(long, env = "FENCEGATE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FENCEGATE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// TLS towards the upstream [default: disable].
+    #[arg(long, env = "FENCEGATE_UPSTREAM_TLS", value_enum)]
+    upstream_tls: Option<UpstreamTls>,
+    /// CA bundle (PEM) for --upstream-tls verify-full.
+    #[arg(long, env = "FENCEGATE_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// Upstream connect timeout, e.g. 10s, 500ms [default: 10s].
+    #[arg(long, env = "FENCEGATE_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// Time open sessions get to finish after SIGINT/SIGTERM [default: 30s].
+    #[arg(long, env = "FENCEGATE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    shutdown_grace: Option<Duration>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        set!(
+            listen,
+            upstream,
+            max_connections,
+            max_message_size,
+            upstream_tls,
+            connect_timeout,
+            shutdown_grace
+        );
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls_key = self.tls_key;
+        }
+        if self.upstream_ca.is_some() {
+            c.upstream_ca = self.upstream_ca;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FENCEGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(args.into_config()?),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
+        fencegate::server::run(listener, Arc::new(config), Arc::new(NoHooks), shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

@@ -1,0 +1,177 @@
+//! Encoders for the messages the proxy sends on its own: injected frontend messages and
+//! synthesized backend replies. Built with `pgwire`'s message types, so the wire format
+//! lives in one well-tested place; only the proxy's own ASCII SQL goes through them.
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::extendedquery::{
+    Bind, Close, Describe, Execute, Parse, Sync, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::Message;
+
+fn encode<M: Message>(message: M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.message_length() + 1);
+    // Encoding into a BytesMut cannot fail for these fixed-layout messages; an error here
+    // would mean a bug in the builder, not bad peer input.
+    message
+        .encode(&mut buf)
+        .expect("encoding a proxy-built message");
+    buf.freeze()
+}
+
+fn name(n: &str) -> Option<String> {
+    (!n.is_empty()).then(|| n.to_string())
+}
+
+/// Simple Query.
+pub fn query(sql: &str) -> Bytes {
+    encode(Query::new(sql.to_string()))
+}
+
+/// Parse of `sql` into statement `statement` ("" = unnamed), parameter types inferred.
+pub fn parse(statement: &str, sql: &str) -> Bytes {
+    encode(Parse::new(name(statement), sql.to_string(), Vec::new()))
+}
+
+/// Bind of `statement` into `portal` with text parameters and text results.
+pub fn bind(portal: &str, statement: &str, params: &[Option<&str>]) -> Bytes {
+    let params = params
+        .iter()
+        .map(|p| p.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+        .collect();
+    encode(Bind::new(
+        name(portal),
+        name(statement),
+        Vec::new(),
+        params,
+        Vec::new(),
+    ))
+}
+
+/// Describe of a portal.
+pub fn describe_portal(portal: &str) -> Bytes {
+    encode(Describe::new(TARGET_TYPE_BYTE_PORTAL, name(portal)))
+}
+
+/// Execute of `portal`, all rows.
+pub fn execute(portal: &str) -> Bytes {
+    encode(Execute::new(name(portal), 0))
+}
+
+/// Close of a prepared statement.
+pub fn close_statement(statement: &str) -> Bytes {
+    encode(Close::new(TARGET_TYPE_BYTE_STATEMENT, name(statement)))
+}
+
+/// Close of a portal.
+pub fn close_portal(portal: &str) -> Bytes {
+    encode(Close::new(TARGET_TYPE_BYTE_PORTAL, name(portal)))
+}
+
+/// Sync.
+pub fn sync() -> Bytes {
+    encode(Sync::new())
+}
+
+/// Severity of a synthesized error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The connection ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// ErrorResponse with severity, SQLSTATE and message (and optional detail / hint).
+pub fn error_response(
+    severity: Severity,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> Bytes {
+    let mut fields = vec![
+        (b'S', severity.as_str().to_string()),
+        (b'V', severity.as_str().to_string()),
+        (b'C', sqlstate.to_string()),
+        (b'M', message.to_string()),
+    ];
+    if let Some(d) = detail {
+        fields.push((b'D', d.to_string()));
+    }
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_string()));
+    }
+    encode(ErrorResponse::new(fields))
+}
+
+/// NoticeResponse at WARNING level.
+pub fn warning(sqlstate: &str, message: &str) -> Bytes {
+    encode(NoticeResponse::new(vec![
+        (b'S', "WARNING".into()),
+        (b'V', "WARNING".into()),
+        (b'C', sqlstate.into()),
+        (b'M', message.into()),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::backend::{error_field, is_fatal};
+    use crate::protocol::framing::peek_tagged;
+    use crate::protocol::frontend::{FrontendMessage, Target};
+
+    fn view(bytes: &Bytes) -> FrontendMessage<'_> {
+        let info = peek_tagged(bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(info.total_len, bytes.len());
+        FrontendMessage {
+            tag: info.tag,
+            body: info.body(bytes),
+        }
+    }
+
+    #[test]
+    fn built_messages_read_back() {
+        assert_eq!(
+            view(&query("SELECT 1")).query_text(),
+            Some(&b"SELECT 1"[..])
+        );
+        assert_eq!(
+            view(&parse("s", "SELECT $1")).parse(),
+            Some((&b"s"[..], &b"SELECT $1"[..]))
+        );
+        assert_eq!(
+            view(&bind("p", "s", &[Some("1")])).bind_names(),
+            Some((&b"p"[..], &b"s"[..]))
+        );
+        assert_eq!(
+            view(&close_portal("p")).target(),
+            Some(Target::Portal(b"p"))
+        );
+        assert_eq!(view(&execute("")).execute_portal(), Some(&b""[..]));
+        assert_eq!(&sync()[..], &[b'S', 0, 0, 0, 4]);
+    }
+
+    #[test]
+    fn error_response_fields() {
+        let e = error_response(Severity::Fatal, "08006", "upstream gone", Some("d"), None);
+        let info = peek_tagged(&e, 1 << 20).unwrap().unwrap();
+        assert_eq!(info.tag, b'E');
+        let body = info.body(&e);
+        assert!(is_fatal(body));
+        assert_eq!(error_field(body, b'C'), Some(&b"08006"[..]));
+        assert_eq!(error_field(body, b'D'), Some(&b"d"[..]));
+    }
+}

@@ -1,0 +1,74 @@
+//! The accept loop: one task per client connection, a semaphore bounding how many are
+//! served at once, and a shutdown that stops accepting, lets open sessions finish within
+//! the configured grace, then closes the rest.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::session::hook::HookFactory;
+use crate::session::{self, Shared};
+use crate::upstream::Upstream;
+
+/// Serves clients from `listener` until `shutdown` is cancelled, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    hooks: Arc<dyn HookFactory>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let shared = Arc::new(Shared {
+        upstream: Upstream::new(&config)?,
+        tls: crate::tls::acceptor(&config)?,
+        hooks,
+        config: config.clone(),
+    });
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let sessions = TaskTracker::new();
+    let stop_sessions = CancellationToken::new();
+    tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
+        upstream = %config.upstream, "fencegate serving");
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: log and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let shared = shared.clone();
+        let stop = stop_sessions.child_token();
+        sessions.spawn(async move {
+            session::serve(tcp, peer, shared, stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    sessions.close();
+    tracing::info!(open = sessions.len(), grace = ?config.shutdown_grace, "shutting down");
+    if tokio::time::timeout(config.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
+        stop_sessions.cancel();
+        sessions.wait().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The startup phase, as straight-line async code: SSL/GSS negotiation with the client, then
+//! (after the session connects upstream) relaying authentication until the server's first
+//! ReadyForQuery. Passwords and SASL exchanges are forwarded as opaque bytes: the proxy never
+//! learns a secret, so every method the server offers works (trust, password, md5,
+//! SCRAM-SHA-256; GSS/SSPI bytes pass the same way).
+
+use bytes::BytesMut;
+use tokio_rustls::TlsAcceptor;
+
+use super::conn::{Conn, Read, ReadError};
+use crate::config::{MAX_AUTH_MESSAGE, MAX_STARTUP_PACKET};
+use crate::error::SessionError;
+use crate::protocol::backend::{self as be, TxStatus};
+use crate::protocol::build::{error_response, Severity};
+use crate::protocol::frontend as fe;
+use crate::protocol::startup::{self, StartupError, StartupMessage, StartupPacket};
+use crate::stream::Stream;
+
+/// How a client opened its connection.
+#[derive(Debug)]
+pub enum Opening {
+    /// A session: the raw packet (forwarded upstream byte for byte) and its parsed view.
+    Startup {
+        /// The StartupMessage exactly as the client sent it.
+        packet: BytesMut,
+        /// Parsed parameters.
+        message: StartupMessage,
+    },
+    /// A CancelRequest, raw, to forward upstream.
+    Cancel(BytesMut),
+    /// The client left before sending a startup packet.
+    Gone,
+}
+
+/// Sends a FATAL ErrorResponse (best effort: the client may be gone) and returns the error.
+pub async fn fatal(client: &mut Conn, sqlstate: &str, err: SessionError) -> SessionError {
+    let msg = error_response(Severity::Fatal, sqlstate, &err.to_string(), None, None);
+    let _ = client.write_flush(&msg).await;
+    err
+}
+
+/// Negotiates encryption and reads the StartupMessage or CancelRequest.
+pub async fn negotiate(
+    tcp: tokio::net::TcpStream,
+    tls: Option<&TlsAcceptor>,
+) -> Result<(Conn, Opening), SessionError> {
+    let mut client = Conn::new(Stream::Plain(tcp));
+    let (mut ssl_answered, mut gss_answered) = (false, false);
+    loop {
+        let packet = match client.read_untagged(MAX_STARTUP_PACKET).await {
+            Ok(Read::Frame(p)) => p,
+            Ok(Read::Closed | Read::Truncated) => return Ok((client, Opening::Gone)),
+            Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),
+            Err(ReadError::Frame(e)) => {
+                let err = SessionError::ClientProtocol(format!("invalid startup packet: {e}"));
+                return Err(fatal(&mut client, "08P01", err).await);
+            }
+        };
+        let parsed = match startup::parse(&packet) {
+            Ok(p) => p,
+            Err(e @ StartupError::UnsupportedVersion { .. }) => {
+                return Err(fatal(&mut client, "0A000", e.into()).await)
+            }
+            Err(e) => return Err(fatal(&mut client, "08P01", e.into()).await),
+        };
+        match parsed {
+            StartupPacket::SslRequest if !ssl_answered && !client.stream.is_tls() => {
+                ssl_answered = true;
+                client = answer_ssl(client, tls).await?;
+            }
+            StartupPacket::GssEncRequest if !gss_answered && !client.stream.is_tls() => {
+                gss_answered = true;
+                client
+                    .write_flush(b"N")
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let err = SessionError::ClientProtocol("repeated encryption negotiation".into());
+                return Err(fatal(&mut client, "08P01", err).await);
+            }
+            StartupPacket::Cancel { .. } => return Ok((client, Opening::Cancel(packet))),
+            StartupPacket::Startup(message) => {
+                return Ok((client, Opening::Startup { packet, message }))
+            }
+        }
+    }
+}
+
+async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn, SessionError> {
+    let Some(acceptor) = tls else {
+        client
+            .write_flush(b"N")
+            .await
+            .map_err(SessionError::ClientIo)?;
+        return Ok(client);
+    };
+    if !client.rbuf.is_empty() {
+        // Bytes sent before the handshake could be injected by a man in the middle
+        // (CVE-2021-23214): refuse them rather than treat them as encrypted traffic.
+        let err =
+            SessionError::ClientProtocol("received unencrypted data after SSL request".into());
+        return Err(fatal(&mut client, "08P01", err).await);
+    }
+    client
+        .write_flush(b"S")
+        .await
+        .map_err(SessionError::ClientIo)?;
+    let Stream::Plain(tcp) = client.stream else {
+        return Err(SessionError::ClientProtocol("TLS requested twice".into()));
+    };
+    let tls = acceptor
+        .accept(tcp)
+        .await
+        .map_err(SessionError::ClientTls)?;
+    Ok(Conn::new(Stream::ServerTls(Box::new(tls))))
+}
+
+/// Relays authentication between client and server until the server's first
+/// ReadyForQuery. `Ok(None)` when the exchange ended without a session (authentication
+/// failed with a FATAL the client has already received, or the client left).
+pub async fn authenticate(
+    client: &mut Conn,
+    server: &mut Conn,
+    max_message: usize,
+) -> Result<Option<TxStatus>, SessionError> {
+    loop {
+        tokio::select! {
+            read = server.read_tagged(max_message) => {
+                let frame = match read {
+                    Ok(Read::Frame(f)) => f,
+                    Ok(Read::Closed | Read::Truncated) => {
+                        let err = SessionError::UpstreamProtocol(
+                            "server closed the connection during authentication".into());
+                        return Err(fatal(client, "08006", err).await);
+                    }
+                    Err(ReadError::Io(e)) => {
+                        return Err(fatal(client, "08006", SessionError::UpstreamIo(e)).await)
+                    }
+                    Err(ReadError::Frame(e)) => {
+                        return Err(fatal(client, "08P01", SessionError::upstream_frame(e)).await)
+                    }
+                };
+                client.write_flush(&frame).await.map_err(SessionError::ClientIo)?;
+                let body = &frame[5..];
+                match frame[0] {
+                    be::READY_FOR_QUERY => return Ok(Some(
+                        TxStatus::from_ready_body(body).unwrap_or_default())),
+                    be::ERROR_RESPONSE if be::is_fatal(body) => return Ok(None),
+                    _ => {}
+                }
+            }
+            read = client.read_tagged(MAX_AUTH_MESSAGE) => {
+                let frame = match read {
+                    Ok(Read::Frame(f)) => f,
+                    Ok(Read::Closed | Read::Truncated) => return Ok(None),
+                    Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),
+                    Err(ReadError::Frame(e)) => {
+                        return Err(fatal(client, "08P01", SessionError::client_frame(e)).await)
+                    }
+                };
+                server.write_flush(&frame).await.map_err(SessionError::UpstreamIo)?;
+                if frame[0] == fe::TERMINATE {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The narrow interface through which a policy (the fence, or a test) adds its own messages
+//! to a client's traffic, without knowing about sockets.
+//!
+//! For every complete client message in the steady state the session calls
+//! [`SessionHook::before_client_message`]. The hook may queue messages to be sent to the
+//! server *before* that client message, each with an [`Action`] saying what happens to the
+//! replies. The relay forwards the client message itself unchanged afterwards.
+
+use bytes::Bytes;
+
+use crate::protocol::backend::TxStatus;
+use crate::protocol::framing::peek_tagged;
+use crate::protocol::frontend::FrontendMessage;
+use crate::protocol::startup::StartupMessage;
+
+pub use super::replies::Action;
+
+/// Makes one hook per client session.
+pub trait HookFactory: Send + Sync + 'static {
+    /// Called once the client's StartupMessage is known, before authentication.
+    /// `None` means the session needs no hook (the relay then skips the call entirely).
+    fn session_hook(&self, startup: &StartupMessage) -> Option<Box<dyn SessionHook>>;
+}
+
+/// Per-session policy called for each client message.
+pub trait SessionHook: Send + 'static {
+    /// Sees a complete client message before it is forwarded; may inject messages ahead of it.
+    fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>);
+}
+
+/// The default: plain relaying, no hook.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl HookFactory for NoHooks {
+    fn session_hook(&self, _startup: &StartupMessage) -> Option<Box<dyn SessionHook>> {
+        None
+    }
+}
+
+/// Why an injection was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The bytes are not exactly one complete frontend message.
+    #[error("injected bytes are not exactly one complete message")]
+    NotOneMessage,
+    /// Reply tracking was lost (see `ReplyTracker::desync`); nothing can be hidden safely.
+    #[error("reply tracking is lost on this connection")]
+    Desynchronized,
+}
+
+/// Collects messages a hook injects ahead of the current client message.
+pub struct Injector<'a> {
+    pub(super) queued: &'a mut Vec<(Bytes, Action)>,
+    pub(super) status: TxStatus,
+    pub(super) desynchronized: bool,
+}
+
+impl Injector<'_> {
+    /// Transaction status as of the last ReadyForQuery the server sent (replies to
+    /// messages already forwarded may still be in flight).
+    pub fn status(&self) -> TxStatus {
+        self.status
+    }
+
+    /// Queues one complete frontend message (see `protocol::build`) to go to the server
+    /// before the client's message.
+    pub fn send(&mut self, message: Bytes, action: Action) -> Result<(), InjectError> {
+        if self.desynchronized {
+            return Err(InjectError::Desynchronized);
+        }
+        match peek_tagged(&message, usize::MAX >> 1) {
+            Ok(Some(info)) if info.total_len == message.len() => {
+                self.queued.push((message, action));
+                Ok(())
+            }
+            _ => Err(InjectError::NotOneMessage),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! One client session, from the first byte to the close.
+//!
+//! - [`handshake`]: encryption negotiation, the startup packet, authentication relay.
+//! - [`relay`]: the steady state, both directions in one task.
+//! - [`replies`]: the queue of expected server replies (Forward / Ignore / Check /
+//!   Synthesize) and the transaction status.
+//! - [`hook`]: the interface a policy uses to inject messages and hide their replies.
+//! - [`conn`] and [`outbox`]: read buffers and write queues.
+//!
+//! One server connection per client connection (session mode). The client's StartupMessage
+//! and every later message go upstream as the client sent them; BackendKeyData reaches the
+//! client unchanged, so cancel requests (forwarded as-is) reach the right backend.
+
+pub mod conn;
+pub mod handshake;
+pub mod hook;
+pub mod outbox;
+pub mod relay;
+pub mod replies;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use self::conn::Conn;
+use self::handshake::{fatal, Opening};
+use self::hook::HookFactory;
+use self::relay::{End, Relay};
+use crate::config::Config;
+use crate::error::SessionError;
+use crate::protocol::build::{error_response, Severity};
+use crate::upstream::Upstream;
+
+/// What every session shares.
+pub struct Shared {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// How to reach the server.
+    pub upstream: Upstream,
+    /// Client TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Makes the per-session hook.
+    pub hooks: Arc<dyn HookFactory>,
+}
+
+/// Serves one client connection to the end. Errors are logged here, not returned: a broken
+/// client ends only its own session.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+    let _ = tcp.set_nodelay(true);
+    match run(tcp, &shared, &stop).await {
+        Ok(()) => tracing::debug!(%peer, "session closed"),
+        Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {
+            tracing::debug!(%peer, error = %e, "client connection ended")
+        }
+        Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
+    }
+}
+
+async fn run(
+    tcp: TcpStream,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let (mut client, opening) = handshake::negotiate(tcp, shared.tls.as_ref()).await?;
+    let (packet, startup) = match opening {
+        Opening::Gone => return Ok(()),
+        Opening::Cancel(packet) => return shared.upstream.forward_cancel(&packet).await,
+        Opening::Startup { packet, message } => (packet, message),
+    };
+    tracing::debug!(
+        user = startup.param("user"),
+        database = startup.param("database"),
+        "startup"
+    );
+    let mut server = match shared.upstream.connect().await {
+        Ok(stream) => Conn::new(stream),
+        Err(e) => return Err(fatal(&mut client, "08006", e).await),
+    };
+    if let Err(e) = server.write_flush(&packet).await {
+        return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
+    }
+    let max = shared.config.max_message_size;
+    let Some(status) = handshake::authenticate(&mut client, &mut server, max).await? else {
+        return Ok(());
+    };
+    let hook = shared.hooks.session_hook(&startup);
+    let mut relay = Relay::new(client, server, status, hook, max);
+    let ended = tokio::select! {
+        ended = relay.run() => ended,
+        () = stop.cancelled() => {
+            let msg = "terminating connection because the proxy is shutting down";
+            relay.send_to_client_and_flush(error_response(Severity::Fatal, "57P01", msg, None, None)).await;
+            return Ok(());
+        }
+    };
+    let (sqlstate, err) = match ended {
+        Ok(End::ClientClosed)
+        | Ok(End::ServerClosed {
+            fatal_forwarded: true,
+        }) => return Ok(()),
+        Ok(End::ServerClosed {
+            fatal_forwarded: false,
+        }) => (
+            "08006",
+            SessionError::UpstreamProtocol("server closed the connection unexpectedly".into()),
+        ),
+        Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => return Err(e),
+        Err(e @ SessionError::ClientProtocol(_)) => ("08P01", e),
+        Err(e) => ("08006", e),
+    };
+    let message = format!("fencegate: {err}");
+    relay
+        .send_to_client_and_flush(error_response(
+            Severity::Fatal,
+            sqlstate,
+            &message,
+            None,
+            None,
+        ))
+        .await;
+    Err(err)
+}

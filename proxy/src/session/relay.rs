@@ -1,0 +1,240 @@
+//! The steady state of a session: bytes flow both ways at once, one task, no locks.
+//!
+//! One `poll` drives four operations: write queued bytes to the server, write queued bytes
+//! to the client, read from the client, read from the server. Reads stop while the opposite
+//! write queue is above a high-water mark (backpressure), so neither side can make the proxy
+//! buffer without bound, and a peer that is slow to read never blocks the other direction.
+//! Complete messages are split off the read buffers and forwarded as shared slices; each one
+//! passes the [`ReplyTracker`] (and the session hook, if any) on its way.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio_util::io::poll_read_buf;
+
+use super::conn::Conn;
+use super::hook::{Injector, SessionHook};
+use super::outbox::Outbox;
+use super::replies::{Action, ReplyTracker, Route};
+use crate::error::SessionError;
+use crate::protocol::backend::{self as be, TxStatus};
+use crate::protocol::framing::{peek_tagged, HEADER_LEN};
+use crate::protocol::frontend::FrontendMessage;
+
+/// Stop reading from one side while this many bytes wait to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// How the relay ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed its connection (after Terminate, or abruptly).
+    ClientClosed,
+    /// The server closed its connection; `fatal_forwarded` when the client already got the
+    /// server's FATAL ErrorResponse explaining why.
+    ServerClosed {
+        /// The client has already seen a FATAL error from the server.
+        fatal_forwarded: bool,
+    },
+}
+
+/// A client and its server connection in the steady state.
+pub struct Relay {
+    client: Conn,
+    server: Conn,
+    to_client: Outbox,
+    to_server: Outbox,
+    tracker: ReplyTracker,
+    hook: Option<Box<dyn SessionHook>>,
+    injected: Vec<(Bytes, Action)>,
+    max_message: usize,
+    client_eof: bool,
+    server_eof: bool,
+    fatal_forwarded: bool,
+}
+
+impl Relay {
+    /// Starts relaying after authentication; `status` is from the first ReadyForQuery.
+    pub fn new(
+        client: Conn,
+        server: Conn,
+        status: TxStatus,
+        hook: Option<Box<dyn SessionHook>>,
+        max_message: usize,
+    ) -> Self {
+        Relay {
+            client,
+            server,
+            to_client: Outbox::default(),
+            to_server: Outbox::default(),
+            tracker: ReplyTracker::new(status),
+            hook,
+            injected: Vec::new(),
+            max_message,
+            client_eof: false,
+            server_eof: false,
+            fatal_forwarded: false,
+        }
+    }
+
+    /// Relays until one side closes or fails. Cancel-safe: all state lives in `self`.
+    pub async fn run(&mut self) -> Result<End, SessionError> {
+        poll_fn(|cx| self.poll_run(cx)).await
+    }
+
+    /// Queues a message for the client and writes everything queued, for last words
+    /// (a FATAL error) before the session closes. Gives up when the client stops reading.
+    pub async fn send_to_client_and_flush(&mut self, message: Bytes) {
+        self.to_client.push(message);
+        let flush = poll_fn(|cx| loop {
+            match self.to_client.poll_write(&mut self.client.stream, cx) {
+                Poll::Ready(Ok(true)) => continue,
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flush).await;
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, SessionError>> {
+        loop {
+            let mut progress = false;
+            match self.to_server.poll_write(&mut self.server.stream, cx) {
+                Poll::Ready(Ok(p)) => progress |= p,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                Poll::Pending => {}
+            }
+            match self.to_client.poll_write(&mut self.client.stream, cx) {
+                Poll::Ready(Ok(p)) => progress |= p,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                Poll::Pending => {}
+            }
+            if self.client_eof && self.to_server.is_empty() {
+                return Poll::Ready(Ok(End::ClientClosed));
+            }
+            if self.server_eof && self.to_client.is_empty() {
+                return Poll::Ready(Ok(End::ServerClosed {
+                    fatal_forwarded: self.fatal_forwarded,
+                }));
+            }
+            if !self.client_eof && self.to_server.len() < HIGH_WATER {
+                self.client.reserve_for_read();
+                match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.client_eof = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.on_client_bytes()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !self.server_eof && self.to_client.len() < HIGH_WATER {
+                self.server.reserve_for_read();
+                match poll_read_buf(Pin::new(&mut self.server.stream), cx, &mut self.server.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.server_eof = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.on_server_bytes()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Moves every complete client message to the server queue, through the hook and the
+    /// tracker. Unchanged messages leave as one slice of the read buffer.
+    fn on_client_bytes(&mut self) -> Result<(), SessionError> {
+        let mut run = 0;
+        loop {
+            let Some(info) = peek_tagged(&self.client.rbuf[run..], self.max_message)
+                .map_err(SessionError::client_frame)?
+            else {
+                break;
+            };
+            let frame = &self.client.rbuf[run..run + info.total_len];
+            let msg = FrontendMessage {
+                tag: info.tag,
+                body: &frame[HEADER_LEN..],
+            };
+            if let Some(hook) = self.hook.as_mut() {
+                let mut injector = Injector {
+                    queued: &mut self.injected,
+                    status: self.tracker.status(),
+                    desynchronized: self.tracker.desync().is_some(),
+                };
+                hook.before_client_message(&msg, &mut injector);
+                for (bytes, action) in &self.injected {
+                    let injected = FrontendMessage {
+                        tag: bytes[0],
+                        body: &bytes[HEADER_LEN..],
+                    };
+                    self.tracker.client_message(&injected, action.clone());
+                }
+            }
+            self.tracker.client_message(&msg, Action::Forward);
+            if !self.injected.is_empty() {
+                self.to_server.push(self.client.rbuf.split_to(run).freeze());
+                for (bytes, _) in self.injected.drain(..) {
+                    self.to_server.push(bytes);
+                }
+                run = 0;
+            }
+            run += info.total_len;
+        }
+        self.to_server.push(self.client.rbuf.split_to(run).freeze());
+        while let Some(reply) = self.tracker.take_synthesized() {
+            self.to_client.push(reply);
+        }
+        Ok(())
+    }
+
+    /// Moves every complete server message to the client queue or drops it, as the tracker
+    /// routes it.
+    fn on_server_bytes(&mut self) -> Result<(), SessionError> {
+        let mut run = 0;
+        loop {
+            let Some(info) = peek_tagged(&self.server.rbuf[run..], self.max_message)
+                .map_err(SessionError::upstream_frame)?
+            else {
+                break;
+            };
+            if let Some(reply) = self.tracker.take_synthesized() {
+                self.to_client.push(self.server.rbuf.split_to(run).freeze());
+                run = 0;
+                self.to_client.push(reply);
+                while let Some(reply) = self.tracker.take_synthesized() {
+                    self.to_client.push(reply);
+                }
+            }
+            let body = &self.server.rbuf[run + HEADER_LEN..run + info.total_len];
+            match self.tracker.server_message(info.tag, body) {
+                Route::Forward => {
+                    if info.tag == be::ERROR_RESPONSE && be::is_fatal(body) {
+                        self.fatal_forwarded = true;
+                    }
+                    run += info.total_len;
+                }
+                Route::Drop => {
+                    self.to_client.push(self.server.rbuf.split_to(run).freeze());
+                    self.server.consume(info.total_len);
+                    run = 0;
+                }
+            }
+        }
+        self.to_client.push(self.server.rbuf.split_to(run).freeze());
+        Ok(())
+    }
+}

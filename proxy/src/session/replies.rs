@@ -1,0 +1,317 @@
+//! The queue of expected server replies for one server connection.
+//!
+//! Every client message that the server answers pushes one entry; every server message is
+//! matched against the entry at the head of the queue, which says whether the client sees it
+//! ([`Action`]) and whether the entry is complete. This is what lets the proxy send messages
+//! of its own on a client's connection and hide their results (G5), and what tells it the
+//! transaction status at every point. It is sans-IO and unit-tested without sockets.
+//!
+//! Rules it follows (PostgreSQL protocol, "Message Flow"):
+//! - Query and FunctionCall are answered by everything up to and including ReadyForQuery.
+//! - Parse, Bind, Close, Describe and Execute each end with one known message; an
+//!   ErrorResponse ends the entry and makes the server discard every message up to the next
+//!   Sync, so their entries get no reply and are dropped.
+//! - Sync is answered by ReadyForQuery (an ErrorResponse may come first, e.g. a deferred
+//!   constraint failing at the implicit commit).
+//! - Flush, CopyData and Terminate get no reply. During COPY FROM STDIN the server swallows
+//!   Sync and Flush (libpq and others send a Sync right after Execute without knowing the
+//!   statement is a COPY), so Syncs sent between the start of the copy and CopyDone/CopyFail
+//!   expect nothing.
+//! - NoticeResponse follows the entry it belongs to; ParameterStatus and
+//!   NotificationResponse always reach the client.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::protocol::backend::{self as be, TxStatus};
+use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
+
+/// What happens to the server's replies to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The client's own message: replies go to the client.
+    Forward,
+    /// A message the proxy injected that is self-contained (a whole Query, or extended
+    /// messages followed by their own Sync): every reply is hidden, errors included.
+    Ignore,
+    /// A message the proxy injected into the client's own extended-protocol batch: replies are
+    /// hidden, but an ErrorResponse reaches the client, because the server then skips the
+    /// client's messages up to the next Sync and the client must learn why.
+    Check,
+    /// A reply the proxy makes itself: these bytes reach the client when every earlier
+    /// entry is complete. The message it answers is not sent to the server.
+    Synthesize(Bytes),
+}
+
+/// Where one server message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Send it to the client.
+    Forward,
+    /// Hide it.
+    Drop,
+}
+
+/// What completes an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Query or FunctionCall: everything up to ReadyForQuery.
+    UntilReady,
+    Parse,
+    Bind,
+    Close,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Sync,
+    /// The client sent CopyDone/CopyFail: no reply; marks where swallowed Syncs end.
+    CopyEnd,
+    /// A synthesized reply: nothing comes from the server.
+    Nothing,
+}
+
+#[derive(Debug)]
+struct Entry {
+    expect: Expect,
+    action: Action,
+}
+
+/// A server message that does not fit the expected replies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server sent {got:?} while {expected} was expected")]
+pub struct Desync {
+    /// The server message's tag.
+    pub got: char,
+    /// What the head of the queue expected.
+    pub expected: String,
+}
+
+/// The expected-reply queue plus the server state it implies.
+#[derive(Debug, Default)]
+pub struct ReplyTracker {
+    queue: VecDeque<Entry>,
+    /// The server is discarding messages until Sync after an extended-protocol error.
+    discarding: bool,
+    /// The server is in COPY FROM STDIN and swallows Sync/Flush.
+    copy_in: bool,
+    status: TxStatus,
+    desync: Option<Desync>,
+}
+
+impl ReplyTracker {
+    /// A tracker for a session whose last ReadyForQuery reported `status`.
+    pub fn new(status: TxStatus) -> Self {
+        ReplyTracker {
+            status,
+            ..Default::default()
+        }
+    }
+
+    /// Transaction status as of the last ReadyForQuery the server sent.
+    pub fn status(&self) -> TxStatus {
+        self.status
+    }
+
+    /// True when no reply is outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.queue
+            .iter()
+            .all(|e| matches!(e.expect, Expect::CopyEnd))
+    }
+
+    /// The mismatch that made tracking unreliable, if any. After a desync every server
+    /// message is forwarded and nothing may be injected.
+    pub fn desync(&self) -> Option<&Desync> {
+        self.desync.as_ref()
+    }
+
+    /// Records a message on its way to the server (the client's own, or one the proxy
+    /// injects) together with what to do with its replies.
+    pub fn client_message(&mut self, msg: &FrontendMessage<'_>, action: Action) {
+        if self.desync.is_some() {
+            return;
+        }
+        let expect = match msg.tag {
+            fe::QUERY | fe::FUNCTION_CALL => Expect::UntilReady,
+            fe::PARSE => Expect::Parse,
+            fe::BIND => Expect::Bind,
+            fe::CLOSE => Expect::Close,
+            fe::DESCRIBE => match msg.target() {
+                Some(Target::Statement(_)) => Expect::DescribeStatement,
+                // A malformed Describe draws an error, which ends any entry.
+                _ => Expect::DescribePortal,
+            },
+            fe::EXECUTE => Expect::Execute,
+            fe::SYNC if self.copy_in => return,
+            fe::SYNC => Expect::Sync,
+            fe::COPY_DONE | fe::COPY_FAIL if self.copy_in => {
+                self.copy_in = false;
+                return;
+            }
+            fe::COPY_DONE | fe::COPY_FAIL => Expect::CopyEnd,
+            _ => return,
+        };
+        self.queue.push_back(Entry { expect, action });
+    }
+
+    /// Queues a reply the proxy makes itself, delivered in order (see [`Action::Synthesize`]).
+    pub fn synthesize(&mut self, reply: Bytes) {
+        if self.desync.is_none() {
+            self.queue.push_back(Entry {
+                expect: Expect::Nothing,
+                action: Action::Synthesize(reply),
+            });
+        }
+    }
+
+    /// Takes the next synthesized reply that is due (its earlier entries are complete).
+    /// Call until `None` after pushing client messages and before routing a server message.
+    pub fn take_synthesized(&mut self) -> Option<Bytes> {
+        self.pop_markers();
+        if self.discarding {
+            // The server skips everything up to Sync; so does the proxy's own answer.
+            self.skip_discarded();
+            return None;
+        }
+        match self.queue.front() {
+            Some(Entry {
+                action: Action::Synthesize(_),
+                ..
+            }) => match self.queue.pop_front() {
+                Some(Entry {
+                    action: Action::Synthesize(bytes),
+                    ..
+                }) => Some(bytes),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Routes one server message (tag and body) and advances the queue.
+    pub fn server_message(&mut self, tag: u8, body: &[u8]) -> Route {
+        match tag {
+            be::PARAMETER_STATUS | be::NOTIFICATION_RESPONSE => return Route::Forward,
+            _ if self.desync.is_some() => return Route::Forward,
+            _ => {}
+        }
+        self.pop_markers();
+        if self.discarding {
+            self.skip_discarded();
+        }
+        let Some(head) = self.queue.front() else {
+            // Unsolicited: a FATAL on shutdown, a notice, or a reply to a message we did
+            // not track. The client sees it.
+            return Route::Forward;
+        };
+        let route = match (&head.action, tag) {
+            (Action::Forward, _) => Route::Forward,
+            (Action::Check, be::ERROR_RESPONSE) => Route::Forward,
+            _ => Route::Drop,
+        };
+        if tag == be::NOTICE_RESPONSE {
+            return route;
+        }
+        match self.step(head.expect, tag, body) {
+            Ok(true) => {
+                self.queue.pop_front();
+            }
+            Ok(false) => {}
+            Err(desync) => {
+                tracing::warn!(%desync, "reply tracking lost; relaying without injection");
+                self.desync = Some(desync);
+                self.queue.clear();
+                return Route::Forward;
+            }
+        }
+        route
+    }
+
+    /// Applies one server message to the head entry; `Ok(true)` when the entry completes.
+    fn step(&mut self, expect: Expect, tag: u8, body: &[u8]) -> Result<bool, Desync> {
+        use Expect::*;
+        let extended = !matches!(expect, UntilReady | Sync);
+        match (expect, tag) {
+            (_, be::ERROR_RESPONSE) if extended => {
+                self.copy_in = false;
+                self.discarding = true;
+                Ok(true)
+            }
+            (UntilReady | Sync, be::ERROR_RESPONSE) => {
+                self.copy_in = false;
+                Ok(false)
+            }
+            (UntilReady | Sync, be::READY_FOR_QUERY) => {
+                self.status = TxStatus::from_ready_body(body).unwrap_or(self.status);
+                self.copy_in = false;
+                self.discarding = false;
+                Ok(true)
+            }
+            (UntilReady | Execute, be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE) => {
+                self.start_copy_in();
+                Ok(false)
+            }
+            (UntilReady, _) => Ok(false),
+            (Parse, be::PARSE_COMPLETE)
+            | (Bind, be::BIND_COMPLETE)
+            | (Close, be::CLOSE_COMPLETE)
+            | (DescribeStatement | DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA)
+            | (Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED) => {
+                Ok(true)
+            }
+            (DescribeStatement, be::PARAMETER_DESCRIPTION)
+            | (Execute, be::DATA_ROW | be::COPY_OUT_RESPONSE | be::COPY_DATA | be::COPY_DONE) => {
+                Ok(false)
+            }
+            _ => Err(Desync {
+                got: tag as char,
+                expected: format!("a reply to {expect:?}"),
+            }),
+        }
+    }
+
+    /// The server entered COPY FROM STDIN: Syncs the client sent after the COPY and before
+    /// its CopyDone/CopyFail are swallowed by the server.
+    fn start_copy_in(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i].expect {
+                Expect::Sync => {
+                    self.queue.remove(i);
+                }
+                Expect::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+
+    fn pop_markers(&mut self) {
+        while matches!(
+            self.queue.front(),
+            Some(Entry {
+                expect: Expect::CopyEnd,
+                ..
+            })
+        ) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// Drops the entries the server skips while discarding until Sync.
+    fn skip_discarded(&mut self) {
+        while let Some(head) = self.queue.front() {
+            if head.expect == Expect::Sync {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+//! Unit tests of the expected-reply queue: scripted client and server message sequences.
+
+use super::*;
+use crate::protocol::backend::TxStatus;
+
+fn client(t: &mut ReplyTracker, tag: u8, body: &[u8], action: Action) {
+    t.client_message(&FrontendMessage { tag, body }, action);
+}
+
+fn fwd(t: &mut ReplyTracker, tag: u8) {
+    client(t, tag, b"", Action::Forward);
+}
+
+/// Feeds server tags and returns the ones the client sees, as a string.
+fn server(t: &mut ReplyTracker, tags: &str) -> String {
+    let mut seen = String::new();
+    for tag in tags.bytes() {
+        let body: &[u8] = if tag == b'Z' { b"I" } else { b"" };
+        if t.server_message(tag, body) == Route::Forward {
+            seen.push(tag as char);
+        }
+    }
+    seen
+}
+
+#[test]
+fn simple_query_forwards_everything_until_ready() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "TDDCTCZ"), "TDDCTCZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn injected_query_is_hidden_including_its_error() {
+    let mut t = ReplyTracker::default();
+    client(&mut t, b'Q', b"", Action::Ignore);
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "NTDCZ"), "");
+    assert_eq!(server(&mut t, "TDCZ"), "TDCZ");
+    client(&mut t, b'Q', b"", Action::Ignore);
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "EZ"), "");
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn extended_batch_with_injected_check() {
+    let mut t = ReplyTracker::default();
+    for tag in [b'P', b'B'] {
+        fwd(&mut t, tag);
+    }
+    client(&mut t, b'D', b"P\0", Action::Forward);
+    for tag in [b'P', b'B', b'E'] {
+        client(&mut t, tag, b"", Action::Check);
+    }
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "12T" /* client */), "12T");
+    assert_eq!(server(&mut t, "12DC" /* injected */), "");
+    assert_eq!(server(&mut t, "DDCZ"), "DDCZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn error_in_injected_check_reaches_client_and_skips_to_sync() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'P');
+    client(&mut t, b'B', b"", Action::Check);
+    client(&mut t, b'E', b"", Action::Check);
+    fwd(&mut t, b'B');
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "1EZ"), "1EZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn client_error_mid_pipeline_drops_entries_until_its_sync_only() {
+    let mut t = ReplyTracker::default();
+    // Segment 1 fails at Bind; segment 2 succeeds.
+    for tag in [b'P', b'B', b'E', b'S', b'P', b'B', b'E', b'S'] {
+        fwd(&mut t, tag);
+    }
+    assert_eq!(server(&mut t, "1EZ"), "1EZ");
+    assert_eq!(server(&mut t, "12CZ"), "12CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn error_before_client_has_sent_sync_keeps_discarding() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'P');
+    assert_eq!(server(&mut t, "E"), "E");
+    // Messages sent after the error, before Sync, get no reply.
+    fwd(&mut t, b'B');
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "Z"), "Z");
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn describe_statement_has_two_replies() {
+    let mut t = ReplyTracker::default();
+    client(&mut t, b'D', b"Sname\0", Action::Ignore);
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "tT"), "");
+    assert_eq!(server(&mut t, "Z"), "Z");
+}
+
+#[test]
+fn flush_expects_nothing_and_suspended_portal_completes_execute() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'H');
+    assert_eq!(server(&mut t, "DDs"), "DDs");
+    assert!(t.is_idle());
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "DCZ"), "DCZ");
+}
+
+#[test]
+fn copy_in_extended_swallows_sync_sent_before_copy_data() {
+    // libpq/tokio-postgres: Bind, Execute, Sync; then CopyData, CopyDone, Sync.
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'B');
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "2G"), "2G");
+    fwd(&mut t, b'd');
+    fwd(&mut t, b'd');
+    fwd(&mut t, b'S'); // swallowed by the server during copy-in
+    fwd(&mut t, b'c');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn copy_in_pipelined_all_at_once() {
+    let mut t = ReplyTracker::default();
+    for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
+        fwd(&mut t, tag);
+    }
+    assert_eq!(server(&mut t, "2GCZ"), "2GCZ");
+    assert!(t.is_idle());
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+}
+
+#[test]
+fn copy_in_simple_query_and_copy_fail() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "G"), "G");
+    fwd(&mut t, b'd');
+    fwd(&mut t, b'f');
+    assert_eq!(server(&mut t, "EZ"), "EZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn copy_in_error_while_client_still_sends_data() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "GE"), "GE");
+    // The client has not noticed yet and finishes its copy; the server ignores it.
+    fwd(&mut t, b'd');
+    fwd(&mut t, b'c');
+    assert_eq!(server(&mut t, "Z"), "Z");
+    fwd(&mut t, b'Q');
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn copy_out_rows_belong_to_execute() {
+    let mut t = ReplyTracker::default();
+    client(&mut t, b'E', b"", Action::Check);
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "HddcC"), "");
+    assert_eq!(server(&mut t, "Z"), "Z");
+}
+
+#[test]
+fn notices_follow_their_entry_and_async_messages_always_pass() {
+    let mut t = ReplyTracker::default();
+    client(&mut t, b'Q', b"", Action::Ignore);
+    assert_eq!(server(&mut t, "NSAC"), "SA");
+    assert_eq!(server(&mut t, "Z"), "");
+    assert_eq!(server(&mut t, "NA"), "NA");
+}
+
+#[test]
+fn unsolicited_fatal_is_forwarded() {
+    let mut t = ReplyTracker::default();
+    assert_eq!(server(&mut t, "E"), "E");
+}
+
+#[test]
+fn ready_for_query_updates_status() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'Q');
+    assert_eq!(t.server_message(b'Z', b"T"), Route::Forward);
+    assert_eq!(t.status(), TxStatus::InBlock);
+    client(&mut t, b'Q', b"", Action::Ignore);
+    assert_eq!(t.server_message(b'Z', b"E"), Route::Drop);
+    assert_eq!(t.status(), TxStatus::Failed);
+}
+
+#[test]
+fn error_at_sync_then_ready() {
+    // A deferred constraint fails at the implicit commit of Sync.
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'E');
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "CEZ"), "CEZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn synthesized_reply_waits_for_earlier_entries() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'P');
+    t.synthesize(Bytes::from_static(b"3"));
+    fwd(&mut t, b'S');
+    assert_eq!(t.take_synthesized(), None);
+    assert_eq!(server(&mut t, "1"), "1");
+    assert_eq!(t.take_synthesized(), Some(Bytes::from_static(b"3")));
+    assert_eq!(server(&mut t, "Z"), "Z");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn synthesized_reply_is_skipped_after_an_error() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'P');
+    t.synthesize(Bytes::from_static(b"3"));
+    fwd(&mut t, b'S');
+    assert_eq!(server(&mut t, "E"), "E");
+    assert_eq!(t.take_synthesized(), None);
+    assert_eq!(server(&mut t, "Z"), "Z");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn mismatch_desyncs_and_forwards_everything() {
+    let mut t = ReplyTracker::default();
+    client(&mut t, b'P', b"", Action::Ignore);
+    assert_eq!(server(&mut t, "2"), "2");
+    assert!(t.desync().is_some());
+    client(&mut t, b'Q', b"", Action::Ignore);
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+}
+
+#[test]
+fn function_call_waits_for_ready() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'F');
+    assert_eq!(server(&mut t, "VZ"), "VZ");
+    assert!(t.is_idle());
+}

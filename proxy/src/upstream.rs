@@ -1,0 +1,100 @@
+//! Connecting to the upstream PostgreSQL server: TCP with a timeout, `TCP_NODELAY`, the
+//! optional SSLRequest exchange and TLS handshake, and forwarding of CancelRequests.
+
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Config, UpstreamTls};
+use crate::error::{ServerError, SessionError};
+use crate::protocol::startup::SSL_REQUEST;
+use crate::stream::Stream;
+
+/// How to reach the upstream server; built once, shared by all sessions.
+pub struct Upstream {
+    addr: String,
+    mode: UpstreamTls,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Prepares connections as configured.
+    pub fn new(config: &Config) -> Result<Upstream, ServerError> {
+        Ok(Upstream {
+            addr: config.upstream.clone(),
+            mode: config.upstream_tls,
+            tls: crate::tls::connector(config)?,
+            timeout: config.connect_timeout,
+        })
+    }
+
+    /// The configured address, for messages.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn fail(&self, cause: impl std::fmt::Display) -> SessionError {
+        SessionError::UpstreamConnect {
+            addr: self.addr.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    /// Opens a connection, negotiating TLS as configured.
+    pub async fn connect(&self) -> Result<Stream, SessionError> {
+        match tokio::time::timeout(self.timeout, self.connect_inner()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.fail(format!("timed out after {:?}", self.timeout))),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<Stream, SessionError> {
+        let mut tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tcp.set_nodelay(true).map_err(|e| self.fail(e))?;
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut request = [0u8; 8];
+        request[..4].copy_from_slice(&8i32.to_be_bytes());
+        request[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+        tcp.write_all(&request).await.map_err(|e| self.fail(e))?;
+        // Exactly one byte of answer: anything after it belongs to the TLS handshake.
+        let answer = tcp.read_u8().await.map_err(|e| self.fail(e))?;
+        match (answer, self.mode) {
+            (b'S', _) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| self.fail(format!("TLS handshake: {e}")))?;
+                Ok(Stream::ClientTls(Box::new(tls)))
+            }
+            (b'N', UpstreamTls::Prefer) => Ok(Stream::Plain(tcp)),
+            (b'N', _) => Err(self.fail("server does not support TLS (upstream_tls requires it)")),
+            (other, _) => Err(self.fail(format!(
+                "unexpected answer {:?} to SSLRequest",
+                other as char
+            ))),
+        }
+    }
+
+    /// Forwards a client's CancelRequest packet unchanged to the server, which identifies the
+    /// backend by the key it issued (the proxy passes BackendKeyData through untouched).
+    pub async fn forward_cancel(&self, packet: &[u8]) -> Result<(), SessionError> {
+        let mut stream = self.connect().await?;
+        stream
+            .write_all(packet)
+            .await
+            .map_err(SessionError::UpstreamIo)?;
+        stream.flush().await.map_err(SessionError::UpstreamIo)?;
+        // The server closes the connection when done; wait for that, briefly.
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+        Ok(())
+    }
+}
