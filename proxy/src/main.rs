@@ -1,5 +1,6 @@
 //! The `fencegate` command line: parse flags, set up logging, call into the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +104,8 @@ impl ServeArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FENCEGATE_LOG")
                 .unwrap_or_else(|_| "info".into()),

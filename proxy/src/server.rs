@@ -1,6 +1,6 @@
 //! The accept loop: one task per client connection, a semaphore bounding how many are
-//! served at once, and a shutdown that stops accepting, lets open sessions finish within
-//! the configured grace, then closes the rest.
+//! served at once, and a graceful shutdown: stop accepting, close each session as soon as
+//! it has no transaction open, and after the configured grace close whatever is left.
 
 use std::sync::Arc;
 
@@ -54,9 +54,9 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let shared = shared.clone();
-        let stop = stop_sessions.child_token();
+        let (drain, stop) = (shutdown.clone(), stop_sessions.clone());
         sessions.spawn(async move {
-            session::serve(tcp, peer, shared, stop).await;
+            session::serve(tcp, peer, shared, drain, stop).await;
             drop(permit);
         });
     }

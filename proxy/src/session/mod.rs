@@ -31,8 +31,9 @@ use self::hook::HookFactory;
 use self::relay::{End, Relay};
 use crate::config::Config;
 use crate::error::SessionError;
-use crate::protocol::build::{error_response, Severity};
 use crate::upstream::Upstream;
+
+const SHUTTING_DOWN: &str = "terminating connection because the proxy is shutting down";
 
 /// What every session shares.
 pub struct Shared {
@@ -48,9 +49,18 @@ pub struct Shared {
 
 /// Serves one client connection to the end. Errors are logged here, not returned: a broken
 /// client ends only its own session.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+///
+/// `drain` asks the session to close at its next quiescent point (no transaction open);
+/// `stop` closes it at once.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
     let _ = tcp.set_nodelay(true);
-    match run(tcp, &shared, &stop).await {
+    match run(tcp, &shared, &drain, &stop).await {
         Ok(()) => tracing::debug!(%peer, "session closed"),
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {
             tracing::debug!(%peer, error = %e, "client connection ended")
@@ -62,6 +72,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
 async fn run(
     tcp: TcpStream,
     shared: &Shared,
+    drain: &CancellationToken,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
     let (mut client, opening) = handshake::negotiate(tcp, shared.tls.as_ref()).await?;
@@ -88,19 +99,24 @@ async fn run(
     };
     let hook = shared.hooks.session_hook(&startup);
     let mut relay = Relay::new(client, server, status, hook, max);
-    let ended = tokio::select! {
-        ended = relay.run() => ended,
-        () = stop.cancelled() => {
-            let msg = "terminating connection because the proxy is shutting down";
-            relay.send_to_client_and_flush(error_response(Severity::Fatal, "57P01", msg, None, None)).await;
-            return Ok(());
+    let ended = loop {
+        tokio::select! {
+            ended = relay.run() => break ended,
+            () = drain.cancelled(), if !relay.is_draining() => relay.start_draining(),
+            () = stop.cancelled() => break Ok(End::Drained),
         }
     };
     let (sqlstate, err) = match ended {
-        Ok(End::ClientClosed)
-        | Ok(End::ServerClosed {
-            fatal_forwarded: true,
-        }) => return Ok(()),
+        Ok(
+            End::ClientClosed
+            | End::ServerClosed {
+                fatal_forwarded: true,
+            },
+        ) => return Ok(()),
+        Ok(End::Drained) => {
+            relay.send_fatal("57P01", SHUTTING_DOWN).await;
+            return Ok(());
+        }
         Ok(End::ServerClosed {
             fatal_forwarded: false,
         }) => (
@@ -111,15 +127,8 @@ async fn run(
         Err(e @ SessionError::ClientProtocol(_)) => ("08P01", e),
         Err(e) => ("08006", e),
     };
-    let message = format!("fencegate: {err}");
     relay
-        .send_to_client_and_flush(error_response(
-            Severity::Fatal,
-            sqlstate,
-            &message,
-            None,
-            None,
-        ))
+        .send_fatal(sqlstate, &format!("fencegate: {err}"))
         .await;
     Err(err)
 }

@@ -11,7 +11,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio_util::io::poll_read_buf;
 
 use super::conn::Conn;
@@ -20,6 +20,7 @@ use super::outbox::Outbox;
 use super::replies::{Action, ReplyTracker, Route};
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
+use crate::protocol::build::{error_response, Severity};
 use crate::protocol::framing::{peek_tagged, HEADER_LEN};
 use crate::protocol::frontend::FrontendMessage;
 
@@ -37,6 +38,9 @@ pub enum End {
         /// The client has already seen a FATAL error from the server.
         fatal_forwarded: bool,
     },
+    /// Draining was requested and the session reached a point with no transaction open and
+    /// no reply outstanding.
+    Drained,
 }
 
 /// A client and its server connection in the steady state.
@@ -52,6 +56,7 @@ pub struct Relay {
     client_eof: bool,
     server_eof: bool,
     fatal_forwarded: bool,
+    draining: bool,
 }
 
 impl Relay {
@@ -75,7 +80,28 @@ impl Relay {
             client_eof: false,
             server_eof: false,
             fatal_forwarded: false,
+            draining: false,
         }
+    }
+
+    /// Asks the relay to end at the next point where the session is quiescent: no
+    /// transaction open, no reply outstanding, nothing buffered either way.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// True once [`Relay::start_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    fn is_quiescent(&self) -> bool {
+        self.tracker.is_idle()
+            && self.tracker.status() == TxStatus::Idle
+            && self.to_client.is_empty()
+            && self.to_server.is_empty()
+            && self.client.rbuf.is_empty()
+            && self.server.rbuf.is_empty()
     }
 
     /// Relays until one side closes or fails. Cancel-safe: all state lives in `self`.
@@ -83,10 +109,11 @@ impl Relay {
         poll_fn(|cx| self.poll_run(cx)).await
     }
 
-    /// Queues a message for the client and writes everything queued, for last words
-    /// (a FATAL error) before the session closes. Gives up when the client stops reading.
-    pub async fn send_to_client_and_flush(&mut self, message: Bytes) {
-        self.to_client.push(message);
+    /// Sends the client everything queued and then a FATAL ErrorResponse, as last words
+    /// before the session closes. Gives up when the client stops reading.
+    pub async fn send_fatal(&mut self, sqlstate: &str, message: &str) {
+        let fatal = error_response(Severity::Fatal, sqlstate, message, None, None);
+        self.to_client.push(fatal);
         let flush = poll_fn(|cx| loop {
             match self.to_client.poll_write(&mut self.client.stream, cx) {
                 Poll::Ready(Ok(true)) => continue,
@@ -149,6 +176,9 @@ impl Relay {
                 }
             }
             if !progress {
+                if self.draining && self.is_quiescent() {
+                    return Poll::Ready(Ok(End::Drained));
+                }
                 return Poll::Pending;
             }
         }
@@ -158,12 +188,9 @@ impl Relay {
     /// tracker. Unchanged messages leave as one slice of the read buffer.
     fn on_client_bytes(&mut self) -> Result<(), SessionError> {
         let mut run = 0;
-        loop {
-            let Some(info) = peek_tagged(&self.client.rbuf[run..], self.max_message)
-                .map_err(SessionError::client_frame)?
-            else {
-                break;
-            };
+        while let Some(info) = peek_tagged(&self.client.rbuf[run..], self.max_message)
+            .map_err(SessionError::client_frame)?
+        {
             let frame = &self.client.rbuf[run..run + info.total_len];
             let msg = FrontendMessage {
                 tag: info.tag,
@@ -186,7 +213,7 @@ impl Relay {
             }
             self.tracker.client_message(&msg, Action::Forward);
             if !self.injected.is_empty() {
-                self.to_server.push(self.client.rbuf.split_to(run).freeze());
+                self.to_server.push(take(&mut self.client.rbuf, run));
                 for (bytes, _) in self.injected.drain(..) {
                     self.to_server.push(bytes);
                 }
@@ -194,7 +221,7 @@ impl Relay {
             }
             run += info.total_len;
         }
-        self.to_server.push(self.client.rbuf.split_to(run).freeze());
+        self.to_server.push(take(&mut self.client.rbuf, run));
         while let Some(reply) = self.tracker.take_synthesized() {
             self.to_client.push(reply);
         }
@@ -205,14 +232,11 @@ impl Relay {
     /// routes it.
     fn on_server_bytes(&mut self) -> Result<(), SessionError> {
         let mut run = 0;
-        loop {
-            let Some(info) = peek_tagged(&self.server.rbuf[run..], self.max_message)
-                .map_err(SessionError::upstream_frame)?
-            else {
-                break;
-            };
+        while let Some(info) = peek_tagged(&self.server.rbuf[run..], self.max_message)
+            .map_err(SessionError::upstream_frame)?
+        {
             if let Some(reply) = self.tracker.take_synthesized() {
-                self.to_client.push(self.server.rbuf.split_to(run).freeze());
+                self.to_client.push(take(&mut self.server.rbuf, run));
                 run = 0;
                 self.to_client.push(reply);
                 while let Some(reply) = self.tracker.take_synthesized() {
@@ -228,13 +252,22 @@ impl Relay {
                     run += info.total_len;
                 }
                 Route::Drop => {
-                    self.to_client.push(self.server.rbuf.split_to(run).freeze());
+                    self.to_client.push(take(&mut self.server.rbuf, run));
                     self.server.consume(info.total_len);
                     run = 0;
                 }
             }
         }
-        self.to_client.push(self.server.rbuf.split_to(run).freeze());
+        self.to_client.push(take(&mut self.server.rbuf, run));
         Ok(())
+    }
+}
+
+/// Splits the first `n` bytes off a read buffer as a shared slice (no copy).
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n == 0 {
+        Bytes::new()
+    } else {
+        buf.split_to(n).freeze()
     }
 }
