@@ -6,6 +6,7 @@
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
 //! - [`protocol`]: sans-IO message handling: frame splitting with length checks, typed views
 //!   of the few messages the proxy must look inside, and builders for what it sends itself.
+//! - [`fence`]: fencing-token extraction and statement classification (sans-IO).
 //! - [`session`]: one client connection: negotiation and authentication relay, the steady
 //!   state relay loop, and the queue of expected server replies that lets the proxy inject
 //!   its own messages and hide their results.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fence;
 pub mod protocol;
 pub mod server;
 pub mod session;

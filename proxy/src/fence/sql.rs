@@ -1,0 +1,245 @@
+//! A small SQL lexer: enough to split a Query string into statements and to see each
+//! statement's leading keywords and its comments, never enough to parse SQL.
+//!
+//! It works on the client's raw bytes, so it never re-encodes text. It knows PostgreSQL's
+//! quoting: `'...'` (with `''`), `E'...'` (backslash escapes), `"..."` identifiers,
+//! `$tag$...$tag$` dollar quotes, `--` and nested `/* */` comments, and the `BEGIN ATOMIC
+//! ... END` bodies of SQL-standard functions, whose semicolons do not end the statement.
+//! Bytes of multi-byte characters (>= 0x80) are treated as identifier characters; every
+//! server-side encoding is ASCII-compatible, so quotes and semicolons are found correctly.
+
+use std::ops::Range;
+
+/// One lexical token of interest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// A keyword or unquoted identifier (original case).
+    Word(&'a [u8]),
+    /// A quoted identifier, without its quotes (escapes not undone).
+    QuotedIdent(&'a [u8]),
+    /// A string or dollar-quoted literal, without its quotes (escapes not undone).
+    Literal(&'a [u8]),
+    /// A comment's text, without `--` or `/*` `*/`.
+    Comment(&'a [u8]),
+    /// A number or parameter (`$1`).
+    Number(&'a [u8]),
+    /// Any other single byte: operators, punctuation (`;` included).
+    Punct(u8),
+}
+
+impl Token<'_> {
+    /// True for a word equal to `kw`, ignoring ASCII case.
+    pub fn is_word(&self, kw: &str) -> bool {
+        matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(kw.as_bytes()))
+    }
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_cont(b: u8) -> bool {
+    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+/// Iterates over the tokens of `sql` (whitespace skipped). Unterminated quotes and comments
+/// run to the end of the input, as the server would report them as errors anyway.
+pub struct Lexer<'a> {
+    sql: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    /// A lexer over `sql`.
+    pub fn new(sql: &'a [u8]) -> Self {
+        Lexer { sql, pos: 0 }
+    }
+
+    /// Byte offset of the next token.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        &self.sql[self.pos..]
+    }
+
+    /// Finds `needle` at or after `from`; returns its position or the end of input.
+    fn find_from(&self, from: usize, needle: &[u8]) -> usize {
+        self.sql[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map_or(self.sql.len(), |p| from + p)
+    }
+
+    fn quoted(&mut self, start: usize, quote: u8, backslash: bool) -> &'a [u8] {
+        let mut i = start;
+        while i < self.sql.len() {
+            let b = self.sql[i];
+            if backslash && b == b'\\' {
+                i += 2;
+            } else if b == quote {
+                if self.sql.get(i + 1) == Some(&quote) {
+                    i += 2;
+                } else {
+                    self.pos = i + 1;
+                    return &self.sql[start..i];
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.pos = self.sql.len();
+        &self.sql[start.min(self.sql.len())..]
+    }
+
+    fn block_comment(&mut self) -> &'a [u8] {
+        let start = self.pos + 2;
+        let (mut i, mut depth) = (start, 1usize);
+        while i < self.sql.len() {
+            match (self.sql[i], self.sql.get(i + 1)) {
+                (b'/', Some(b'*')) => {
+                    depth += 1;
+                    i += 2;
+                }
+                (b'*', Some(b'/')) => {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        self.pos = i;
+                        return &self.sql[start..i - 2];
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        self.pos = self.sql.len();
+        &self.sql[start.min(self.sql.len())..]
+    }
+
+    /// A dollar-quote opening tag at the current position (`$$` or `$tag$`), if any.
+    fn dollar_tag(&self) -> Option<&'a [u8]> {
+        let rest = self.rest();
+        let after = &rest[1..];
+        let len = after.iter().position(|&b| !is_ident_cont(b) || b == b'$')?;
+        if after.get(len) != Some(&b'$') || (len > 0 && !is_ident_start(after[0])) {
+            return None;
+        }
+        Some(&rest[..len + 2])
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        while self.pos < self.sql.len() && self.sql[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+        let rest = self.rest();
+        let &b = rest.first()?;
+        let next = rest.get(1).copied();
+        let start = self.pos;
+        let token = match (b, next) {
+            (b'-', Some(b'-')) => {
+                let end = self.find_from(start, b"\n");
+                self.pos = (end + 1).min(self.sql.len());
+                Token::Comment(&self.sql[start + 2..end])
+            }
+            (b'/', Some(b'*')) => Token::Comment(self.block_comment()),
+            (b'\'', _) => Token::Literal(self.quoted(start + 1, b'\'', false)),
+            (b'e' | b'E', Some(b'\'')) => Token::Literal(self.quoted(start + 2, b'\'', true)),
+            (b'"', _) => Token::QuotedIdent(self.quoted(start + 1, b'"', false)),
+            (b'$', Some(d)) if d.is_ascii_digit() => {
+                let len = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                self.pos += 1 + len;
+                Token::Number(&rest[..1 + len])
+            }
+            (b'$', _) => match self.dollar_tag() {
+                Some(tag) => {
+                    let body = start + tag.len();
+                    let end = self.find_from(body, tag);
+                    self.pos = (end + tag.len()).min(self.sql.len());
+                    Token::Literal(&self.sql[body..end])
+                }
+                None => {
+                    self.pos += 1;
+                    Token::Punct(b)
+                }
+            },
+            _ if is_ident_start(b) => {
+                let len = rest.iter().take_while(|&&c| is_ident_cont(c)).count();
+                self.pos += len;
+                Token::Word(&rest[..len])
+            }
+            _ if b.is_ascii_digit() => {
+                let len = rest
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'.')
+                    .count();
+                self.pos += len;
+                Token::Number(&rest[..len])
+            }
+            _ => {
+                self.pos += 1;
+                Token::Punct(b)
+            }
+        };
+        Some(token)
+    }
+}
+
+/// Splits a Query string into statements: byte ranges without the terminating `;`.
+/// Statements with nothing but whitespace and comments are skipped, as the server skips
+/// them (a string with no statement at all draws one EmptyQueryResponse).
+pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut lexer = Lexer::new(sql);
+    let mut start = 0;
+    let mut has_tokens = false;
+    let mut first_create = false;
+    let mut prev_begin = false;
+    let mut atomic_depth = 0usize;
+    let mut token_index = 0;
+    loop {
+        let before = lexer.offset();
+        let Some(tok) = lexer.next() else { break };
+        match tok {
+            Token::Punct(b';') if atomic_depth == 0 => {
+                if has_tokens {
+                    out.push(start..before);
+                }
+                start = lexer.offset();
+                has_tokens = false;
+                first_create = false;
+                prev_begin = false;
+                token_index = 0;
+                continue;
+            }
+            Token::Comment(_) => continue,
+            _ => {}
+        }
+        has_tokens = true;
+        if token_index == 0 {
+            first_create = tok.is_word("create");
+        }
+        token_index += 1;
+        if first_create {
+            if prev_begin && tok.is_word("atomic") {
+                atomic_depth += 1;
+            } else if atomic_depth > 0 && (tok.is_word("begin") || tok.is_word("case")) {
+                atomic_depth += 1;
+            } else if atomic_depth > 0 && tok.is_word("end") {
+                atomic_depth -= 1;
+            }
+            prev_begin = tok.is_word("begin");
+        }
+    }
+    if has_tokens {
+        out.push(start..sql.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

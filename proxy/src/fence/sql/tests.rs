@@ -1,0 +1,96 @@
+//! Lexer and statement-splitting cases, including the tricky quoting rules.
+
+use super::*;
+
+fn split(sql: &str) -> Vec<&str> {
+    split_statements(sql.as_bytes())
+        .into_iter()
+        .map(|r| sql[r].trim())
+        .collect()
+}
+
+fn words(sql: &str) -> Vec<String> {
+    Lexer::new(sql.as_bytes())
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(String::from_utf8_lossy(w).to_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn splits_on_top_level_semicolons_only() {
+    assert_eq!(split("select 1; select 2"), ["select 1", "select 2"]);
+    assert_eq!(split("select ';' ; select 2;"), ["select ';'", "select 2"]);
+    assert_eq!(split("select 'it''s;'; x"), ["select 'it''s;'", "x"]);
+    assert_eq!(split(r"select E'\';'; x"), [r"select E'\';'", "x"]);
+    assert_eq!(split(r"select '\'; x"), [r"select '\'", "x"]);
+    assert_eq!(
+        split(r#"select 1 as "a;""b"; x"#),
+        [r#"select 1 as "a;""b""#, "x"]
+    );
+    assert_eq!(split("select $$;$$; x"), ["select $$;$$", "x"]);
+    assert_eq!(split("select $f$ $$; $f$; x"), ["select $f$ $$; $f$", "x"]);
+    assert_eq!(split("select $1; x"), ["select $1", "x"]);
+    assert_eq!(split("select a$b from t; x"), ["select a$b from t", "x"]);
+}
+
+#[test]
+fn comments_hide_semicolons_and_nest() {
+    assert_eq!(split("select 1 -- ; no\n; x"), ["select 1 -- ; no", "x"]);
+    assert_eq!(
+        split("select /* a /* b; */ ; */ 1; x"),
+        ["select /* a /* b; */ ; */ 1", "x"]
+    );
+}
+
+#[test]
+fn empty_statements_are_skipped() {
+    assert_eq!(split(""), Vec::<&str>::new());
+    assert_eq!(split(" ; ;/* c */;"), Vec::<&str>::new());
+    assert_eq!(split("select 1;;select 2;"), ["select 1", "select 2"]);
+}
+
+#[test]
+fn begin_atomic_bodies_keep_their_semicolons() {
+    let sql = "create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end; select 3";
+    let parts = split(sql);
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[1], "select 3");
+    // A transaction BEGIN is not a function body.
+    assert_eq!(split("begin; select 1; end"), ["begin", "select 1", "end"]);
+}
+
+#[test]
+fn unterminated_input_does_not_panic() {
+    for sql in [
+        "select 'abc",
+        "select \"abc",
+        "select $$abc",
+        "select /* abc",
+        "select E'\\",
+        "$",
+        "$a",
+        "e",
+        "-",
+    ] {
+        let _ = split(sql);
+        let _ = words(sql);
+    }
+}
+
+#[test]
+fn tokens_report_words_comments_and_literals() {
+    let toks: Vec<_> = Lexer::new(b"UPDATE t SET x='a' /*k='v'*/ -- tail\n").collect();
+    assert!(toks[0].is_word("update"));
+    assert!(toks.contains(&Token::Literal(b"a")));
+    assert!(toks.contains(&Token::Comment(b"k='v'")));
+    assert!(toks.contains(&Token::Comment(b" tail")));
+    assert_eq!(words("select \"Quoted\" from x"), ["select", "from", "x"]);
+}
+
+#[test]
+fn non_utf8_bytes_are_identifier_bytes() {
+    let sql = b"select '\xff;' as \xe9t\xe9; select 2";
+    assert_eq!(split_statements(sql).len(), 2);
+}
