@@ -225,9 +225,9 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
         }
         token_index += 1;
         if first_create {
-            if prev_begin && tok.is_word("atomic") {
-                atomic_depth += 1;
-            } else if atomic_depth > 0 && (tok.is_word("begin") || tok.is_word("case")) {
+            let opens_body = prev_begin && tok.is_word("atomic");
+            let opens_block = atomic_depth > 0 && (tok.is_word("begin") || tok.is_word("case"));
+            if opens_body || opens_block {
                 atomic_depth += 1;
             } else if atomic_depth > 0 && tok.is_word("end") {
                 atomic_depth -= 1;
