@@ -26,6 +26,13 @@ pub trait HookFactory: Send + Sync + 'static {
 pub trait SessionHook: Send + 'static {
     /// Sees a complete client message before it is forwarded; may inject messages ahead of it.
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>);
+
+    /// Sees an ErrorResponse body caused by the hook's own injected work before it reaches
+    /// the client; returning a whole replacement message rewords it (the server-side effect,
+    /// an aborted statement or transaction, is unchanged).
+    fn injected_error(&mut self, _body: &[u8]) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The default: plain relaying, no hook.
@@ -49,9 +56,11 @@ pub enum InjectError {
     Desynchronized,
 }
 
-/// Collects messages a hook injects ahead of the current client message.
+/// Collects messages a hook injects ahead of the current client message, or the rewritten
+/// Query that replaces it.
 pub struct Injector<'a> {
     pub(super) queued: &'a mut Vec<(Bytes, Action)>,
+    pub(super) replacement: &'a mut Option<(Bytes, Vec<u32>)>,
     pub(super) status: TxStatus,
     pub(super) desynchronized: bool,
 }
@@ -72,6 +81,23 @@ impl Injector<'_> {
         match peek_tagged(&message, usize::MAX >> 1) {
             Ok(Some(info)) if info.total_len == message.len() => {
                 self.queued.push((message, action));
+                Ok(())
+            }
+            _ => Err(InjectError::NotOneMessage),
+        }
+    }
+
+    /// Replaces the client's Query message with `query` (a whole Query message), which is
+    /// the client's SQL with statements of the proxy's inserted at positions `hidden`
+    /// (0-based statement positions, ascending). Their results are hidden from the client;
+    /// an error they raise reaches it. Only valid while handling a client Query.
+    pub fn replace_query(&mut self, query: Bytes, hidden: Vec<u32>) -> Result<(), InjectError> {
+        if self.desynchronized {
+            return Err(InjectError::Desynchronized);
+        }
+        match peek_tagged(&query, usize::MAX >> 1) {
+            Ok(Some(info)) if info.total_len == query.len() && info.tag == b'Q' => {
+                *self.replacement = Some((query, hidden));
                 Ok(())
             }
             _ => Err(InjectError::NotOneMessage),

@@ -196,9 +196,11 @@ impl Relay {
                 tag: info.tag,
                 body: &frame[HEADER_LEN..],
             };
+            let mut replacement = None;
             if let Some(hook) = self.hook.as_mut() {
                 let mut injector = Injector {
                     queued: &mut self.injected,
+                    replacement: &mut replacement,
                     status: self.tracker.status(),
                     desynchronized: self.tracker.desync().is_some(),
                 };
@@ -211,15 +213,24 @@ impl Relay {
                     self.tracker.client_message(&injected, action.clone());
                 }
             }
-            self.tracker.client_message(&msg, Action::Forward);
-            if !self.injected.is_empty() {
+            match &mut replacement {
+                Some((_, hidden)) => self.tracker.rewritten_query(std::mem::take(hidden)),
+                None => self.tracker.client_message(&msg, Action::Forward),
+            }
+            if !self.injected.is_empty() || replacement.is_some() {
                 self.to_server.push(take(&mut self.client.rbuf, run));
                 for (bytes, _) in self.injected.drain(..) {
                     self.to_server.push(bytes);
                 }
                 run = 0;
             }
-            run += info.total_len;
+            match replacement {
+                Some((query, _)) => {
+                    self.client.consume(info.total_len);
+                    self.to_server.push(query);
+                }
+                None => run += info.total_len,
+            }
         }
         self.to_server.push(take(&mut self.client.rbuf, run));
         while let Some(reply) = self.tracker.take_synthesized() {
@@ -244,17 +255,25 @@ impl Relay {
                 }
             }
             let body = &self.server.rbuf[run + HEADER_LEN..run + info.total_len];
-            match self.tracker.server_message(info.tag, body) {
-                Route::Forward => {
+            let route = self.tracker.server_message(info.tag, body);
+            let reworded = match (route, self.hook.as_mut()) {
+                (Route::InjectedError, Some(hook)) => hook.injected_error(body),
+                _ => None,
+            };
+            match (route, reworded) {
+                (Route::Forward | Route::InjectedError, None) => {
                     if info.tag == be::ERROR_RESPONSE && be::is_fatal(body) {
                         self.fatal_forwarded = true;
                     }
                     run += info.total_len;
                 }
-                Route::Drop => {
+                (_, reworded) => {
                     self.to_client.push(take(&mut self.server.rbuf, run));
                     self.server.consume(info.total_len);
                     run = 0;
+                    if let Some(message) = reworded {
+                        self.to_client.push(message);
+                    }
                 }
             }
         }

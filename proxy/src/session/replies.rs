@@ -51,6 +51,32 @@ pub enum Route {
     Forward,
     /// Hide it.
     Drop,
+    /// An ErrorResponse caused by a message or statement the proxy injected: it goes to the
+    /// client (the client's own work was skipped because of it), and the session hook may
+    /// reword it first.
+    InjectedError,
+}
+
+/// Which statement results of a rewritten Query the client must not see: the statements
+/// the proxy inserted into the client's Query string, by position (0-based, ascending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HiddenStatements {
+    indices: Vec<u32>,
+    next: usize,
+    current: u32,
+}
+
+impl HiddenStatements {
+    fn current_is_hidden(&self) -> bool {
+        self.indices.get(self.next) == Some(&self.current)
+    }
+
+    fn statement_done(&mut self) {
+        if self.current_is_hidden() {
+            self.next += 1;
+        }
+        self.current += 1;
+    }
 }
 
 /// What completes an entry.
@@ -75,6 +101,18 @@ enum Expect {
 struct Entry {
     expect: Expect,
     action: Action,
+    /// For a rewritten Query: the inserted statements whose results are hidden.
+    hidden: Option<Box<HiddenStatements>>,
+}
+
+impl Entry {
+    fn new(expect: Expect, action: Action) -> Self {
+        Entry {
+            expect,
+            action,
+            hidden: None,
+        }
+    }
 }
 
 /// A server message that does not fit the expected replies.
@@ -152,16 +190,31 @@ impl ReplyTracker {
             fe::COPY_DONE | fe::COPY_FAIL => Expect::CopyEnd,
             _ => return,
         };
-        self.queue.push_back(Entry { expect, action });
+        self.queue.push_back(Entry::new(expect, action));
+    }
+
+    /// Records a Query the proxy rewrote by inserting statements of its own: the client
+    /// sees everything except the results of the statements at `hidden` (ascending
+    /// positions); an error raised by one of them reaches the client as
+    /// [`Route::InjectedError`].
+    pub fn rewritten_query(&mut self, hidden: Vec<u32>) {
+        if self.desync.is_some() {
+            return;
+        }
+        let mut entry = Entry::new(Expect::UntilReady, Action::Forward);
+        entry.hidden = Some(Box::new(HiddenStatements {
+            indices: hidden,
+            next: 0,
+            current: 0,
+        }));
+        self.queue.push_back(entry);
     }
 
     /// Queues a reply the proxy makes itself, delivered in order (see [`Action::Synthesize`]).
     pub fn synthesize(&mut self, reply: Bytes) {
         if self.desync.is_none() {
-            self.queue.push_back(Entry {
-                expect: Expect::Nothing,
-                action: Action::Synthesize(reply),
-            });
+            self.queue
+                .push_back(Entry::new(Expect::Nothing, Action::Synthesize(reply)));
         }
     }
 
@@ -200,20 +253,33 @@ impl ReplyTracker {
         if self.discarding {
             self.skip_discarded();
         }
-        let Some(head) = self.queue.front() else {
+        let Some(head) = self.queue.front_mut() else {
             // Unsolicited: a FATAL on shutdown, a notice, or a reply to a message we did
             // not track. The client sees it.
             return Route::Forward;
         };
-        let route = match (&head.action, tag) {
-            (Action::Forward, _) => Route::Forward,
-            (Action::Check, be::ERROR_RESPONSE) => Route::Forward,
+        let expect = head.expect;
+        let route = match (&head.action, tag, &mut head.hidden) {
+            (Action::Forward, be::READY_FOR_QUERY, _) => Route::Forward,
+            (Action::Forward, _, Some(hidden)) => {
+                let route = match (hidden.current_is_hidden(), tag) {
+                    (true, be::ERROR_RESPONSE) => Route::InjectedError,
+                    (true, _) => Route::Drop,
+                    (false, _) => Route::Forward,
+                };
+                if matches!(tag, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE) {
+                    hidden.statement_done();
+                }
+                route
+            }
+            (Action::Forward, _, None) => Route::Forward,
+            (Action::Check, be::ERROR_RESPONSE, _) => Route::InjectedError,
             _ => Route::Drop,
         };
         if tag == be::NOTICE_RESPONSE {
             return route;
         }
-        match self.step(head.expect, tag, body) {
+        match self.step(expect, tag, body) {
             Ok(true) => {
                 self.queue.pop_front();
             }

@@ -16,8 +16,11 @@ fn server(t: &mut ReplyTracker, tags: &str) -> String {
     let mut seen = String::new();
     for tag in tags.bytes() {
         let body: &[u8] = if tag == b'Z' { b"I" } else { b"" };
-        if t.server_message(tag, body) == Route::Forward {
-            seen.push(tag as char);
+        match t.server_message(tag, body) {
+            Route::Forward => seen.push(tag as char),
+            // Shown lower-case: an error from the proxy's own work, forwarded.
+            Route::InjectedError => seen.push((tag as char).to_ascii_lowercase()),
+            Route::Drop => {}
         }
     }
     seen
@@ -72,7 +75,7 @@ fn error_in_injected_check_reaches_client_and_skips_to_sync() {
     fwd(&mut t, b'B');
     fwd(&mut t, b'E');
     fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "1EZ"), "1EZ");
+    assert_eq!(server(&mut t, "1eZ"), "1eZ");
     assert!(t.is_idle());
 }
 
@@ -263,5 +266,41 @@ fn function_call_waits_for_ready() {
     let mut t = ReplyTracker::default();
     fwd(&mut t, b'F');
     assert_eq!(server(&mut t, "VZ"), "VZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn rewritten_query_hides_inserted_statements_only() {
+    let mut t = ReplyTracker::default();
+    // "check; BEGIN; check; UPDATE; COMMIT" where positions 0 and 2 are the proxy's.
+    t.rewritten_query(vec![0, 2]);
+    assert_eq!(server(&mut t, "TDC" /* check */), "");
+    assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
+    assert_eq!(server(&mut t, "NTDC" /* check with a notice */), "");
+    assert_eq!(server(&mut t, "NC" /* UPDATE */), "NC");
+    assert_eq!(server(&mut t, "CZ" /* COMMIT */), "CZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn rewritten_query_error_in_inserted_statement_reaches_client() {
+    let mut t = ReplyTracker::default();
+    t.rewritten_query(vec![1]);
+    assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
+    assert_eq!(server(&mut t, "EZ" /* check fails, rest skipped */), "eZ");
+    assert!(t.is_idle());
+    // The client's own error in an unhidden statement is an ordinary error.
+    t.rewritten_query(vec![0]);
+    assert_eq!(server(&mut t, "TDCEZ"), "EZ");
+}
+
+#[test]
+fn rewritten_copy_statement_keeps_its_copy_messages() {
+    let mut t = ReplyTracker::default();
+    t.rewritten_query(vec![0]);
+    assert_eq!(server(&mut t, "TDCG"), "G");
+    fwd(&mut t, b'd');
+    fwd(&mut t, b'c');
+    assert_eq!(server(&mut t, "CZ"), "CZ");
     assert!(t.is_idle());
 }
