@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::fence::plan::{FenceMode, FencePolicy};
+
 /// Default listen address (the port PgBouncer users expect).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 /// Default upstream PostgreSQL address.
@@ -25,6 +27,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = (1 << 30) - 1;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time open sessions get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default time a newer lock holder waits behind an older holder's open transaction before
+/// the proxy ends that transaction.
+pub const DEFAULT_PREEMPT_GRACE: Duration = Duration::from_secs(5);
 
 /// Largest startup-phase packet (StartupMessage, SSLRequest, CancelRequest), as in PostgreSQL.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
@@ -76,6 +82,16 @@ pub struct Config {
     /// Default 30 s.
     #[serde(with = "duration_str")]
     pub shutdown_grace: Duration,
+    /// Which statements carrying a token are checked: `all` (default; reads included) or
+    /// `writes` (statements that may write only; see the README for what that gives up).
+    pub fence_mode: FenceMode,
+    /// How long a newer holder waits behind an older holder's open transaction before that
+    /// transaction is ended. Default 5 s; `0s` never ends it.
+    #[serde(with = "duration_str")]
+    pub preempt_grace: Duration,
+    /// Tables that may only be written by statements carrying a token (unqualified names,
+    /// matched case-insensitively); a write without one is rejected with 55Z02.
+    pub require_token_tables: Vec<String>,
 }
 
 impl Default for Config {
@@ -91,6 +107,9 @@ impl Default for Config {
             upstream_ca: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            fence_mode: FenceMode::All,
+            preempt_grace: DEFAULT_PREEMPT_GRACE,
+            require_token_tables: Vec::new(),
         }
     }
 }
@@ -165,7 +184,23 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return invalid("connect_timeout must be positive");
         }
+        if self.preempt_grace > Duration::from_secs(24 * 3600) {
+            return invalid("preempt_grace must be at most 24h");
+        }
         Ok(())
+    }
+
+    /// The fencing policy these settings describe.
+    pub fn fence_policy(&self) -> FencePolicy {
+        FencePolicy {
+            mode: self.fence_mode,
+            grace_ms: self.preempt_grace.as_millis().min(i32::MAX as u128) as u32,
+            require_token_tables: self
+                .require_token_tables
+                .iter()
+                .map(|t| t.to_lowercase())
+                .collect(),
+        }
     }
 
     /// The upstream host name (for TLS server-name checks and error messages).

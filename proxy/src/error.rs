@@ -18,6 +18,9 @@ pub enum SessionError {
     /// The client's TLS handshake failed.
     #[error("client TLS handshake: {0}")]
     ClientTls(#[source] io::Error),
+    /// The proxy refused to relay a message it could not handle safely.
+    #[error("{0}")]
+    Refused(String),
     /// The upstream server could not be reached.
     #[error("cannot connect to upstream {addr}: {cause}")]
     UpstreamConnect {

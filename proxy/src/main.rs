@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fencegate::config::{parse_duration, Config, UpstreamTls};
-use fencegate::session::hook::NoHooks;
+use fencegate::fence::hook::FenceHooks;
+use fencegate::fence::plan::FenceMode;
+use fencegate::fence::stats::FenceStats;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -26,7 +28,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in front of a PostgreSQL server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Install or upgrade the `fencegate` schema in one database (idempotent).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The database to install into, e.g. postgres://admin@127.0.0.1:5432/app. Connect
+    /// directly to PostgreSQL, as a role allowed to create schemas and to end other
+    /// sessions (for preemption): the database owner with pg_signal_backend, or a superuser.
+    #[arg(long, env = "FENCEGATE_DATABASE_URL")]
+    database_url: String,
 }
 
 /// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
@@ -67,6 +80,20 @@ struct ServeArgs {
     /// Time open sessions get to finish after SIGINT/SIGTERM [default: 30s].
     #[arg(long, env = "FENCEGATE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Which statements with a token are checked: all (reads too) or writes [default: all].
+    #[arg(long, env = "FENCEGATE_FENCE_MODE", value_enum)]
+    fence_mode: Option<FenceMode>,
+    /// How long a newer lock holder waits behind an older holder's open transaction before
+    /// that transaction is ended; 0s never ends it [default: 5s].
+    #[arg(long, env = "FENCEGATE_PREEMPT_GRACE", value_parser = parse_duration)]
+    preempt_grace: Option<Duration>,
+    /// A table that may only be written with a fencing token (repeatable).
+    #[arg(
+        long = "require-token-table",
+        env = "FENCEGATE_REQUIRE_TOKEN_TABLES",
+        value_delimiter = ','
+    )]
+    require_token_tables: Vec<String>,
 }
 
 impl ServeArgs {
@@ -113,7 +140,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
+        Command::Migrate(args) => migrate(&args.database_url),
     }
+}
+
+fn migrate(url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let version = fencegate::fence::migrate::run(url).await?;
+        println!("fencegate schema version {version} is installed");
+        Ok(())
+    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -124,7 +161,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        fencegate::server::run(listener, Arc::new(config), Arc::new(NoHooks), shutdown).await?;
+        let hooks = FenceHooks::new(config.fence_policy(), Arc::new(FenceStats::default()));
+        fencegate::server::run(listener, Arc::new(config), Arc::new(hooks), shutdown).await?;
         Ok(())
     })
 }

@@ -30,6 +30,17 @@ pub fn query(sql: &str) -> Bytes {
     encode(Query::new(sql.to_string()))
 }
 
+/// Simple Query from raw bytes (the client's own SQL, possibly not UTF-8, with the proxy's
+/// statements spliced in); `sql` must not contain NUL.
+pub fn query_bytes(sql: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(sql.len() + 6);
+    buf.extend_from_slice(b"Q");
+    buf.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    buf.extend_from_slice(sql);
+    buf.extend_from_slice(&[0]);
+    buf.freeze()
+}
+
 /// Parse of `sql` into statement `statement` ("" = unnamed), parameter types inferred.
 pub fn parse(statement: &str, sql: &str) -> Bytes {
     encode(Parse::new(name(statement), sql.to_string(), Vec::new()))

@@ -60,6 +60,7 @@ pub enum InjectError {
 /// Query that replaces it.
 pub struct Injector<'a> {
     pub(super) queued: &'a mut Vec<(Bytes, Action)>,
+    pub(super) abort: &'a mut Option<String>,
     pub(super) replacement: &'a mut Option<(Bytes, Vec<u32>)>,
     pub(super) status: TxStatus,
     pub(super) desynchronized: bool,
@@ -85,6 +86,12 @@ impl Injector<'_> {
             }
             _ => Err(InjectError::NotOneMessage),
         }
+    }
+
+    /// Ends the session (FATAL to the client) instead of forwarding the message: for a hook
+    /// that must not let a message through unchecked and cannot check it.
+    pub fn abort_session(&mut self, reason: &str) {
+        *self.abort = Some(reason.to_string());
     }
 
     /// Replaces the client's Query message with `query` (a whole Query message), which is

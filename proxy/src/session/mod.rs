@@ -125,6 +125,7 @@ async fn run(
         ),
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => return Err(e),
         Err(e @ SessionError::ClientProtocol(_)) => ("08P01", e),
+        Err(e @ SessionError::Refused(_)) => ("XX000", e),
         Err(e) => ("08006", e),
     };
     relay

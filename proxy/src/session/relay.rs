@@ -197,14 +197,21 @@ impl Relay {
                 body: &frame[HEADER_LEN..],
             };
             let mut replacement = None;
+            let mut abort = None;
             if let Some(hook) = self.hook.as_mut() {
                 let mut injector = Injector {
                     queued: &mut self.injected,
+                    abort: &mut abort,
                     replacement: &mut replacement,
                     status: self.tracker.status(),
                     desynchronized: self.tracker.desync().is_some(),
                 };
                 hook.before_client_message(&msg, &mut injector);
+                if let Some(reason) = abort {
+                    // Forward what came before this message, then end the session.
+                    self.to_server.push(take(&mut self.client.rbuf, run));
+                    return Err(SessionError::Refused(reason));
+                }
                 for (bytes, action) in &self.injected {
                     let injected = FrontendMessage {
                         tag: bytes[0],

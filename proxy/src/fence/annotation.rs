@@ -1,0 +1,251 @@
+//! Fencing annotations in SQL comments, in sqlcommenter form:
+//! `/*fencing_resource='jobs%3A7',fencing_token='42'*/` anywhere in a statement.
+//!
+//! Keys and values are URL-encoded and values single-quoted (a quote inside may be escaped
+//! as `\'`). Other keys (sqlcommenter's `traceparent`, `route`, ...) are ignored. A comment
+//! that names either fencing key is an annotation; one that is malformed is an error the
+//! client must see (SQLSTATE 55Z02), not something to skip silently.
+
+use super::sql::{Lexer, Token};
+use super::Fence;
+
+/// Comment key for the resource.
+pub const RESOURCE_KEY: &str = "fencing_resource";
+/// Comment key for the token.
+pub const TOKEN_KEY: &str = "fencing_token";
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE_LEN: usize = 256;
+
+/// What is wrong with an annotation (reported as SQLSTATE 55Z02).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnnotationError {
+    /// A token with no resource.
+    #[error("fencing_token is set but fencing_resource is not")]
+    TokenWithoutResource,
+    /// A resource with no token.
+    #[error("fencing_resource is set but fencing_token is not")]
+    ResourceWithoutToken,
+    /// The token is not an integer in 0..=9223372036854775807.
+    #[error("fencing_token must be an integer from 0 to 9223372036854775807, got {0:?}")]
+    BadToken(String),
+    /// The resource is empty or longer than 256 bytes, or not UTF-8.
+    #[error("fencing_resource must be 1 to 256 bytes of UTF-8, got {0} bytes")]
+    BadResource(usize),
+    /// The comment is not `key='value'` pairs, or a value is not valid URL encoding.
+    #[error("malformed sqlcommenter comment: {0}")]
+    Malformed(&'static str),
+    /// Two annotations in one statement disagree.
+    #[error("conflicting fencing annotations in one statement")]
+    Conflicting,
+}
+
+/// Finds the fencing annotation of one statement, if any.
+pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
+    let mut found: Option<Fence> = None;
+    for token in Lexer::new(statement) {
+        let Token::Comment(text) = token else {
+            continue;
+        };
+        if !contains_fencing_key(text) {
+            continue;
+        }
+        let fence = parse_comment(text)?;
+        match &found {
+            Some(prev) if *prev != fence => return Err(AnnotationError::Conflicting),
+            _ => found = Some(fence),
+        }
+    }
+    Ok(found)
+}
+
+fn contains_fencing_key(text: &[u8]) -> bool {
+    text.windows(b"fencing_".len()).any(|w| w == b"fencing_")
+}
+
+/// Parses `k1='v1',k2='v2'` and builds the fence from the fencing keys.
+fn parse_comment(text: &[u8]) -> Result<Fence, AnnotationError> {
+    let (mut resource, mut token) = (None, None);
+    for (key, value) in pairs(text)? {
+        match key.as_slice() {
+            b"fencing_resource" => resource = Some(value),
+            b"fencing_token" => token = Some(value),
+            _ => {}
+        }
+    }
+    let (resource, token) = match (resource, token) {
+        (Some(r), Some(t)) => (r, t),
+        (None, Some(_)) => return Err(AnnotationError::TokenWithoutResource),
+        (Some(_), None) => return Err(AnnotationError::ResourceWithoutToken),
+        (None, None) => return Err(AnnotationError::Malformed("no fencing key")),
+    };
+    Fence::new(resource, &token)
+}
+
+/// Splits sqlcommenter pairs, URL-decoding keys and values.
+/// One decoded `key='value'` pair.
+type Pair = (Vec<u8>, Vec<u8>);
+
+fn pairs(text: &[u8]) -> Result<Vec<Pair>, AnnotationError> {
+    let mut out = Vec::new();
+    let mut rest = trim(text);
+    while !rest.is_empty() {
+        let eq = rest
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or(AnnotationError::Malformed("expected key='value'"))?;
+        let key = url_decode(trim(&rest[..eq]))?;
+        rest = trim(&rest[eq + 1..]);
+        if rest.first() != Some(&b'\'') {
+            return Err(AnnotationError::Malformed("value must be single-quoted"));
+        }
+        let (raw, after) = quoted_value(&rest[1..])?;
+        out.push((key, url_decode(&raw)?));
+        rest = trim(after);
+        match rest.first() {
+            None => {}
+            Some(b',') => rest = trim(&rest[1..]),
+            Some(_) => return Err(AnnotationError::Malformed("expected ',' between pairs")),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a quoted value up to its closing quote, undoing `\'` escapes.
+fn quoted_value(text: &[u8]) -> Result<(Vec<u8>, &[u8]), AnnotationError> {
+    let mut value = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'\\' if text.get(i + 1) == Some(&b'\'') => {
+                value.push(b'\'');
+                i += 2;
+            }
+            b'\'' => return Ok((value, &text[i + 1..])),
+            b => {
+                value.push(b);
+                i += 1;
+            }
+        }
+    }
+    Err(AnnotationError::Malformed("unterminated quoted value"))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !first.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !last.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+fn url_decode(s: &[u8]) -> Result<Vec<u8>, AnnotationError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(AnnotationError::Malformed("invalid %-escape"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(r: &str, t: i64) -> Option<Fence> {
+        Some(Fence {
+            resource: r.to_string(),
+            token: t,
+        })
+    }
+
+    #[test]
+    fn finds_sqlcommenter_annotation_anywhere() {
+        let sql = b"UPDATE jobs SET state='done' WHERE id=7 /*fencing_resource='jobs%3A7',fencing_token='42'*/";
+        assert_eq!(find(sql).unwrap(), fence("jobs:7", 42));
+        let prepended = b"/*fencing_token='5', fencing_resource='a'*/ SELECT 1";
+        assert_eq!(find(prepended).unwrap(), fence("a", 5));
+        let with_others = b"SELECT 1 /*action='run',fencing_resource='r%2Fx',fencing_token='0',traceparent='00-ab-cd-01'*/";
+        assert_eq!(find(with_others).unwrap(), fence("r/x", 0));
+    }
+
+    #[test]
+    fn ignores_comments_without_fencing_keys_and_strings_that_look_like_comments() {
+        assert_eq!(find(b"SELECT 1 /*route='/x'*/ -- note").unwrap(), None);
+        assert_eq!(
+            find(b"SELECT '/*fencing_resource=''a'',fencing_token=''1''*/'").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn escaped_quotes_and_utf8_resources() {
+        let sql = "SELECT 1 /*fencing_resource='it\\'s%20%C3%A9t%C3%A9',fencing_token='9'*/";
+        assert_eq!(find(sql.as_bytes()).unwrap(), fence("it's été", 9));
+    }
+
+    #[test]
+    fn malformed_annotations_are_errors() {
+        let cases: &[(&[u8], AnnotationError)] = &[
+            (b"/*fencing_token='1'*/", AnnotationError::TokenWithoutResource),
+            (b"/*fencing_resource='a'*/", AnnotationError::ResourceWithoutToken),
+            (b"/*fencing_resource='a',fencing_token='x1'*/", AnnotationError::BadToken("x1".into())),
+            (b"/*fencing_resource='a',fencing_token='-1'*/", AnnotationError::BadToken("-1".into())),
+            (
+                b"/*fencing_resource='a',fencing_token='9223372036854775808'*/",
+                AnnotationError::BadToken("9223372036854775808".into()),
+            ),
+            (b"/*fencing_resource='',fencing_token='1'*/", AnnotationError::BadResource(0)),
+            (b"/*fencing_resource=a,fencing_token='1'*/", AnnotationError::Malformed("value must be single-quoted")),
+            (b"/*fencing_resource='a%zz',fencing_token='1'*/", AnnotationError::Malformed("invalid %-escape")),
+            (b"/*fencing_resource='a',fencing_token='1' x*/", AnnotationError::Malformed("expected ',' between pairs")),
+            (
+                b"/*fencing_resource='a',fencing_token='1'*/ /*fencing_resource='a',fencing_token='2'*/",
+                AnnotationError::Conflicting,
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(
+                find(sql).unwrap_err(),
+                *want,
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+        }
+        let long = format!(
+            "/*fencing_resource='{}',fencing_token='1'*/",
+            "r".repeat(257)
+        );
+        assert_eq!(
+            find(long.as_bytes()).unwrap_err(),
+            AnnotationError::BadResource(257)
+        );
+    }
+
+    #[test]
+    fn the_same_annotation_twice_is_fine() {
+        let sql = b"/*fencing_resource='a',fencing_token='1'*/ SELECT 1 /*fencing_token='1',fencing_resource='a'*/";
+        assert_eq!(find(sql).unwrap(), fence("a", 1));
+    }
+}

@@ -1,0 +1,255 @@
+//! The fence as a session hook: for each statement a client sends, decide (see
+//! [`super::plan`]) and put the check in front of it, in the client's own transaction.
+//!
+//! - Simple Query: the Query string is split into statements and the check is inserted as a
+//!   statement of its own right before each statement that needs one, so it runs in the
+//!   same (implicit or explicit) transaction, after any SET earlier in the string. The
+//!   check's results are hidden; if it fails, the server stops the string there and the
+//!   client sees the error in place of its statement's result.
+//! - Extended protocol: the annotation is read from Parse and followed through Bind to the
+//!   portal; the check (Close, Parse, Bind, Execute of the proxy's own named statement and
+//!   portal) goes right before the client's Execute, after the client's Parse and Bind, so
+//!   a failed check never leaves the client's statement unprepared. If the check fails, the
+//!   server skips the client's messages up to Sync and the client sees the error.
+//! - Settings (`SET [LOCAL] fencing.*`, startup options): once a session may have them, each
+//!   data statement without an annotation is preceded by `fencegate.check_settings`, and
+//!   PostgreSQL itself resolves SET LOCAL > SET > startup, RESET, DISCARD and rollbacks.
+//!
+//! The check records what it admitted in the transaction, so repeating it is cheap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::contains_ignore_case;
+use super::plan::{Analysis, Decision, FencePolicy};
+use super::schema::MISSING_SCHEMA_STATES;
+use super::sql::split_statements;
+use super::stats::FenceStats;
+use crate::protocol::backend::error_field;
+use crate::protocol::build::{self, error_response, Severity};
+use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
+use crate::protocol::startup::StartupMessage;
+use crate::session::hook::{Action, HookFactory, Injector, SessionHook};
+
+/// Name of the proxy's own prepared statement and portal for extended-protocol checks.
+const CHECK_NAME: &str = "__fencegate_check";
+
+const TRACKING_LOST: &str =
+    "fencegate cannot check this statement: reply tracking was lost on this connection";
+
+/// Makes a [`FenceHook`] for every session.
+pub struct FenceHooks {
+    policy: Arc<FencePolicy>,
+    stats: Arc<FenceStats>,
+}
+
+impl FenceHooks {
+    /// Hooks applying `policy`, counting into `stats`.
+    pub fn new(policy: FencePolicy, stats: Arc<FenceStats>) -> Self {
+        FenceHooks {
+            policy: Arc::new(policy),
+            stats,
+        }
+    }
+}
+
+impl HookFactory for FenceHooks {
+    fn session_hook(&self, startup: &StartupMessage) -> Option<Box<dyn SessionHook>> {
+        let settings_aware = startup.params.iter().any(|(name, value)| {
+            contains_ignore_case(name.as_bytes(), b"fencing.")
+                || (name == "options" && contains_ignore_case(value.as_bytes(), b"fencing."))
+        });
+        let database = startup
+            .param("database")
+            .or(startup.param("user"))
+            .unwrap_or_default()
+            .to_string();
+        Some(Box::new(FenceHook {
+            policy: self.policy.clone(),
+            stats: self.stats.clone(),
+            database,
+            settings_aware,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+        }))
+    }
+}
+
+/// Per-session fencing state.
+pub struct FenceHook {
+    policy: Arc<FencePolicy>,
+    stats: Arc<FenceStats>,
+    database: String,
+    /// The session may have fencing settings (sticky: checking settings that are unset
+    /// costs little, missing one that is set would be unsafe).
+    settings_aware: bool,
+    /// What each prepared statement's text says, by statement name.
+    statements: HashMap<Vec<u8>, Arc<Analysis>>,
+    /// The same, by portal name.
+    portals: HashMap<Vec<u8>, Arc<Analysis>>,
+}
+
+impl SessionHook for FenceHook {
+    fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        match msg.tag {
+            fe::QUERY => self.on_query(msg, inject),
+            fe::PARSE => self.on_parse(msg),
+            fe::BIND => self.on_bind(msg),
+            fe::EXECUTE => self.on_execute(msg, inject),
+            fe::CLOSE => self.on_close(msg),
+            _ => {}
+        }
+    }
+
+    fn injected_error(&mut self, body: &[u8]) -> Option<Bytes> {
+        let code = error_field(body, b'C').unwrap_or_default();
+        let message = String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default());
+        match code {
+            b"55Z01" => {
+                FenceStats::bump(&self.stats.stale);
+                tracing::warn!(database = %self.database, %message, "stale fencing token rejected");
+                None
+            }
+            b"55Z02" => {
+                FenceStats::bump(&self.stats.invalid);
+                tracing::info!(database = %self.database, %message, "invalid fencing annotation rejected");
+                None
+            }
+            c if MISSING_SCHEMA_STATES.contains(&c) => {
+                FenceStats::bump(&self.stats.not_installed);
+                tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
+                Some(error_response(
+                    Severity::Error,
+                    "55Z03",
+                    &format!("fencing is not installed in database \"{}\"", self.database),
+                    Some(&format!("PostgreSQL said: {message}")),
+                    Some(&format!(
+                        "Run `fencegate migrate --database-url postgres://USER@HOST:PORT/{}` once.",
+                        self.database
+                    )),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl FenceHook {
+    fn note_settings(&mut self, analysis: &Analysis) {
+        if analysis.class.touches_settings {
+            self.settings_aware = true;
+        }
+    }
+
+    fn decide(&mut self, analysis: &Analysis) -> Option<String> {
+        self.note_settings(analysis);
+        let decision = self.policy.decide_analyzed(analysis, self.settings_aware);
+        match &decision {
+            Decision::Pass => return None,
+            Decision::Invalid(reason) => tracing::debug!(%reason, "rejecting statement"),
+            Decision::Check(_) | Decision::CheckSettings { .. } => {
+                FenceStats::bump(&self.stats.checks)
+            }
+        }
+        self.policy.sql(&decision)
+    }
+
+    fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        let Some(text) = msg.query_text() else { return };
+        // A simple Query destroys the unnamed statement and portal.
+        self.statements.remove(&b""[..]);
+        self.portals.remove(&b""[..]);
+        if !self.settings_aware
+            && self.policy.require_token_tables.is_empty()
+            && !contains_ignore_case(text, b"fencing")
+        {
+            return;
+        }
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut hidden = Vec::new();
+        let mut copied = 0;
+        for (index, range) in split_statements(text).into_iter().enumerate() {
+            let analysis = self.policy.analyze(&text[range.clone()]);
+            let Some(sql) = self.decide(&analysis) else {
+                continue;
+            };
+            let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
+            out.extend_from_slice(&text[copied..range.start]);
+            out.extend_from_slice(sql.as_bytes());
+            out.push(b';');
+            copied = range.start;
+            hidden.push((index + hidden.len()) as u32);
+        }
+        if let Some(mut out) = rewritten {
+            out.extend_from_slice(&text[copied..]);
+            if inject
+                .replace_query(build::query_bytes(&out), hidden)
+                .is_err()
+            {
+                inject.abort_session(TRACKING_LOST);
+            }
+        }
+    }
+
+    fn on_parse(&mut self, msg: &FrontendMessage<'_>) {
+        let Some((name, sql)) = msg.parse() else {
+            return;
+        };
+        let analysis = self.policy.analyze(sql);
+        self.note_settings(&analysis);
+        self.statements.insert(name.to_vec(), Arc::new(analysis));
+    }
+
+    fn on_bind(&mut self, msg: &FrontendMessage<'_>) {
+        let Some((portal, statement)) = msg.bind_names() else {
+            return;
+        };
+        match self.statements.get(statement) {
+            Some(analysis) => {
+                self.portals.insert(portal.to_vec(), analysis.clone());
+            }
+            None => {
+                self.portals.remove(portal);
+            }
+        }
+    }
+
+    fn on_execute(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        let Some(portal) = msg.execute_portal() else {
+            return;
+        };
+        let Some(analysis) = self.portals.get(portal).cloned() else {
+            return;
+        };
+        let Some(sql) = self.decide(&analysis) else {
+            return;
+        };
+        let messages = [
+            build::close_statement(CHECK_NAME),
+            build::close_portal(CHECK_NAME),
+            build::parse(CHECK_NAME, &sql),
+            build::bind(CHECK_NAME, CHECK_NAME, &[]),
+            build::execute(CHECK_NAME),
+        ];
+        for message in messages {
+            if inject.send(message, Action::Check).is_err() {
+                inject.abort_session(TRACKING_LOST);
+                return;
+            }
+        }
+    }
+
+    fn on_close(&mut self, msg: &FrontendMessage<'_>) {
+        match msg.target() {
+            Some(Target::Statement(name)) => {
+                self.statements.remove(name);
+            }
+            Some(Target::Portal(name)) => {
+                self.portals.remove(name);
+            }
+            None => {}
+        }
+    }
+}

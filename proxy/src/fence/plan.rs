@@ -1,0 +1,267 @@
+//! The decision for one statement, and the SQL the proxy sends to carry it out.
+
+use super::annotation::{self, AnnotationError};
+use super::classify::{classify, Class, Kind};
+use super::sql::{Lexer, Token};
+use super::Fence;
+
+/// Which statements carrying a token are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMode {
+    /// Every statement that touches data, reads included (the default; required for safe
+    /// read-modify-write across transactions).
+    #[default]
+    All,
+    /// Only statements that may write. Faster, but a newer holder's first read no longer
+    /// fences out an older holder: read-modify-write across transactions can lose updates.
+    Writes,
+}
+
+/// The operator's fencing settings.
+#[derive(Debug, Clone, Default)]
+pub struct FencePolicy {
+    /// Which statements are checked.
+    pub mode: FenceMode,
+    /// Milliseconds a newer holder waits behind an older holder's open transaction before
+    /// that transaction is ended (0: never end it).
+    pub grace_ms: u32,
+    /// Tables (lower-case names) that may only be written with a token.
+    pub require_token_tables: Vec<String>,
+}
+
+/// What to do before one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Relay it unchanged.
+    Pass,
+    /// Check this annotation first.
+    Check(Fence),
+    /// Check the token of the session's fencing settings, if any; `required`: fail with
+    /// 55Z02 when none is set.
+    CheckSettings {
+        /// Policy requires a token for this statement.
+        required: bool,
+    },
+    /// Reject it with 55Z02 for this reason.
+    Invalid(String),
+}
+
+impl Decision {
+    /// True when something must be sent before the statement.
+    pub fn needs_injection(&self) -> bool {
+        !matches!(self, Decision::Pass)
+    }
+}
+
+/// What the proxy learns from a statement's text once (kept per prepared statement).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// What the statement may do.
+    pub class: Class,
+    /// Its annotation, if any, or what is wrong with it.
+    pub annotation: Result<Option<Fence>, AnnotationError>,
+    /// It writes a table that policy says needs a token.
+    pub requires_token: bool,
+}
+
+impl FencePolicy {
+    /// Reads what matters from a statement's text.
+    pub fn analyze(&self, statement: &[u8]) -> Analysis {
+        let class = classify(statement);
+        Analysis {
+            class,
+            annotation: annotation::find(statement),
+            requires_token: class.kind == Kind::Write && self.requires_token(statement),
+        }
+    }
+
+    /// Decides for one statement. `settings_aware`: the session may have a token in its
+    /// settings, so statements without an annotation are checked against the settings.
+    pub fn decide(&self, statement: &[u8], settings_aware: bool) -> Decision {
+        self.decide_analyzed(&self.analyze(statement), settings_aware)
+    }
+
+    /// Decides from an earlier analysis.
+    pub fn decide_analyzed(&self, analysis: &Analysis, settings_aware: bool) -> Decision {
+        let annotation = analysis.annotation.clone();
+        match analysis.class.kind {
+            Kind::Control => return Decision::Pass,
+            Kind::NonTransactional => return match annotation {
+                Ok(None) => Decision::Pass,
+                Ok(Some(_)) | Err(_) => Decision::Invalid(
+                    "this statement cannot run inside a transaction block, so it cannot be fenced"
+                        .into(),
+                ),
+            },
+            Kind::Read if self.mode == FenceMode::Writes => return Decision::Pass,
+            Kind::Read | Kind::Write => {}
+        }
+        match annotation {
+            Err(e) => Decision::Invalid(e.to_string()),
+            Ok(Some(fence)) => Decision::Check(fence),
+            Ok(None) => {
+                let required = analysis.requires_token;
+                match (settings_aware, required) {
+                    (true, _) => Decision::CheckSettings { required },
+                    (false, true) => Decision::Invalid(
+                        "this statement writes to a table that requires a fencing token, and none is attached"
+                            .into(),
+                    ),
+                    (false, false) => Decision::Pass,
+                }
+            }
+        }
+    }
+
+    /// True when the statement names a table of `require_token_tables`.
+    fn requires_token(&self, statement: &[u8]) -> bool {
+        if self.require_token_tables.is_empty() {
+            return false;
+        }
+        Lexer::new(statement).any(|t| {
+            let name = match t {
+                Token::Word(w) => w.to_ascii_lowercase(),
+                Token::QuotedIdent(w) => w.to_vec(),
+                _ => return false,
+            };
+            self.require_token_tables
+                .iter()
+                .any(|t| t.as_bytes() == name)
+        })
+    }
+
+    /// The SQL statement (ASCII only, so valid in every client encoding) that carries out a
+    /// decision, or `None` for [`Decision::Pass`].
+    pub fn sql(&self, decision: &Decision) -> Option<String> {
+        match decision {
+            Decision::Pass => None,
+            Decision::Check(fence) => Some(format!(
+                "SELECT fencegate.check(pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8'), {}, {})",
+                hex(fence.resource.as_bytes()),
+                fence.token,
+                self.grace_ms
+            )),
+            Decision::CheckSettings { required } => Some(format!(
+                "SELECT fencegate.check_settings({}, {required})",
+                self.grace_ms
+            )),
+            Decision::Invalid(reason) => Some(format!(
+                "DO $fencegate$BEGIN RAISE EXCEPTION USING ERRCODE = '55Z02', MESSAGE = 'invalid fencing annotation: {}'; END$fencegate$",
+                ascii_literal(reason)
+            )),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Printable ASCII with quotes doubled and `$` dropped, for a string literal inside the
+/// dollar-quoted DO block.
+fn ascii_literal(text: &str) -> String {
+    text.chars()
+        .filter(|&c| c != '$')
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .flat_map(|c| std::iter::repeat_n(c, if c == '\'' { 2 } else { 1 }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> FencePolicy {
+        FencePolicy {
+            mode: FenceMode::All,
+            grace_ms: 5000,
+            require_token_tables: vec!["orders".into()],
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let p = policy();
+        let annotated = b"UPDATE jobs SET a = 1 /*fencing_resource='j',fencing_token='3'*/";
+        assert_eq!(
+            p.decide(annotated, false),
+            Decision::Check(Fence {
+                resource: "j".into(),
+                token: 3
+            })
+        );
+        let read = b"SELECT * FROM jobs /*fencing_resource='j',fencing_token='3'*/";
+        assert!(matches!(p.decide(read, false), Decision::Check(_)));
+        let writes_only = FencePolicy {
+            mode: FenceMode::Writes,
+            ..policy()
+        };
+        assert_eq!(writes_only.decide(read, false), Decision::Pass);
+        assert_eq!(p.decide(b"SELECT 1", false), Decision::Pass);
+        assert_eq!(
+            p.decide(b"SELECT 1", true),
+            Decision::CheckSettings { required: false }
+        );
+        assert_eq!(
+            p.decide(b"BEGIN /*fencing_resource='j',fencing_token='3'*/", true),
+            Decision::Pass
+        );
+        assert!(matches!(
+            p.decide(b"UPDATE x SET a = 1 /*fencing_token='3'*/", false),
+            Decision::Invalid(_)
+        ));
+        assert!(matches!(
+            p.decide(
+                b"VACUUM t /*fencing_resource='j',fencing_token='3'*/",
+                false
+            ),
+            Decision::Invalid(_)
+        ));
+        assert_eq!(p.decide(b"VACUUM t", true), Decision::Pass);
+    }
+
+    #[test]
+    fn table_policy() {
+        let p = policy();
+        assert!(matches!(
+            p.decide(b"INSERT INTO public.orders VALUES (1)", false),
+            Decision::Invalid(_)
+        ));
+        assert!(matches!(
+            p.decide(b"UPDATE \"orders\" SET a = 1", false),
+            Decision::Invalid(_)
+        ));
+        assert_eq!(
+            p.decide(b"UPDATE orders SET a = 1", true),
+            Decision::CheckSettings { required: true }
+        );
+        assert_eq!(p.decide(b"SELECT * FROM orders", false), Decision::Pass);
+        assert_eq!(p.decide(b"UPDATE other SET a = 1", false), Decision::Pass);
+    }
+
+    #[test]
+    fn sql_is_ascii_and_escaped() {
+        let p = policy();
+        let sql = p
+            .sql(&Decision::Check(Fence {
+                resource: "été'; --".into(),
+                token: 7,
+            }))
+            .unwrap();
+        assert!(sql.is_ascii());
+        assert!(sql.contains("'c3a974c3a9273b202d2d'"), "{sql}");
+        let sql = p
+            .sql(&Decision::Invalid("bad 'x' $fencegate$ é".into()))
+            .unwrap();
+        assert!(sql.is_ascii());
+        assert!(sql.contains("bad ''x'' fencegate ?"), "{sql}");
+        assert_eq!(p.sql(&Decision::Pass), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! The `fencegate` schema: the authority for fencing decisions, installed in each upstream
+//! database by `fencegate migrate`.
+//!
+//! # Locking design (why G1-G4 and G6 hold)
+//! - `fencegate.fence(resource, token)` holds the high-water mark H of every resource.
+//! - `fencegate.check(r, t)` runs inside the client's own transaction, before the client's
+//!   statement. It does `INSERT ... ON CONFLICT (resource) DO UPDATE SET token = t WHERE
+//!   token <= t`: one statement that takes the row's exclusive lock directly (no share lock
+//!   to upgrade, so two new holders cannot deadlock) and either raises H to t or, when
+//!   `t < H`, updates nothing and the check raises 55Z01. The lock is held until the
+//!   client's transaction ends, and the update commits or rolls back with the client's
+//!   write (G3: check and write are one transaction).
+//! - Under READ COMMITTED, ON CONFLICT DO UPDATE always sees the latest committed row after
+//!   waiting for its lock. So a holder with token t waits for any transaction that admitted
+//!   a token on the same resource, then compares against the committed H. An older holder's
+//!   transaction therefore either committed before a newer holder's first admitted
+//!   statement, or fails (G2); once t' has committed, t < t' can never be admitted (G1),
+//!   after restarts too, because H is an ordinary durable row; every proxy instance uses
+//!   the same row (G4); and the newer holder's first statement, a read included, takes the
+//!   lock and raises H (G6).
+//! - A transaction checks each (resource, token) once: the check records it in the
+//!   transaction-local setting `fencegate.checked`, which ROLLBACK TO SAVEPOINT undoes
+//!   together with the row lock it stands for.
+//! - Preemption: a check waits at most the grace period for the row lock (`lock_timeout`
+//!   inside the check). Each check first publishes its token as two transaction-level
+//!   advisory locks keyed by the resource (visible in `pg_locks` at once, before commit);
+//!   when the wait times out, the check terminates the sessions whose published tokens for
+//!   that resource are all older than its own, and waits again. Holders of the same or a
+//!   newer token are never ended.
+//! - Under REPEATABLE READ or SERIALIZABLE, a check that meets a row updated after its
+//!   snapshot fails with 40001 (serialization failure) instead of waiting: still a rejection,
+//!   never an admission of a stale token.
+
+/// Version recorded in `fencegate.meta` by this build's migration.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction.
+pub const INSTALL: &str = r#"
+SET LOCAL client_min_messages = warning;
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('fencegate.migrate'));
+
+CREATE SCHEMA IF NOT EXISTS fencegate;
+
+CREATE TABLE IF NOT EXISTS fencegate.meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS fencegate.fence (
+    resource text PRIMARY KEY CHECK (octet_length(resource) BETWEEN 1 AND 256),
+    token bigint NOT NULL CHECK (token >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON fencegate.fence FROM PUBLIC;
+REVOKE ALL ON fencegate.meta FROM PUBLIC;
+GRANT USAGE ON SCHEMA fencegate TO PUBLIC;
+
+-- Publishes this transaction's token for a resource as two shared advisory locks
+-- (high and low 32 bits), so that other sessions can read it from pg_locks at once.
+CREATE OR REPLACE FUNCTION fencegate._publish(p_resource text, p_token bigint)
+RETURNS void LANGUAGE sql AS $fn$
+    SELECT pg_catalog.pg_advisory_xact_lock_shared(
+               pg_catalog.hashtext(p_resource), (p_token >> 32)::int4),
+           pg_catalog.pg_advisory_xact_lock_shared(
+               pg_catalog.hashtext('fencegate:' || p_resource),
+               ((p_token & 4294967295) - 2147483648)::int4)
+$fn$;
+
+-- The highest token session p_pid has published for p_resource in its open transaction
+-- (an upper bound when it published several), or NULL.
+CREATE OR REPLACE FUNCTION fencegate._published_token(p_pid int4, p_resource text)
+RETURNS bigint LANGUAGE sql STABLE AS $fn$
+    WITH mine AS (
+        SELECT l.classid, l.objid::int8 AS objid
+        FROM pg_catalog.pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.pid = p_pid AND l.granted
+          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                            WHERE d.datname = pg_catalog.current_database())
+    )
+    SELECT (SELECT max(objid) FROM mine
+            WHERE classid = pg_catalog.hashtext(p_resource)::oid) * 4294967296
+         + (SELECT max(CASE WHEN objid >= 2147483648 THEN objid - 4294967296 ELSE objid END)
+            FROM mine
+            WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
+$fn$;
+
+-- Raises H(p_resource) to p_token unless it is higher; true when admitted. Holds the row
+-- lock until the end of the caller's transaction.
+CREATE OR REPLACE FUNCTION fencegate._admit(p_resource text, p_token bigint)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM fencegate._publish(p_resource, p_token);
+    INSERT INTO fencegate.fence AS f (resource, token) VALUES (p_resource, p_token)
+    ON CONFLICT (resource) DO UPDATE SET token = excluded.token, updated_at = now()
+    WHERE f.token <= excluded.token;
+    RETURN FOUND;
+END
+$fn$;
+
+-- Ends the sessions whose published tokens for p_resource are all older than p_token.
+CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
+RETURNS int4 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    victim int4;
+    theirs bigint;
+    ended int4 := 0;
+BEGIN
+    FOR victim IN
+        SELECT DISTINCT l.pid FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+          AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
+    LOOP
+        theirs := fencegate._published_token(victim, p_resource);
+        IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim) THEN
+            RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
+                victim, theirs, p_resource, p_token;
+            ended := ended + 1;
+        END IF;
+    END LOOP;
+    RETURN ended;
+END
+$fn$;
+
+-- The committed high-water mark of a resource, or NULL.
+CREATE OR REPLACE FUNCTION fencegate.high_water(p_resource text)
+RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT token FROM fencegate.fence WHERE resource = p_resource
+$fn$;
+
+-- The check: admits (p_resource, p_token) in the caller's transaction or raises 55Z01.
+-- p_grace_ms bounds the wait behind an older holder's open transaction before that
+-- transaction is ended (0: wait as long as the session's own lock_timeout allows).
+CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
+                                           p_grace_ms int4 DEFAULT 5000)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    memo text := COALESCE(pg_catalog.current_setting('fencegate.checked', true), '');
+    key text;
+    admitted boolean;
+    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    IF p_resource IS NULL OR pg_catalog.octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = pg_catalog.format('invalid fencing annotation: resource must be 1 to 256 bytes, got %s',
+                COALESCE(pg_catalog.octet_length(p_resource)::text || ' bytes', 'none'));
+    END IF;
+    IF p_token IS NULL OR p_token < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = pg_catalog.format('invalid fencing annotation: token must be a non-negative integer, got %s',
+                COALESCE(p_token::text, 'none'));
+    END IF;
+    key := ';' || pg_catalog.octet_length(p_resource) || ':' || p_resource || '=' || p_token || ';';
+    IF pg_catalog.strpos(memo, key) > 0 THEN
+        RETURN p_token;
+    END IF;
+    IF p_grace_ms > 0 THEN
+        LOOP
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', p_grace_ms || 'ms', true);
+                admitted := fencegate._admit(p_resource, p_token);
+                PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                PERFORM fencegate._preempt(p_resource, p_token);
+            END;
+        END LOOP;
+    ELSE
+        admitted := fencegate._admit(p_resource, p_token);
+    END IF;
+    IF NOT admitted THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z01',
+            MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: the current token is %s',
+                p_token, pg_catalog.quote_literal(p_resource), fencegate.high_water(p_resource)),
+            DETAIL = pg_catalog.format('resource=%s presented_token=%s current_token=%s',
+                pg_catalog.quote_literal(p_resource), p_token, fencegate.high_water(p_resource)),
+            HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
+    END IF;
+    PERFORM pg_catalog.set_config('fencegate.checked',
+        CASE WHEN memo = '' THEN key ELSE memo || pg_catalog.substr(key, 2) END, true);
+    RETURN p_token;
+END
+$fn$;
+
+-- The check for tokens given as settings (SET [LOCAL] fencing.resource / fencing.token,
+-- or startup options): PostgreSQL resolves SET LOCAL > SET > startup, RESET, DISCARD and
+-- rollbacks itself. Returns NULL when no token is in effect.
+CREATE OR REPLACE FUNCTION fencegate.check_settings(p_grace_ms int4 DEFAULT 5000,
+                                                    p_required boolean DEFAULT false)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    r text := NULLIF(pg_catalog.current_setting('fencing.resource', true), '');
+    t text := NULLIF(pg_catalog.current_setting('fencing.token', true), '');
+BEGIN
+    IF t IS NULL THEN
+        IF p_required THEN
+            RAISE EXCEPTION USING ERRCODE = '55Z02',
+                MESSAGE = 'invalid fencing annotation: this statement writes to a table that requires a fencing token, and none is set';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF r IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = 'invalid fencing annotation: fencing.token is set but fencing.resource is not';
+    END IF;
+    IF t !~ '^[0-9]{1,19}$' OR (pg_catalog.length(t) = 19 AND t > '9223372036854775807') THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = pg_catalog.format('invalid fencing annotation: fencing.token must be an integer from 0 to 9223372036854775807, got %s',
+                pg_catalog.quote_literal(t));
+    END IF;
+    RETURN fencegate.check(r, t::bigint, p_grace_ms);
+END
+$fn$;
+
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '1')
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+"#;
+
+/// SQLSTATEs a check raises when the schema is missing (no schema / no function).
+pub const MISSING_SCHEMA_STATES: &[&[u8]] = &[b"3F000", b"42883"];
