@@ -112,8 +112,13 @@ impl ServeArgs {
             max_message_size,
             upstream_tls,
             connect_timeout,
-            shutdown_grace
+            shutdown_grace,
+            fence_mode,
+            preempt_grace
         );
+        if !self.require_token_tables.is_empty() {
+            c.require_token_tables = self.require_token_tables;
+        }
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert;
         }
@@ -189,4 +194,62 @@ async fn signal_shutdown(token: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutdown signal received");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::parse_from([&["fencegate", "serve"], args].concat());
+        match cli.command {
+            Command::Serve(args) => *args,
+            Command::Migrate(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let c = serve_args(&[
+            "--listen=127.0.0.1:7001",
+            "--upstream=db:5433",
+            "--max-connections=7",
+            "--max-message-size=20000",
+            "--upstream-tls=require",
+            "--connect-timeout=3s",
+            "--shutdown-grace=4s",
+            "--fence-mode=writes",
+            "--preempt-grace=250ms",
+            "--require-token-table=orders,jobs",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.upstream, "db:5433");
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.max_message_size, 20000);
+        assert_eq!(c.upstream_tls, UpstreamTls::Require);
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(4));
+        assert_eq!(c.fence_mode, FenceMode::Writes);
+        assert_eq!(c.preempt_grace, Duration::from_millis(250));
+        assert_eq!(c.require_token_tables, ["orders", "jobs"]);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_a_missing_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("fencegate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f.toml");
+        std::fs::write(&file, "upstream = 'file:1'\nmax_connections = 9\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = serve_args(&["--config", path, "--max-connections=3"])
+            .into_config()
+            .unwrap();
+        assert_eq!((c.upstream.as_str(), c.max_connections), ("file:1", 3));
+        assert!(serve_args(&["--config", "/nonexistent/x.toml"])
+            .into_config()
+            .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

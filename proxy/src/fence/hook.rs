@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cache::HighWaterCache;
 use super::contains_ignore_case;
 use super::plan::{Analysis, Decision, FencePolicy};
 use super::schema::MISSING_SCHEMA_STATES;
@@ -43,6 +44,7 @@ const TRACKING_LOST: &str =
 pub struct FenceHooks {
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
+    cache: Arc<HighWaterCache>,
 }
 
 impl FenceHooks {
@@ -51,6 +53,7 @@ impl FenceHooks {
         FenceHooks {
             policy: Arc::new(policy),
             stats,
+            cache: Arc::new(HighWaterCache::default()),
         }
     }
 }
@@ -69,6 +72,7 @@ impl HookFactory for FenceHooks {
         Some(Box::new(FenceHook {
             policy: self.policy.clone(),
             stats: self.stats.clone(),
+            cache: self.cache.clone(),
             database,
             settings_aware,
             statements: HashMap::new(),
@@ -81,6 +85,7 @@ impl HookFactory for FenceHooks {
 pub struct FenceHook {
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
+    cache: Arc<HighWaterCache>,
     database: String,
     /// The session may have fencing settings (sticky: checking settings that are unset
     /// costs little, missing one that is set would be unsafe).
@@ -109,6 +114,9 @@ impl SessionHook for FenceHook {
         match code {
             b"55Z01" => {
                 FenceStats::bump(&self.stats.stale);
+                if let Some(detail) = error_field(body, b'D') {
+                    self.cache.observe_rejection(&self.database, detail);
+                }
                 tracing::warn!(database = %self.database, %message, "stale fencing token rejected");
                 None
             }
@@ -145,11 +153,22 @@ impl FenceHook {
 
     fn decide(&mut self, analysis: &Analysis) -> Option<String> {
         self.note_settings(analysis);
-        let decision = self.policy.decide_analyzed(analysis, self.settings_aware);
+        let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
+        if let Decision::Check(fence) = &decision {
+            match self.cache.get(&self.database, &fence.resource) {
+                Some(current) if current > fence.token => {
+                    decision = Decision::Stale {
+                        fence: fence.clone(),
+                        current,
+                    }
+                }
+                _ => {}
+            }
+        }
         match &decision {
             Decision::Pass => return None,
             Decision::Invalid(reason) => tracing::debug!(%reason, "rejecting statement"),
-            Decision::Check(_) | Decision::CheckSettings { .. } => {
+            Decision::Stale { .. } | Decision::Check(_) | Decision::CheckSettings { .. } => {
                 FenceStats::bump(&self.stats.checks)
             }
         }

@@ -4,6 +4,7 @@
 //! - [`sql`]: a lexer that splits Query strings into statements and finds keywords and
 //!   comments without decoding the client's bytes.
 //! - [`annotation`]: sqlcommenter comments (`fencing_resource`, `fencing_token`).
+//! - [`cache`]: the per-process lower bound of high-water marks (early rejection).
 //! - [`classify`]: what a statement may do (transaction control, read, write, must run
 //!   outside a transaction block) and whether it may change the fencing settings.
 //! - [`plan`]: the decision for one statement and the SQL that carries it out.
@@ -13,6 +14,7 @@
 //! - [`stats`]: counters shared by all sessions.
 
 pub mod annotation;
+pub mod cache;
 pub mod classify;
 pub mod hook;
 pub mod migrate;

@@ -45,6 +45,14 @@ pub enum Decision {
     },
     /// Reject it with 55Z02 for this reason.
     Invalid(String),
+    /// Reject it with 55Z01 without consulting the fence row: the token is below a
+    /// committed high-water mark this proxy has already seen.
+    Stale {
+        /// The presented fence.
+        fence: Fence,
+        /// The known committed high-water mark (greater than the token).
+        current: i64,
+    },
 }
 
 impl Decision {
@@ -150,9 +158,27 @@ impl FencePolicy {
                 "DO $fencegate$BEGIN RAISE EXCEPTION USING ERRCODE = '55Z02', MESSAGE = 'invalid fencing annotation: {}'; END$fencegate$",
                 ascii_literal(reason)
             )),
+            Decision::Stale { fence, current } => {
+                let resource = format!(
+                    "pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8')",
+                    hex(fence.resource.as_bytes())
+                );
+                let token = fence.token;
+                Some(format!(
+                    "DO $fencegate$BEGIN RAISE EXCEPTION USING ERRCODE = '55Z01', \
+                     MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: the current token is %s', \
+                     {token}, pg_catalog.quote_literal({resource}), {current}), \
+                     DETAIL = pg_catalog.format('presented_token=%s current_token=%s resource=%s', {token}, {current}, {resource}), \
+                     HINT = '{STALE_HINT}'; END$fencegate$"
+                ))
+            }
         }
     }
 }
+
+/// The hint of every 55Z01 rejection (the same text as the schema's check raises).
+pub const STALE_HINT: &str =
+    "The lock was taken over by a newer holder. Do not retry: stop working on this resource.";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -263,5 +289,17 @@ mod tests {
         assert!(sql.is_ascii());
         assert!(sql.contains("bad ''x'' fencegate ?"), "{sql}");
         assert_eq!(p.sql(&Decision::Pass), None);
+        let stale = Decision::Stale {
+            fence: Fence {
+                resource: "é".into(),
+                token: 1,
+            },
+            current: 9,
+        };
+        let sql = p.sql(&stale).unwrap();
+        assert!(
+            sql.is_ascii() && sql.contains("'55Z01'") && sql.contains("'c3a9'"),
+            "{sql}"
+        );
     }
 }

@@ -174,8 +174,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55Z01',
             MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: the current token is %s',
                 p_token, pg_catalog.quote_literal(p_resource), fencegate.high_water(p_resource)),
-            DETAIL = pg_catalog.format('resource=%s presented_token=%s current_token=%s',
-                pg_catalog.quote_literal(p_resource), p_token, fencegate.high_water(p_resource)),
+            DETAIL = pg_catalog.format('presented_token=%s current_token=%s resource=%s',
+                p_token, fencegate.high_water(p_resource), p_resource),
             HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
     END IF;
     PERFORM pg_catalog.set_config('fencegate.checked',
