@@ -31,8 +31,8 @@ pub enum Kind {
 pub struct Class {
     /// What it may do.
     pub kind: Kind,
-    /// It mentions `fencing.` (SET, RESET, set_config, ...) or resets settings wholesale,
-    /// so the fencing settings may differ after it.
+    /// It mentions `fencing.` (SET, RESET, set_config, ...), so the session may carry
+    /// fencing settings from now on.
     pub touches_settings: bool,
 }
 
@@ -79,10 +79,7 @@ pub fn classify(statement: &[u8]) -> Class {
         b"copy" if has("to") && !has("from") => Kind::Read,
         _ => Kind::Write,
     };
-    let touches_settings = contains_ignore_case(statement, b"fencing.")
-        || (first == b"reset" && word(1) == b"all")
-        || first == b"discard"
-        || (first == b"set" && matches!(word(1).as_slice(), b"role" | b"session"));
+    let touches_settings = contains_ignore_case(statement, b"fencing.");
     Class {
         kind,
         touches_settings,
