@@ -188,14 +188,17 @@ mod tests {
             "SET fencing.token = 5",
             "set local FENCING.resource = 'a'",
             "RESET fencing.token",
-            "RESET ALL",
-            "DISCARD ALL",
             "SELECT set_config('fencing.token', '5', true)",
-            "SET ROLE other",
         ] {
             assert!(classify(sql.as_bytes()).touches_settings, "{sql}");
         }
-        for sql in ["SET work_mem = '1MB'", "SELECT 1", "RESET work_mem"] {
+        for sql in [
+            "SET work_mem = '1MB'",
+            "SELECT 1",
+            "RESET work_mem",
+            "RESET ALL",
+            "DISCARD ALL",
+        ] {
             assert!(!classify(sql.as_bytes()).touches_settings, "{sql}");
         }
     }

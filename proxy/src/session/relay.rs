@@ -22,7 +22,7 @@ use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
 use crate::protocol::framing::{peek_tagged, HEADER_LEN};
-use crate::protocol::frontend::FrontendMessage;
+use crate::protocol::frontend::{self as fe, FrontendMessage};
 
 /// Stop reading from one side while this many bytes wait to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -56,6 +56,8 @@ pub struct Relay {
     client_eof: bool,
     server_eof: bool,
     fatal_forwarded: bool,
+    /// The client sent Terminate: the server closing next is the normal end.
+    terminated: bool,
     draining: bool,
 }
 
@@ -80,6 +82,7 @@ impl Relay {
             client_eof: false,
             server_eof: false,
             fatal_forwarded: false,
+            terminated: false,
             draining: false,
         }
     }
@@ -138,6 +141,9 @@ impl Relay {
                 Poll::Pending => {}
             }
             if self.client_eof && self.to_server.is_empty() {
+                return Poll::Ready(Ok(End::ClientClosed));
+            }
+            if self.server_eof && self.terminated {
                 return Poll::Ready(Ok(End::ClientClosed));
             }
             if self.server_eof && self.to_client.is_empty() {
@@ -224,6 +230,7 @@ impl Relay {
                 Some((_, hidden)) => self.tracker.rewritten_query(std::mem::take(hidden)),
                 None => self.tracker.client_message(&msg, Action::Forward),
             }
+            self.terminated |= info.tag == fe::TERMINATE;
             if !self.injected.is_empty() || replacement.is_some() {
                 self.to_server.push(take(&mut self.client.rbuf, run));
                 for (bytes, _) in self.injected.drain(..) {
