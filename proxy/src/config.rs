@@ -32,6 +32,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// the proxy ends that transaction.
 pub const DEFAULT_PREEMPT_GRACE: Duration = Duration::from_secs(5);
 
+/// Largest message accepted from the server: what the protocol's length field allows. The
+/// limit that protects the proxy is `max_message_size`, on client input; result rows are
+/// the server's to size (memory still grows only as their bytes arrive).
+pub const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
+
 /// Largest startup-phase packet (StartupMessage, SSLRequest, CancelRequest), as in PostgreSQL.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 /// Largest message a client may send before authentication completes (PasswordMessage,
@@ -64,7 +69,7 @@ pub struct Config {
     /// Maximum concurrent client connections; further ones wait in the accept queue.
     /// Default 1000.
     pub max_connections: usize,
-    /// Largest message accepted after authentication, in bytes. Default 1 GiB - 1.
+    /// Largest message a client may send after authentication, in bytes. Default 1 GiB - 1.
     pub max_message_size: usize,
     /// PEM certificate chain for TLS towards clients. TLS is offered only when both
     /// `tls_cert` and `tls_key` are set; otherwise SSLRequest is answered `N`.

@@ -6,11 +6,13 @@
 //!   same (implicit or explicit) transaction, after any SET earlier in the string. The
 //!   check's results are hidden; if it fails, the server stops the string there and the
 //!   client sees the error in place of its statement's result.
-//! - Extended protocol: the annotation is read from Parse and followed through Bind to the
-//!   portal; the check (Close, Parse, Bind, Execute of the proxy's own named statement and
-//!   portal) goes right before the client's Execute, after the client's Parse and Bind, so
-//!   a failed check never leaves the client's statement unprepared. If the check fails, the
-//!   server skips the client's messages up to Sync and the client sees the error.
+//! - Extended protocol: the annotation is read from Parse; the check (Close, Parse, Bind,
+//!   Execute of the proxy's own named statement and portal) goes right before the client's
+//!   Bind. After the client's Parse, so a failed check never leaves the client's statement
+//!   unprepared; before its Bind, because Bind takes the statement's snapshot (READ
+//!   COMMITTED), which must come after the check has waited for an older holder's commit,
+//!   or the client would read data from before that commit. If the check fails, the server
+//!   skips the client's messages up to Sync and the client sees the error.
 //! - Settings (`SET [LOCAL] fencing.*`, startup options): once a session may have them, each
 //!   data statement without an annotation is preceded by `fencegate.check_settings`, and
 //!   PostgreSQL itself resolves SET LOCAL > SET > startup, RESET, DISCARD and rollbacks.
@@ -76,7 +78,6 @@ impl HookFactory for FenceHooks {
             database,
             settings_aware,
             statements: HashMap::new(),
-            portals: HashMap::new(),
         }))
     }
 }
@@ -92,8 +93,6 @@ pub struct FenceHook {
     settings_aware: bool,
     /// What each prepared statement's text says, by statement name.
     statements: HashMap<Vec<u8>, Arc<Analysis>>,
-    /// The same, by portal name.
-    portals: HashMap<Vec<u8>, Arc<Analysis>>,
 }
 
 impl SessionHook for FenceHook {
@@ -101,8 +100,7 @@ impl SessionHook for FenceHook {
         match msg.tag {
             fe::QUERY => self.on_query(msg, inject),
             fe::PARSE => self.on_parse(msg),
-            fe::BIND => self.on_bind(msg),
-            fe::EXECUTE => self.on_execute(msg, inject),
+            fe::BIND => self.on_bind(msg, inject),
             fe::CLOSE => self.on_close(msg),
             _ => {}
         }
@@ -177,9 +175,8 @@ impl FenceHook {
 
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some(text) = msg.query_text() else { return };
-        // A simple Query destroys the unnamed statement and portal.
+        // A simple Query destroys the unnamed statement.
         self.statements.remove(&b""[..]);
-        self.portals.remove(&b""[..]);
         if !self.settings_aware
             && self.policy.require_token_tables.is_empty()
             && !contains_ignore_case(text, b"fencing")
@@ -221,25 +218,11 @@ impl FenceHook {
         self.statements.insert(name.to_vec(), Arc::new(analysis));
     }
 
-    fn on_bind(&mut self, msg: &FrontendMessage<'_>) {
-        let Some((portal, statement)) = msg.bind_names() else {
+    fn on_bind(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        let Some((_portal, statement)) = msg.bind_names() else {
             return;
         };
-        match self.statements.get(statement) {
-            Some(analysis) => {
-                self.portals.insert(portal.to_vec(), analysis.clone());
-            }
-            None => {
-                self.portals.remove(portal);
-            }
-        }
-    }
-
-    fn on_execute(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
-        let Some(portal) = msg.execute_portal() else {
-            return;
-        };
-        let Some(analysis) = self.portals.get(portal).cloned() else {
+        let Some(analysis) = self.statements.get(statement).cloned() else {
             return;
         };
         let Some(sql) = self.decide(&analysis) else {
@@ -261,14 +244,8 @@ impl FenceHook {
     }
 
     fn on_close(&mut self, msg: &FrontendMessage<'_>) {
-        match msg.target() {
-            Some(Target::Statement(name)) => {
-                self.statements.remove(name);
-            }
-            Some(Target::Portal(name)) => {
-                self.portals.remove(name);
-            }
-            None => {}
+        if let Some(Target::Statement(name)) = msg.target() {
+            self.statements.remove(name);
         }
     }
 }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Read, ReadError};
-use crate::config::{MAX_AUTH_MESSAGE, MAX_STARTUP_PACKET};
+use crate::config::{MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET};
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
@@ -122,11 +122,10 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
 pub async fn authenticate(
     client: &mut Conn,
     server: &mut Conn,
-    max_message: usize,
 ) -> Result<Option<TxStatus>, SessionError> {
     loop {
         tokio::select! {
-            read = server.read_tagged(max_message) => {
+            read = server.read_tagged(MAX_SERVER_MESSAGE) => {
                 let frame = match read {
                     Ok(Read::Frame(f)) => f,
                     Ok(Read::Closed | Read::Truncated) => {

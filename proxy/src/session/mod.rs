@@ -94,7 +94,7 @@ async fn run(
         return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
     }
     let max = shared.config.max_message_size;
-    let Some(status) = handshake::authenticate(&mut client, &mut server, max).await? else {
+    let Some(status) = handshake::authenticate(&mut client, &mut server).await? else {
         return Ok(());
     };
     let hook = shared.hooks.session_hook(&startup);

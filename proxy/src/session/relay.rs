@@ -18,6 +18,7 @@ use super::conn::Conn;
 use super::hook::{Injector, SessionHook};
 use super::outbox::Outbox;
 use super::replies::{Action, ReplyTracker, Route};
+use crate::config::MAX_SERVER_MESSAGE;
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
@@ -52,6 +53,7 @@ pub struct Relay {
     tracker: ReplyTracker,
     hook: Option<Box<dyn SessionHook>>,
     injected: Vec<(Bytes, Action)>,
+    /// Largest client message accepted (`max_message_size`).
     max_message: usize,
     client_eof: bool,
     server_eof: bool,
@@ -257,7 +259,7 @@ impl Relay {
     /// routes it.
     fn on_server_bytes(&mut self) -> Result<(), SessionError> {
         let mut run = 0;
-        while let Some(info) = peek_tagged(&self.server.rbuf[run..], self.max_message)
+        while let Some(info) = peek_tagged(&self.server.rbuf[run..], MAX_SERVER_MESSAGE)
             .map_err(SessionError::upstream_frame)?
         {
             if let Some(reply) = self.tracker.take_synthesized() {
