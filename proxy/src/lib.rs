@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the settings struct, its defaults and validation.
 //! - [`error`]: error types; each says which side (client, upstream, internal) failed.
+//! - [`pgtemp`]: throwaway PostgreSQL clusters from the installed binaries (demo, tests).
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
 //! - [`protocol`]: sans-IO message handling: frame splitting with length checks, typed views
 //!   of the few messages the proxy must look inside, and builders for what it sends itself.
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod error;
 pub mod fence;
+pub mod pgtemp;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -145,13 +145,15 @@ impl Relay {
             if self.client_eof && self.to_server.is_empty() {
                 return Poll::Ready(Ok(End::ClientClosed));
             }
-            if self.server_eof && self.terminated {
-                return Poll::Ready(Ok(End::ClientClosed));
-            }
             if self.server_eof && self.to_client.is_empty() {
-                return Poll::Ready(Ok(End::ServerClosed {
-                    fatal_forwarded: self.fatal_forwarded,
-                }));
+                let end = if self.terminated {
+                    End::ClientClosed
+                } else {
+                    End::ServerClosed {
+                        fatal_forwarded: self.fatal_forwarded,
+                    }
+                };
+                return Poll::Ready(Ok(end));
             }
             if !self.client_eof && self.to_server.len() < HIGH_WATER {
                 self.client.reserve_for_read();
