@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the settings struct, its defaults and validation.
+//! - [`demo`]: `fencegate demo`, the FM12 scenario directly and through the proxy.
 //! - [`error`]: error types; each says which side (client, upstream, internal) failed.
 //! - [`pgtemp`]: throwaway PostgreSQL clusters from the installed binaries (demo, tests).
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fence;
 pub mod pgtemp;

@@ -31,6 +31,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Install or upgrade the `fencegate` schema in one database (idempotent).
     Migrate(MigrateArgs),
+    /// Start a throwaway PostgreSQL and the proxy, and show a stale lock holder's write
+    /// landing directly and rejected through fencegate (exit status 0 when it is).
+    Demo,
 }
 
 #[derive(Args)]
@@ -146,6 +149,16 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
         Command::Migrate(args) => migrate(&args.database_url),
+        Command::Demo => demo(),
+    }
+}
+
+fn demo() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if runtime.block_on(fencegate::demo::run())? {
+        Ok(())
+    } else {
+        std::process::exit(1)
     }
 }
 
@@ -204,7 +217,7 @@ mod tests {
         let cli = Cli::parse_from([&["fencegate", "serve"], args].concat());
         match cli.command {
             Command::Serve(args) => *args,
-            Command::Migrate(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
