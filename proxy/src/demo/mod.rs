@@ -163,10 +163,8 @@ fn report(runs: &[Run]) -> bool {
         };
         let (d, p) = (&run.direct, &run.proxied);
         println!("{title}");
-        println!(
-            "  {:<24} {:<40} {}",
-            "", "directly to PostgreSQL", "through fencegate"
-        );
+        let (blank, direct, fenced) = ("", "directly to PostgreSQL", "through fencegate");
+        println!("  {blank:<24} {direct:<40} {fenced}");
         let rows = [
             (
                 "tokens (A, B)",
