@@ -1,0 +1,149 @@
+//! Where a client connects — Postgres directly or the proxy — and the client programs
+//! pointed at it.
+//!
+//! Client tools get their connection from `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE` (the one
+//! spelling that `psql`, `pgbench`, `pg_dump` and `pg_isready` all share) after every other
+//! inherited `PG*` variable is removed, so a developer's environment cannot change a test.
+//! [`run`] waits for a program with a deadline and kills it (by its pid) if it hangs, so a
+//! proxy that stalls fails the test instead of hanging it.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::pgbin::PgBin;
+
+/// How long a client program may run before it is killed and the test fails.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A TCP address a PostgreSQL client can connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// `127.0.0.1:port`.
+    pub fn loopback(port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        }
+    }
+
+    /// The host as a string (for libpq and tokio-postgres).
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A command for the client tool `program` (from the server's bindir when present),
+    /// connecting here as `user` to database `db`. No password is set: use `PGPASSWORD` via
+    /// `.env()` for password users.
+    pub fn command(&self, program: &str, user: &str, db: &str) -> Command {
+        let mut cmd = Command::new(PgBin::get().tool(program));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("PGHOST", self.host())
+            .env("PGPORT", self.port().to_string())
+            .env("PGUSER", user)
+            .env("PGDATABASE", db)
+            .env("PGPASSFILE", "/nonexistent/fencegate-no-pgpass")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PSQLRC", "/dev/null")
+            .env("LC_ALL", "C");
+        cmd
+    }
+
+    /// A tokio-postgres configuration connecting here as `user` to database `db`, without
+    /// TLS negotiation surprises (the default `prefer` mode is kept: the proxy and the test
+    /// cluster both answer `N` unless TLS is configured).
+    pub fn pg_config(&self, user: &str, db: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.host())
+            .port(self.port())
+            .user(user)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10));
+        config
+    }
+
+    /// Connects with tokio-postgres (no TLS) and drives the connection on a spawned task.
+    pub async fn connect(&self, user: &str, db: &str) -> tokio_postgres::Client {
+        let (client, connection) = self
+            .pg_config(user, db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} as {user}/{db}: {e}", self.addr));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended with error: {e}");
+            }
+        });
+        client
+    }
+}
+
+/// Runs `cmd` with `stdin` as its standard input and captures stdout and stderr. Panics if
+/// it cannot be started or runs longer than [`TOOL_TIMEOUT`] (it is killed first).
+pub fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    // A child that exits early closes its stdin: a failed write is not our error.
+    let writer = std::thread::spawn(move || drop(input.write_all(&stdin)));
+    let stdout = reader(child.stdout.take().expect("piped stdout"));
+    let stderr = reader(child.stderr.take().expect("piped stderr"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = match rx.recv_timeout(TOOL_TIMEOUT) {
+        Ok(status) => status.expect("wait for child"),
+        Err(_) => {
+            // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own child's;
+            // the waiter thread has not reaped it (it reported nothing), so it is not reused.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}; killed");
+        }
+    };
+    writer.join().expect("stdin writer");
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Runs `cmd` (see [`run`]) and panics with its stderr unless it exits successfully.
+pub fn run_ok(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let out = run(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,308 @@
+//! Helpers for the fencing tests: databases with the `fencegate` schema, proxies that
+//! enforce fencing tokens, sqlcommenter annotations, and a [`Monitor`] that looks at Postgres
+//! directly (the high-water mark, backends waiting for locks or gone), which no client
+//! through the proxy can see.
+//!
+//! Synchronisation is by polling Postgres with a deadline ([`eventually`]), never by sleeping:
+//! "B is blocked" means B's backend has an ungranted lock in `pg_locks`.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fencegate::config::Config;
+use fencegate::fence::hook::FenceHooks;
+use fencegate::fence::stats::FenceStats;
+use tokio_postgres::error::DbError;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::cluster::{Cluster, SUPERUSER};
+use crate::endpoint::{run, Endpoint};
+use crate::proxy::TestProxy;
+
+/// SQLSTATE of a stale fencing token.
+pub const STALE: &str = "55Z01";
+/// SQLSTATE of a malformed or missing fencing annotation.
+pub const INVALID: &str = "55Z02";
+/// SQLSTATE of a fenced statement in a database without the `fencegate` schema.
+pub const NOT_INSTALLED: &str = "55Z03";
+
+/// How long any awaited condition may take before the test fails (generous: the test
+/// machine may be busy compiling).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A proxy that enforces fencing tokens, and the counters its sessions share.
+pub struct FenceProxy {
+    /// The running proxy.
+    pub proxy: TestProxy,
+    /// Its fencing counters.
+    pub stats: Arc<FenceStats>,
+}
+
+impl FenceProxy {
+    /// Starts a fencing proxy in front of `127.0.0.1:upstream_port` whose preemption grace is
+    /// `grace` (`Duration::ZERO`: an older holder's open transaction is never ended). The
+    /// policy is built from the same [`Config`] the proxy gets, as `fencegate serve` does.
+    pub fn start(upstream_port: u16, grace: Duration) -> FenceProxy {
+        let tweak = move |c: &mut Config| c.preempt_grace = grace;
+        let mut config = Config::default();
+        tweak(&mut config);
+        let stats = Arc::new(FenceStats::default());
+        let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
+        let _ = hooks;
+        let proxy = TestProxy::start(
+            upstream_port,
+            tweak,
+            Arc::new(fencegate::session::hook::NoHooks),
+        );
+        FenceProxy { proxy, stats }
+    }
+
+    /// Where clients reach the proxy.
+    pub fn endpoint(&self) -> Endpoint {
+        self.proxy.endpoint()
+    }
+}
+
+/// Installs the `fencegate` schema in `db` the way `fencegate migrate` does, connecting to
+/// Postgres directly as the superuser.
+pub async fn install(port: u16, db: &str) {
+    let url = format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}");
+    fencegate::fence::migrate::run(&url)
+        .await
+        .unwrap_or_else(|e| panic!("fencegate migrate {url}: {e}"));
+}
+
+/// A fresh database of `cluster` with the `fencegate` schema installed, and `setup` SQL run in
+/// it directly as the superuser.
+pub async fn fenced_database(cluster: &Cluster, prefix: &str, setup: &str) -> String {
+    let db = cluster.create_database(prefix);
+    install(cluster.port(), &db).await;
+    if !setup.is_empty() {
+        cluster.execute(&db, setup);
+    }
+    db
+}
+
+/// The sqlcommenter annotation `/*fencing_resource='…',fencing_token='…'*/`, both values
+/// URL-encoded (the token is written as given, so tests can pass malformed ones).
+pub fn comment(resource: &str, token: impl Display) -> String {
+    format!(
+        "/*fencing_resource='{}',fencing_token='{}'*/",
+        url_encode(resource),
+        url_encode(&token.to_string())
+    )
+}
+
+/// Percent-encodes every byte except RFC 3986 unreserved characters.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The server error of a failed call, asserting its SQLSTATE is `code`.
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    code: &str,
+) -> DbError {
+    match result {
+        Ok(v) => panic!("expected SQLSTATE {code}, got success: {v:?}"),
+        Err(e) => match e.as_db_error() {
+            Some(db) if db.code().code() == code => db.clone(),
+            Some(db) => panic!(
+                "expected SQLSTATE {code}, got {}: {} ({:?})",
+                db.code().code(),
+                db.message(),
+                db.hint()
+            ),
+            None => panic!("expected SQLSTATE {code}, got a non-server error: {e}"),
+        },
+    }
+}
+
+/// Asserts `err` is the stale-token error for `resource`, naming the presented token and
+/// the current high-water mark.
+pub fn assert_stale(err: &DbError, resource: &str, presented: i64, current: i64) {
+    assert_eq!(err.code().code(), STALE, "{err:?}");
+    let want = format!(
+        "stale fencing token {presented} for resource '{resource}': the current token is {current}"
+    );
+    assert_eq!(err.message(), want, "{err:?}");
+}
+
+/// Asserts the connection is usable after an error: `ROLLBACK` (a warning outside a
+/// transaction) and `SELECT 1` succeed.
+pub async fn assert_usable(client: &Client) {
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("ROLLBACK after the error");
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("SELECT 1 after the error")
+        .get(0);
+    assert_eq!(one, 1);
+}
+
+/// The server process id behind a client (through the proxy: the upstream backend's).
+pub async fn backend_pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid")
+        .get(0)
+}
+
+/// What a simple Query returned, as text: column names, rows, and command tags' row counts.
+pub fn render(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                let names: Vec<&str> = cols.iter().map(|c| c.name()).collect();
+                format!("columns {names:?}")
+            }
+            SimpleQueryMessage::Row(row) => {
+                let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
+                format!("row {values:?}")
+            }
+            SimpleQueryMessage::CommandComplete(n) => format!("complete {n}"),
+            _ => "other".to_string(),
+        })
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test (instead of hanging it) after [`DEADLINE`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {DEADLINE:?}"))
+}
+
+/// A superuser connection straight to Postgres, for looking at what clients cannot see.
+pub struct Monitor {
+    client: Client,
+}
+
+impl Monitor {
+    /// Connects to `db` on `cluster` directly.
+    pub async fn connect(cluster: &Cluster, db: &str) -> Monitor {
+        Monitor {
+            client: cluster.endpoint().connect(SUPERUSER, db).await,
+        }
+    }
+
+    /// The direct client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The committed high-water mark of `resource` (`fencegate.fence`), if any.
+    pub async fn high_water(&self, resource: &str) -> Option<i64> {
+        self.client
+            .query_opt(
+                "SELECT token FROM fencegate.fence WHERE resource = $1",
+                &[&resource],
+            )
+            .await
+            .expect("read fencegate.fence")
+            .map(|r| r.get(0))
+    }
+
+    /// One text value from `sql` (a query returning one row, one column).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    /// When backend `pid` began waiting for a lock it has not been granted, if it is waiting.
+    pub async fn lock_wait_start(&self, pid: i32) -> Option<String> {
+        self.client
+            .query_opt(
+                "SELECT waitstart::text FROM pg_locks \
+                 WHERE pid = $1 AND NOT granted AND waitstart IS NOT NULL LIMIT 1",
+                &[&pid],
+            )
+            .await
+            .expect("read pg_locks")
+            .map(|r| r.get(0))
+    }
+
+    /// Waits until backend `pid` is blocked on a lock; returns when its wait began.
+    pub async fn wait_until_blocked(&self, pid: i32) -> String {
+        eventually(&format!("backend {pid} to wait for a lock"), || {
+            self.lock_wait_start(pid)
+        })
+        .await
+    }
+
+    /// True while backend `pid` exists.
+    pub async fn backend_exists(&self, pid: i32) -> bool {
+        self.client
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .expect("read pg_stat_activity")
+            .is_some()
+    }
+
+    /// Waits until backend `pid` has exited.
+    pub async fn wait_until_gone(&self, pid: i32) {
+        eventually(&format!("backend {pid} to exit"), || async {
+            (!self.backend_exists(pid).await).then_some(())
+        })
+        .await
+    }
+}
+
+/// A `psql` command for `db` at `ep` as `user`: no psqlrc, unaligned tuples-only output,
+/// stop at the first error, errors printed with their SQLSTATE.
+pub fn psql_command(ep: Endpoint, user: &str, db: &str) -> Command {
+    let mut cmd = ep.command("psql", user, db);
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=verbose",
+    ]);
+    cmd
+}
+
+/// Runs `cmd` with `stdin`, returning exit status, stdout and stderr as text.
+pub fn run_text(cmd: &mut Command, stdin: &str) -> (Output, String, String) {
+    let out = run(cmd, stdin.as_bytes());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}

@@ -1,0 +1,206 @@
+//! A tiny blocking PostgreSQL wire client for byte-level comparisons.
+//!
+//! It speaks just enough of protocol 3.0 to log in with `trust` and then sends whatever bytes
+//! a test builds (see [`msg`]) and collects the server's messages as `(tag, body)` pairs.
+//! Comparing those lists for a direct connection and a proxied one shows that the proxy
+//! relays bytes unchanged; [`normalize`] masks the only field that must differ (the
+//! BackendKeyData secret and pid).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One backend message: its tag byte and its body (without the length word).
+pub type Message = (u8, Vec<u8>);
+
+/// How long a single read may block before the test fails with a timeout error.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A logged-in raw protocol connection.
+pub struct WireClient {
+    stream: TcpStream,
+}
+
+impl WireClient {
+    /// Connects, sends a StartupMessage for `user`/`database` (no SSLRequest), accepts only
+    /// AuthenticationOk, and returns the client with every message up to and including the
+    /// first ReadyForQuery.
+    pub fn connect(
+        addr: SocketAddr,
+        user: &str,
+        database: &str,
+    ) -> io::Result<(Self, Vec<Message>)> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let mut client = WireClient { stream };
+        client.send(&msg::startup(&[("user", user), ("database", database)]))?;
+        let mut startup = Vec::new();
+        loop {
+            let (tag, body) = client.read_message()?;
+            match tag {
+                b'R' if body.get(..4) != Some(&[0, 0, 0, 0]) => {
+                    return Err(io::Error::other(format!(
+                        "unsupported auth request {body:?}"
+                    )));
+                }
+                b'E' => {
+                    return Err(io::Error::other(
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ))
+                }
+                _ => {}
+            }
+            startup.push((tag, body));
+            if tag == b'Z' {
+                return Ok((client, startup));
+            }
+        }
+    }
+
+    /// Writes raw bytes (one or more frontend messages).
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one backend message.
+    pub fn read_message(&mut self) -> io::Result<Message> {
+        let mut header = [0u8; 5];
+        self.stream.read_exact(&mut header)?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !(4..=64 << 20).contains(&len) {
+            return Err(io::Error::other(format!("bad message length {len}")));
+        }
+        let mut body = vec![0; len - 4];
+        self.stream.read_exact(&mut body)?;
+        Ok((header[0], body))
+    }
+
+    /// Reads messages until `n` ReadyForQuery messages have arrived; returns all of them.
+    pub fn read_until_ready(&mut self, n: usize) -> io::Result<Vec<Message>> {
+        let mut out = Vec::new();
+        let mut ready = 0;
+        while ready < n {
+            let message = self.read_message()?;
+            ready += usize::from(message.0 == b'Z');
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    /// Reads until the peer closes the connection; returns what arrived before that.
+    pub fn read_to_close(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Ok(message) = self.read_message() {
+            out.push(message);
+        }
+        out
+    }
+}
+
+/// Masks what legitimately differs between two connections: BackendKeyData's pid and secret.
+pub fn normalize(messages: &[Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|(tag, body)| match tag {
+            b'K' => (*tag, vec![0; body.len()]),
+            _ => (*tag, body.clone()),
+        })
+        .collect()
+}
+
+/// Renders messages one a line (`tag: body`, non-printable bytes escaped) for readable diffs.
+pub fn render(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|(tag, body)| format!("{}: {}", *tag as char, body.escape_ascii()))
+        .collect()
+}
+
+/// Builders for frontend messages.
+pub mod msg {
+    fn frame(tag: Option<u8>, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + 5);
+        out.extend(tag);
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+
+    /// StartupMessage (protocol 3.0) with the given parameters.
+    pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (key, value) in params {
+            cstr(&mut body, key);
+            cstr(&mut body, value);
+        }
+        body.push(0);
+        frame(None, &body)
+    }
+
+    /// Query (simple protocol).
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, sql);
+        frame(Some(b'Q'), &body)
+    }
+
+    /// Parse with no parameter types given.
+    pub fn parse(statement: &str, sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, statement);
+        cstr(&mut body, sql);
+        body.extend_from_slice(&0u16.to_be_bytes());
+        frame(Some(b'P'), &body)
+    }
+
+    /// Bind with text-format parameters (`None` = NULL) and text-format results.
+    pub fn bind(portal: &str, statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, portal);
+        cstr(&mut body, statement);
+        body.extend_from_slice(&0u16.to_be_bytes());
+        body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for param in params {
+            match param {
+                Some(value) => {
+                    body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                    body.extend_from_slice(value.as_bytes());
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        body.extend_from_slice(&0u16.to_be_bytes());
+        frame(Some(b'B'), &body)
+    }
+
+    /// Describe of a statement (`b'S'`) or portal (`b'P'`).
+    pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        cstr(&mut body, name);
+        frame(Some(b'D'), &body)
+    }
+
+    /// Execute a portal, returning at most `max_rows` rows (0 = all).
+    pub fn execute(portal: &str, max_rows: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, portal);
+        body.extend_from_slice(&max_rows.to_be_bytes());
+        frame(Some(b'E'), &body)
+    }
+
+    /// Sync.
+    pub fn sync() -> Vec<u8> {
+        frame(Some(b'S'), &[])
+    }
+
+    /// Terminate.
+    pub fn terminate() -> Vec<u8> {
+        frame(Some(b'X'), &[])
+    }
+}

@@ -1,0 +1,821 @@
+//! Faults: malformed and hostile input, unreachable and dying servers, vanishing clients, and
+//! TLS negotiation. Each test names the behaviour it checks and fails when it breaks: a bad
+//! peer gets a FATAL ErrorResponse (where the protocol allows one) and a closed connection,
+//! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
+//! server backend is left behind.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fencegate::protocol::backend::{error_field, is_fatal};
+use fencegate::session::hook::NoHooks;
+use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
+use fencegate_tests::endpoint::run;
+use fencegate_tests::fake_upstream::FakeUpstream;
+use fencegate_tests::wire::{self, msg, Message, WireClient};
+use fencegate_tests::{Endpoint, TestProxy};
+use tokio_postgres::error::SqlState;
+
+/// How long a peer may take to answer and close after a fault.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What came back on a raw connection until the peer closed it.
+#[derive(Debug)]
+struct Reply {
+    bytes: Vec<u8>,
+    /// The peer reset the connection instead of closing it cleanly.
+    reset: bool,
+}
+
+/// Connects, writes `bytes` in one write, optionally half-closes, and reads until the peer
+/// closes. Fails the test if the peer keeps the connection open past [`CLOSE_DEADLINE`].
+fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(bytes).expect("write");
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    read_to_close(&mut stream)
+}
+
+fn read_to_close(stream: &mut TcpStream) -> Reply {
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "connection still open after {CLOSE_DEADLINE:?}; got {} bytes: {:?}",
+            bytes.len(),
+            &bytes[..bytes.len().min(200)]
+        );
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Reply {
+                    bytes,
+                    reset: false,
+                }
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return Reply { bytes, reset: true }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Splits backend bytes into messages; fails on a partial message.
+fn messages(mut bytes: &[u8]) -> Vec<Message> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 5, "partial message header: {bytes:?}");
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert!(len >= 4 && bytes.len() > len, "partial message: {bytes:?}");
+        out.push((bytes[0], bytes[5..1 + len].to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// Asserts `got` is exactly one FATAL ErrorResponse with one of `codes`; returns its text.
+fn assert_one_fatal(got: &[Message], codes: &[&str], what: &str) -> String {
+    assert_eq!(
+        got.len(),
+        1,
+        "{what}: expected one FATAL ErrorResponse, got {:?}",
+        wire::render(got)
+    );
+    let (tag, body) = &got[0];
+    assert_eq!(*tag, b'E', "{what}: {:?}", wire::render(got));
+    assert!(is_fatal(body), "{what}: not FATAL: {:?}", wire::render(got));
+    let code = String::from_utf8_lossy(error_field(body, b'C').unwrap_or_default()).into_owned();
+    assert!(
+        codes.contains(&code.as_str()),
+        "{what}: SQLSTATE {code}, expected one of {codes:?}"
+    );
+    String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default()).into_owned()
+}
+
+/// A StartupMessage for protocol `major.minor`.
+fn startup_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = msg::startup(params);
+    packet[4..8].copy_from_slice(&((u32::from(major) << 16) | u32::from(minor)).to_be_bytes());
+    packet
+}
+
+fn ssl_request() -> Vec<u8> {
+    [8u32.to_be_bytes(), 80_877_103u32.to_be_bytes()].concat()
+}
+
+/// A protocol 2.0 startup packet: version, then fixed-width database, user, options, unused
+/// and tty fields (296 bytes in all).
+fn startup_v2(user: &str, database: &str) -> Vec<u8> {
+    let mut packet = 296u32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&(2u32 << 16).to_be_bytes());
+    for (value, width) in [(database, 64), (user, 32), ("", 64), ("", 64), ("", 64)] {
+        let mut field = value.as_bytes().to_vec();
+        field.resize(width, 0);
+        packet.extend(field);
+    }
+    assert_eq!(packet.len(), 296);
+    packet
+}
+
+/// Asserts that `client` (through the proxy) still answers queries.
+async fn assert_alive(client: &tokio_postgres::Client, after: &str) {
+    let row = tokio::time::timeout(CLOSE_DEADLINE, client.query_one("SELECT 41 + 1", &[]))
+        .await
+        .unwrap_or_else(|_| panic!("healthy session hangs after {after}"))
+        .unwrap_or_else(|e| panic!("healthy session broken after {after}: {e}"));
+    assert_eq!(row.get::<_, i32>(0), 42, "after {after}");
+}
+
+/// Polls `pg_stat_activity` directly until backend `pid` is gone.
+async fn assert_backend_exits(pid: i32, what: &str) {
+    let monitor = Cluster::shared()
+        .endpoint()
+        .connect(SUPERUSER, "postgres")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = monitor
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: backend {pid} still alive after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The backend pid of a raw session, asked with `SELECT pg_backend_pid()`.
+fn backend_pid(client: &mut WireClient) -> i32 {
+    client.send(&msg::query("SELECT pg_backend_pid()")).unwrap();
+    let replies = client.read_until_ready(1).unwrap();
+    let row = replies.iter().find(|m| m.0 == b'D').expect("a DataRow");
+    // Field count (2 bytes), field length (4 bytes), then the pid as text.
+    String::from_utf8(row.1[6..].to_vec())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+fn dead_port() -> u16 {
+    cluster::free_port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_startup_packets_are_refused_and_others_unaffected() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_startup");
+    let proxy = TestProxy::plain(cluster.port());
+    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
+    let addr = proxy.addr();
+
+    let mut too_long = 100_000u32.to_be_bytes().to_vec();
+    too_long.extend_from_slice(&196_608u32.to_be_bytes());
+    too_long.extend_from_slice(b"user\0trust_user\0");
+    let mut no_terminator = msg::startup(&[("user", TRUST_USER)]);
+    no_terminator.pop();
+    let len = no_terminator.len() as u32;
+    no_terminator[..4].copy_from_slice(&len.to_be_bytes());
+    let cases: [(&str, Vec<u8>, &[&str]); 8] = [
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: fencegate\r\n\r\n".to_vec(),
+            &["08P01"],
+        ),
+        (
+            "negative length",
+            [0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0].to_vec(),
+            &["08P01"],
+        ),
+        (
+            "length below 8",
+            [0, 0, 0, 4, 0, 3, 0, 0].to_vec(),
+            &["08P01"],
+        ),
+        ("length 100000", too_long, &["08P01"]),
+        (
+            "protocol 2.0",
+            startup_v2(TRUST_USER, &db),
+            &["0A000", "08P01"],
+        ),
+        (
+            "protocol 4.0",
+            startup_version(4, 0, &[("user", TRUST_USER)]),
+            &["0A000", "08P01"],
+        ),
+        ("parameters without terminator", no_terminator, &["08P01"]),
+        (
+            "SSLRequest with a body",
+            [0, 0, 0, 9, 4, 0xd2, 0x16, 0x2f, 0].to_vec(),
+            &["08P01"],
+        ),
+    ];
+    for (what, bytes, codes) in cases {
+        let reply = exchange(addr, &bytes, false);
+        assert!(
+            !reply.reset,
+            "{what}: connection reset, not closed: {reply:?}"
+        );
+        assert_one_fatal(&messages(&reply.bytes), codes, what);
+        assert_alive(&healthy, what).await;
+    }
+
+    // A repeated SSLRequest: `N`, then a FATAL error.
+    let reply = exchange(addr, &[ssl_request(), ssl_request()].concat(), false);
+    assert_eq!(reply.bytes.first(), Some(&b'N'), "{reply:?}");
+    assert_one_fatal(
+        &messages(&reply.bytes[1..]),
+        &["08P01", "0A000"],
+        "repeated SSLRequest",
+    );
+
+    // Truncated packets, then the client half-closes: nothing to answer, the proxy just closes.
+    for (what, bytes) in [
+        ("truncated length", vec![0u8, 0]),
+        (
+            "truncated startup",
+            msg::startup(&[("user", TRUST_USER)])[..20].to_vec(),
+        ),
+        ("nothing at all", Vec::new()),
+    ] {
+        let reply = exchange(addr, &bytes, true);
+        assert!(reply.bytes.is_empty() && !reply.reset, "{what}: {reply:?}");
+        assert_alive(&healthy, what).await;
+    }
+
+    // A cancel request with keys nobody issued: forwarded, ignored, closed.
+    let cancel = [16u32, 80_877_102, 12345, 67890]
+        .map(u32::to_be_bytes)
+        .concat();
+    let reply = exchange(addr, &cancel, false);
+    assert!(reply.bytes.is_empty(), "bogus cancel: {reply:?}");
+
+    assert_alive(&healthy, "all startup faults").await;
+    let fresh = proxy.endpoint().connect(TRUST_USER, &db).await;
+    assert_alive(&fresh, "all startup faults (new session)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_message_lengths_after_auth_are_fatal() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_length");
+    let proxy = TestProxy::start(
+        cluster.port(),
+        |c| c.max_message_size = 1 << 20,
+        Arc::new(NoHooks),
+    );
+    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
+
+    let oversized = [&b"Q"[..], &(2u32 << 20).to_be_bytes(), b"SELECT '"].concat();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("length 3", b"Q\0\0\0\x03".to_vec()),
+        ("negative length", b"Q\xff\xff\xff\xfe".to_vec()),
+        ("length above max_message_size", oversized),
+    ];
+    for (what, bytes) in cases {
+        let (mut client, _) = WireClient::connect(proxy.addr(), TRUST_USER, &db).unwrap();
+        let pid = backend_pid(&mut client);
+        client.send(&bytes).unwrap();
+        let got = client.read_to_close();
+        let text = assert_one_fatal(&got, &["08P01"], what);
+        assert!(
+            text.contains("length") || text.contains("limit"),
+            "{what}: {text}"
+        );
+        assert_alive(&healthy, what).await;
+        assert_backend_exits(pid, what).await;
+    }
+
+    // A message just under the limit still passes.
+    let literal = "x".repeat((1 << 20) - 100);
+    let row = healthy
+        .query_one(&format!("SELECT length('{literal}')"), &[])
+        .await
+        .expect("a message below max_message_size");
+    assert_eq!(row.get::<_, i32>(0), (1 << 20) - 100);
+}
+
+/// `max_message_size` protects the proxy from clients; a server's reply is bounded by the
+/// server. A row larger than the client limit must reach the client as it would directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rows_larger_than_max_message_size_reach_the_client() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_bigrow");
+    let proxy = TestProxy::start(
+        cluster.port(),
+        |c| c.max_message_size = 1 << 20,
+        Arc::new(NoHooks),
+    );
+    let client = proxy.endpoint().connect(TRUST_USER, &db).await;
+    let row = client
+        .query_one("SELECT repeat('x', 2 << 20)", &[])
+        .await
+        .expect("a 2 MiB row through a proxy whose client message limit is 1 MiB");
+    assert_eq!(row.get::<_, String>(0).len(), 2 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gives_fatal_error_naming_it() {
+    let port = dead_port();
+    let upstream = format!("127.0.0.1:{port}");
+    let proxy = TestProxy::plain(port);
+
+    // tokio-postgres sees a server error, not a dropped socket.
+    let err = proxy
+        .endpoint()
+        .pg_config(TRUST_USER, "postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("connected through a proxy whose upstream is down");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err:?}"));
+    assert_eq!(db.severity(), "FATAL");
+    assert!(
+        db.message().contains(&upstream),
+        "message does not name {upstream}: {}",
+        db.message()
+    );
+    assert_eq!(db.code().code().get(..2), Some("08"), "{db:?}");
+
+    // Raw: one FATAL ErrorResponse, then close.
+    let reply = exchange(proxy.addr(), &msg::startup(&[("user", TRUST_USER)]), false);
+    let text = assert_one_fatal(&messages(&reply.bytes), &["08006", "08001"], "raw startup");
+    assert!(text.contains(&upstream), "{text}");
+
+    // psql prints the server's message.
+    let out = run(
+        &mut proxy
+            .endpoint()
+            .command("psql", TRUST_USER, "postgres")
+            .args(["-X", "-c", "SELECT 1"]),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("FATAL") && stderr.contains(&upstream),
+        "psql stderr: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_gone_mid_query_errors_promptly() {
+    let fake = FakeUpstream::start();
+    let proxy = TestProxy::plain(fake.port());
+
+    let client = proxy.endpoint().connect(TRUST_USER, "fake").await;
+    let result = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
+        .await
+        .expect("no error within 5 s after the server closed mid-query");
+    let err = result.expect_err("a query answered by a closed socket succeeded");
+    if let Some(db) = err.as_db_error() {
+        assert_eq!(db.severity(), "FATAL", "{db:?}");
+    }
+
+    // Raw: the client is told why before the connection closes.
+    let (mut raw, _) = WireClient::connect(proxy.addr(), TRUST_USER, "fake").unwrap();
+    raw.send(&msg::query("SELECT 1")).unwrap();
+    let started = Instant::now();
+    let got = raw.read_to_close();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_one_fatal(
+        &got,
+        &["08006", "08000", "08003"],
+        "server closed mid-query",
+    );
+    assert_eq!(fake.queries(), 2, "both queries reached the fake server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backend_reports_57p01() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_terminate");
+    let proxy = TestProxy::plain(cluster.port());
+    let admin = cluster.endpoint().connect(SUPERUSER, &db).await;
+
+    // A running query sees the termination as its error.
+    let client = proxy.endpoint().connect(TRUST_USER, &db).await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sleeper =
+        tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await.map(|_| ()) });
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' \
+             AND query LIKE '%pg_sleep%'",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(CLOSE_DEADLINE, sleeper)
+        .await
+        .expect("terminated query did not end")
+        .unwrap();
+    let err = result.expect_err("pg_sleep survived pg_terminate_backend");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+
+    // An idle raw session gets exactly what a direct one gets: one FATAL 57P01, then close.
+    for addr in [cluster.endpoint().addr, proxy.addr()] {
+        let (mut raw, _) = WireClient::connect(addr, TRUST_USER, &db).unwrap();
+        let pid = backend_pid(&mut raw);
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        let got = raw.read_to_close();
+        assert_one_fatal(&got, &["57P01"], &format!("idle session via {addr}"));
+    }
+}
+
+/// Ways a client can vanish without Terminate.
+#[derive(Debug, Clone, Copy)]
+enum Vanish {
+    /// close(2) on an idle session: FIN.
+    Close,
+    /// close(2) with SO_LINGER 0: RST.
+    Reset,
+    /// close(2) while a huge result is streaming and the client has stopped reading.
+    CloseMidResult,
+}
+
+/// Reads one backend message from a raw stream (30 s read timeout).
+fn read_message(stream: &mut TcpStream) -> Message {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).expect("read message header");
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut body = vec![0; len - 4];
+    stream.read_exact(&mut body).expect("read message body");
+    (header[0], body)
+}
+
+/// Logs in (trust) on a raw stream and returns it with the session's backend pid.
+fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(&msg::startup(&[("user", SUPERUSER), ("database", db)]))
+        .unwrap();
+    while read_message(&mut stream).0 != b'Z' {}
+    stream
+        .write_all(&msg::query("SELECT pg_backend_pid()"))
+        .unwrap();
+    let mut pid = None;
+    loop {
+        let (tag, body) = read_message(&mut stream);
+        match tag {
+            b'D' => {
+                pid = Some(
+                    String::from_utf8(body[6..].to_vec())
+                        .unwrap()
+                        .parse()
+                        .unwrap(),
+                )
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    (stream, pid.expect("pg_backend_pid() row"))
+}
+
+/// Sets a SOL_SOCKET option on a socket we own.
+fn set_socket_option<T>(stream: &TcpStream, option: libc::c_int, value: T) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on an open socket, with a pointer to a live value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {option}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Opens a session through `addr`, then vanishes as `how` says; returns the backend pid.
+fn vanish(addr: SocketAddr, db: &str, how: Vanish) -> i32 {
+    let (mut stream, pid) = raw_session(addr, db);
+    match how {
+        Vanish::Close => {}
+        Vanish::Reset => {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            set_socket_option(&stream, libc::SO_LINGER, linger);
+        }
+        Vanish::CloseMidResult => {
+            // About 10 GB of rows: the server is still sending when the client leaves.
+            let sql = "SELECT repeat('x', 1000) FROM generate_series(1, 10000000)";
+            stream.write_all(&msg::query(sql)).unwrap();
+            assert_eq!(read_message(&mut stream).0, b'T', "the result started");
+            assert_eq!(read_message(&mut stream).0, b'D', "rows are streaming");
+        }
+    }
+    drop(stream);
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_clients_leave_no_backend() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_vanish");
+    let proxy = TestProxy::plain(cluster.port());
+    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
+    for how in [Vanish::Close, Vanish::Reset, Vanish::CloseMidResult] {
+        let pid = vanish(proxy.addr(), &db, how);
+        assert_backend_exits(pid, &format!("{how:?}")).await;
+        assert_alive(&healthy, &format!("{how:?}")).await;
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM files in a tempdir.
+struct TestCert {
+    dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("generate certificate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.key_pair.serialize_pem(),
+        )
+        .unwrap();
+        TestCert { dir }
+    }
+
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
+    fn proxy(&self, upstream_port: u16) -> TestProxy {
+        let (cert, key) = (self.cert(), self.key());
+        TestProxy::start(
+            upstream_port,
+            |c| {
+                c.tls_cert = Some(cert);
+                c.tls_key = Some(key);
+            },
+            Arc::new(NoHooks),
+        )
+    }
+}
+
+/// Runs psql with `-c` commands and libpq settings in `env`; returns (exit code, stdout, stderr).
+fn psql(
+    ep: Endpoint,
+    db: &str,
+    env: &[(&str, &str)],
+    commands: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut cmd = ep.command("psql", TRUST_USER, db);
+    cmd.arg("-X");
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd, b"");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_terminated_by_proxy_with_configured_certificate() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_tls");
+    let cert = TestCert::new();
+    let proxy = cert.proxy(cluster.port());
+    let root = cert.cert();
+    for env in [
+        vec![("PGSSLMODE", "require")],
+        // The proxy presents the configured certificate, valid for the host.
+        vec![
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", root.to_str().unwrap()),
+        ],
+    ] {
+        let (code, out, err) = psql(
+            proxy.endpoint(),
+            &db,
+            &env,
+            &["\\conninfo", "SELECT 40 + 2"],
+        );
+        assert_eq!(code, Some(0), "{env:?}: {err}");
+        assert!(
+            out.contains("SSL connection (protocol: TLSv1."),
+            "{env:?}: {out}"
+        );
+        assert!(out.contains("42"), "{out}");
+    }
+    // The upstream link is plain TCP: Postgres sees no TLS on the proxied session.
+    let (code, out, err) = psql(
+        proxy.endpoint(),
+        &db,
+        &[("PGSSLMODE", "require")],
+        &["SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(" f\n"), "{out}");
+}
+
+#[test]
+fn without_certificate_require_fails_and_prefer_works() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_notls");
+    let proxy = TestProxy::plain(cluster.port());
+    let (code, _, err) = psql(
+        proxy.endpoint(),
+        &db,
+        &[("PGSSLMODE", "require")],
+        &["SELECT 1"],
+    );
+    assert_eq!(
+        code,
+        Some(2),
+        "sslmode=require succeeded without TLS: {err}"
+    );
+    assert!(err.contains("server does not support SSL"), "{err}");
+    let (code, out, err) = psql(
+        proxy.endpoint(),
+        &db,
+        &[("PGSSLMODE", "prefer")],
+        &["\\conninfo", "SELECT 40 + 2"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("SSL connection"), "{out}");
+    assert!(out.contains("42"), "{out}");
+}
+
+#[test]
+fn bytes_pipelined_after_ssl_request_are_refused() {
+    // CVE-2021-23214: bytes sent together with SSLRequest, before the handshake, could be a
+    // man in the middle's; a server that answers `S` and later reads them as if they had been
+    // encrypted is injectable. The proxy must not answer `S`.
+    let cluster = Cluster::shared();
+    let cert = TestCert::new();
+    let proxy = cert.proxy(cluster.port());
+    let startup = msg::startup(&[("user", TRUST_USER), ("database", "postgres")]);
+    let reply = exchange(
+        proxy.addr(),
+        &[ssl_request(), startup.clone()].concat(),
+        false,
+    );
+    assert_ne!(
+        reply.bytes.first(),
+        Some(&b'S'),
+        "answered S with plaintext pending: {reply:?}"
+    );
+    assert!(!reply.reset, "{reply:?}");
+    assert_one_fatal(
+        &messages(&reply.bytes),
+        &["08P01"],
+        "SSLRequest + StartupMessage",
+    );
+
+    // With TLS not configured the answer is `N` and the pipelined startup is fine (nothing
+    // is encrypted, so nothing can be smuggled): the session starts.
+    let plain = TestProxy::plain(cluster.port());
+    let mut stream = TcpStream::connect(plain.addr()).unwrap();
+    stream
+        .write_all(&[ssl_request(), startup].concat())
+        .unwrap();
+    let mut answer = [0u8];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'N');
+    let mut got = vec![read_message(&mut stream)];
+    while got.last().unwrap().0 != b'Z' {
+        got.push(read_message(&mut stream));
+    }
+    assert_eq!(got[0], (b'R', vec![0, 0, 0, 0]), "{:?}", wire::render(&got));
+}
+
+/// After Terminate Postgres closes the connection without a word; so must the proxy, also
+/// when the client waits to see the close (the proxy sees the server's close first).
+#[test]
+fn terminate_closes_quietly_like_postgres() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_quiet");
+    let proxy = TestProxy::plain(cluster.port());
+    let cases = [
+        msg::terminate(),
+        [msg::query("SELECT 1"), msg::terminate()].concat(),
+    ];
+    let mut seen = Vec::new();
+    for addr in [cluster.endpoint().addr, proxy.addr()] {
+        let mut after = Vec::new();
+        for bytes in &cases {
+            let (mut client, _) = WireClient::connect(addr, TRUST_USER, &db).unwrap();
+            client.send(bytes).unwrap();
+            after.push(summary(&client.read_to_close()));
+        }
+        seen.push(after);
+    }
+    assert_eq!(seen[0][0], (0, 0, Vec::new()), "Postgres itself");
+    assert_eq!(seen[0], seen[1], "direct (left) vs proxy (right)");
+}
+
+/// Terminate pipelined behind a query with a large result: Postgres sends the whole result,
+/// then closes. Through the proxy the client must still get every byte, also when it starts
+/// reading only after the server has finished and closed (so the proxy sees the server's
+/// close while it still holds part of the result). Sizes are chosen to fit in the socket
+/// buffers between server and client, so the server can finish without the client reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_behind_large_result_delivers_all_of_it() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("faults_tail");
+    let proxy = TestProxy::plain(cluster.port());
+    for rows in [4000, 6000] {
+        let sql = format!("SELECT repeat('x', 1000) FROM generate_series(1, {rows})");
+        let request = [msg::query(&sql), msg::terminate()].concat();
+        let (mut stream, _) = raw_session(cluster.endpoint().addr, &db);
+        stream.write_all(&request).unwrap();
+        let direct = read_to_close(&mut stream).bytes;
+        assert!(direct.ends_with(b"Z\0\0\0\x05I"), "Postgres itself");
+
+        let (mut stream, pid) = raw_session(proxy.addr(), &db);
+        stream.write_all(&request).unwrap();
+        assert_backend_exits(pid, "server finished sending and closed").await;
+        let proxied = read_to_close(&mut stream).bytes;
+        assert!(
+            proxied == direct,
+            "{rows} rows: {} bytes through the proxy, {} directly",
+            proxied.len(),
+            direct.len()
+        );
+    }
+}
+
+/// Message count, body bytes, and the first and last three messages rendered.
+fn summary(messages: &[Message]) -> (usize, usize, Vec<String>) {
+    let bytes = messages.iter().map(|m| m.1.len()).sum();
+    let ends = if messages.len() <= 6 {
+        messages.to_vec()
+    } else {
+        [&messages[..3], &messages[messages.len() - 3..]].concat()
+    };
+    (messages.len(), bytes, wire::render(&ends))
+}

@@ -1,0 +1,256 @@
+//! Tokens given as settings (SPEC §2.2, §2.3): `SET [LOCAL] fencing.resource/token` and the
+//! startup packet's `options`, scoped exactly as PostgreSQL scopes settings, and the
+//! precedence comment > SET LOCAL > SET > startup.
+//!
+//! The probe is always a statement without an annotation: if a token is in effect it is
+//! checked (55Z01 when stale), otherwise it runs unchecked and the high-water mark H, read
+//! directly from Postgres, stays where it was. A second connection (`other`) raises H with
+//! annotated statements to make a token stale.
+
+use std::time::Duration;
+
+use fencegate_tests::cluster::{Cluster, TRUST_USER};
+use fencegate_tests::fence::{
+    assert_stale, assert_usable, comment, expect_code, fenced_database, FenceProxy, Monitor,
+    INVALID, STALE,
+};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+const JOB: &str = "job:7";
+
+const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+GRANT ALL ON jobs TO trust_user;
+";
+
+/// The unannotated probe: appends `x` to job 7.
+const PROBE: &str = "UPDATE jobs SET steps = steps || 'x' WHERE id = 7";
+
+const SET_5: &str = "SET fencing.resource = 'job:7'; SET fencing.token = 5";
+
+struct Env {
+    fp: FenceProxy,
+    db: String,
+    monitor: Monitor,
+    other: Client,
+}
+
+impl Env {
+    async fn new(prefix: &str) -> Env {
+        let cluster = Cluster::shared();
+        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+        let db = fenced_database(cluster, prefix, SETUP).await;
+        let monitor = Monitor::connect(cluster, &db).await;
+        let other = fp.endpoint().connect(TRUST_USER, &db).await;
+        Env {
+            fp,
+            db,
+            monitor,
+            other,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        self.fp.endpoint().connect(TRUST_USER, &self.db).await
+    }
+
+    /// Raises H(job:7) to `token` from the other connection (an annotated read).
+    async fn raise(&self, token: i64) {
+        let sql = format!(
+            "SELECT steps FROM jobs WHERE id = 7 {}",
+            comment(JOB, token)
+        );
+        self.other.simple_query(&sql).await.unwrap();
+        assert_eq!(self.monitor.high_water(JOB).await, Some(token));
+    }
+
+    async fn steps(&self) -> String {
+        self.monitor
+            .text("SELECT steps FROM jobs WHERE id = 7")
+            .await
+            .unwrap()
+    }
+}
+
+/// The session's `fencing.token` from `SHOW` (never checked: it touches no data).
+async fn token_setting(c: &Client) -> String {
+    let out = c.simple_query("SHOW fencing.token").await.unwrap();
+    out.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+            _ => None,
+        })
+        .expect("SHOW returns a row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_local_token_is_checked_then_ends_with_its_transaction() {
+    let env = Env::new("set_local_scope").await;
+    let c = env.client().await;
+    c.batch_execute("BEGIN; SET LOCAL fencing.resource = 'job:7'; SET LOCAL fencing.token = 5")
+        .await
+        .unwrap();
+    c.batch_execute(PROBE).await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        env.monitor.high_water(JOB).await,
+        Some(5),
+        "SET LOCAL token checked"
+    );
+    assert_eq!(token_setting(&c).await, "");
+    env.raise(7).await;
+    // The next transaction carries no token: the probe is not checked (5 would be stale).
+    c.batch_execute(PROBE).await.unwrap();
+    c.batch_execute(&format!("BEGIN; {PROBE}; COMMIT"))
+        .await
+        .unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
+    assert_eq!(env.steps().await, "xxx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_set_token_persists_across_transactions() {
+    let env = Env::new("set_session_scope").await;
+    let c = env.client().await;
+    c.batch_execute(SET_5).await.unwrap();
+    c.batch_execute(PROBE).await.unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
+    c.batch_execute(&format!("BEGIN; {PROBE}; COMMIT"))
+        .await
+        .unwrap();
+    env.raise(7).await;
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 5, 7);
+    // Reads are checked too, and in a later explicit transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = expect_code(c.query("SELECT steps FROM jobs", &[]).await, STALE);
+    assert_stale(&err, JOB, 5, 7);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(token_setting(&c).await, "5");
+    // With a stale session token every statement fails, `SELECT 1` included, until the
+    // client stops presenting it.
+    expect_code(c.query("SELECT 1", &[]).await, STALE);
+    c.batch_execute("RESET ALL").await.unwrap();
+    assert_usable(&c).await;
+    assert_eq!(env.steps().await, "xx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_reset_all_and_discard_all_clear_the_token() {
+    let env = Env::new("set_reset").await;
+    env.raise(7).await;
+    let c = env.client().await;
+    for clear in ["RESET fencing.token", "RESET ALL", "DISCARD ALL"] {
+        c.batch_execute(SET_5).await.unwrap();
+        let err = expect_code(c.batch_execute(PROBE).await, STALE);
+        assert_stale(&err, JOB, 5, 7);
+        c.batch_execute(clear).await.unwrap();
+        c.batch_execute(PROBE)
+            .await
+            .unwrap_or_else(|e| panic!("after {clear} the token still applies: {e}"));
+        assert_eq!(token_setting(&c).await, "", "{clear}");
+    }
+    // A token left without its resource is a client error, not silently ignored.
+    c.batch_execute(SET_5).await.unwrap();
+    c.batch_execute("RESET fencing.resource").await.unwrap();
+    expect_code(c.batch_execute(PROBE).await, INVALID);
+    c.batch_execute("ROLLBACK; RESET ALL").await.unwrap();
+    assert_usable(&c).await;
+    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
+    assert_eq!(env.steps().await, "xxx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_undoes_the_set_of_its_transaction() {
+    let env = Env::new("set_rollback").await;
+    env.raise(7).await;
+    let c = env.client().await;
+    // A plain SET inside a transaction that rolls back is undone.
+    c.batch_execute(&format!("BEGIN; {SET_5}; ROLLBACK"))
+        .await
+        .unwrap();
+    assert_eq!(token_setting(&c).await, "");
+    c.batch_execute(PROBE).await.unwrap();
+    // Also when the transaction was aborted by the stale token itself.
+    c.batch_execute(&format!("BEGIN; {SET_5}")).await.unwrap();
+    expect_code(c.batch_execute(PROBE).await, STALE);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute(PROBE).await.unwrap();
+    // ROLLBACK TO SAVEPOINT undoes a SET LOCAL made after the savepoint.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT s; SET LOCAL fencing.resource = 'job:7'; SET LOCAL fencing.token = 5; \
+         ROLLBACK TO SAVEPOINT s",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(PROBE).await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    // A SET in a committed transaction stays.
+    c.batch_execute(&format!("BEGIN; {SET_5}; COMMIT"))
+        .await
+        .unwrap();
+    expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
+    assert_eq!(env.steps().await, "xxx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_overrides_set_and_set_local_overrides_set() {
+    let env = Env::new("set_precedence").await;
+    env.raise(3).await;
+    let c = env.client().await;
+    c.batch_execute(SET_5).await.unwrap();
+    // The comment's token 1 is checked, not the session's fresh 5.
+    let stale = format!("{PROBE} {}", comment(JOB, 1));
+    let err = expect_code(c.batch_execute(&stale).await, STALE);
+    assert_stale(&err, JOB, 1, 3);
+    let err = expect_code(c.execute(&stale, &[]).await, STALE);
+    assert_stale(&err, JOB, 1, 3);
+    // And the other way round: a fresh comment wins over a stale session token.
+    c.batch_execute("SET fencing.token = 1").await.unwrap();
+    c.batch_execute(&format!("{PROBE} {}", comment(JOB, 4)))
+        .await
+        .unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(4));
+    expect_code(c.batch_execute(PROBE).await, STALE);
+    // SET LOCAL 6 beats the session's stale 1 for one transaction only.
+    c.batch_execute(&format!(
+        "BEGIN; SET LOCAL fencing.token = 6; {PROBE}; COMMIT"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(6));
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 1, 6);
+    assert_eq!(env.steps().await, "xx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_token_applies_to_the_session_below_set() {
+    let env = Env::new("set_startup").await;
+    let mut config = env.fp.endpoint().pg_config(TRUST_USER, &env.db);
+    config.options("-c fencing.resource=job:7 -c fencing.token=5");
+    let (c, connection) = config.connect(NoTls).await.expect("connect with options");
+    tokio::spawn(connection);
+    c.batch_execute(PROBE).await.unwrap();
+    assert_eq!(
+        env.monitor.high_water(JOB).await,
+        Some(5),
+        "startup token checked"
+    );
+    assert_eq!(token_setting(&c).await, "5");
+    env.raise(7).await;
+    let err = expect_code(c.query("SELECT steps FROM jobs", &[]).await, STALE);
+    assert_stale(&err, JOB, 5, 7);
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 5, 7);
+    // SET overrides the startup value; RESET goes back to it.
+    c.batch_execute("SET fencing.token = 8").await.unwrap();
+    c.batch_execute(PROBE).await.unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(8));
+    c.batch_execute("RESET fencing.token").await.unwrap();
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 5, 8);
+    assert_eq!(env.steps().await, "xx");
+}
