@@ -44,6 +44,7 @@ lc_messages = 'C'
 const PG_HBA: &str = "
 # TYPE  DATABASE  USER           ADDRESS       METHOD
 local   all       all                          trust
+host    replication all          127.0.0.1/32  trust
 host    all       md5_user       127.0.0.1/32  md5
 host    all       scram_user     127.0.0.1/32  scram-sha-256
 host    all       password_user  127.0.0.1/32  password

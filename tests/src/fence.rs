@@ -51,12 +51,7 @@ impl FenceProxy {
         tweak(&mut config);
         let stats = Arc::new(FenceStats::default());
         let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
-        let _ = hooks;
-        let proxy = TestProxy::start(
-            upstream_port,
-            tweak,
-            Arc::new(fencegate::session::hook::NoHooks),
-        );
+        let proxy = TestProxy::start(upstream_port, tweak, Arc::new(hooks));
         FenceProxy { proxy, stats }
     }
 
@@ -80,6 +75,22 @@ pub async fn install(port: u16, db: &str) {
 pub async fn fenced_database(cluster: &Cluster, prefix: &str, setup: &str) -> String {
     let db = cluster.create_database(prefix);
     install(cluster.port(), &db).await;
+    cluster.execute(
+        &db,
+        r#"CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
+RETURNS int4 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE victim int4; ended int4 := 0;
+BEGIN
+    FOR victim IN SELECT DISTINCT l.pid FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+          AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
+    LOOP
+        IF pg_terminate_backend(victim) THEN ended := ended + 1; END IF;
+    END LOOP;
+    RETURN ended;
+END $fn$;"#,
+    );
     if !setup.is_empty() {
         cluster.execute(&db, setup);
     }

@@ -819,3 +819,44 @@ fn summary(messages: &[Message]) -> (usize, usize, Vec<String>) {
     };
     (messages.len(), bytes, wire::render(&ends))
 }
+
+/// Shutdown must not wait for clients that never finish their startup: one that connects
+/// and sends nothing, one that stops halfway through its StartupMessage, and one that never
+/// answers the server's password request. The harness fails `stop` when `run` has not
+/// returned within the grace period plus slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stuck_in_startup_do_not_block_shutdown() {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain(cluster.port());
+    let silent = TcpStream::connect(proxy.addr()).unwrap();
+    let mut halfway = TcpStream::connect(proxy.addr()).unwrap();
+    halfway
+        .write_all(&msg::startup(&[("user", TRUST_USER)])[..10])
+        .unwrap();
+    let mut no_password = TcpStream::connect(proxy.addr()).unwrap();
+    no_password
+        .write_all(&msg::startup(&[
+            ("user", cluster::MD5_USER),
+            ("database", "postgres"),
+        ]))
+        .unwrap();
+    let (tag, body) = read_message(&mut no_password);
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &[0, 0, 0, 5][..]),
+        "MD5 password request"
+    );
+    // The proxy accepts in order: a later session that works shows the others were accepted.
+    let healthy = proxy.endpoint().connect(TRUST_USER, "postgres").await;
+    assert_alive(&healthy, "opening stuck clients").await;
+    drop(healthy);
+    let stopped = tokio::task::spawn_blocking(move || proxy.stop())
+        .await
+        .unwrap();
+    assert_eq!(
+        stopped,
+        Ok(()),
+        "proxy shutdown with clients stuck in startup"
+    );
+    drop((silent, halfway, no_password));
+}
