@@ -33,6 +33,10 @@ use crate::config::Config;
 use crate::error::SessionError;
 use crate::upstream::Upstream;
 
+/// How long a client may take to send its startup packet (and finish TLS), as PostgreSQL's
+/// default `authentication_timeout`; afterwards the server's own timeout applies.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 const SHUTTING_DOWN: &str = "terminating connection because the proxy is shutting down";
 
 /// What every session shares.
@@ -75,7 +79,10 @@ async fn run(
     drain: &CancellationToken,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let (mut client, opening) = handshake::negotiate(tcp, shared.tls.as_ref()).await?;
+    let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
+    let (mut client, opening) = tokio::time::timeout(STARTUP_TIMEOUT, negotiation)
+        .await
+        .map_err(|_| SessionError::ClientProtocol("no startup packet within 60 s".into()))??;
     let (packet, startup) = match opening {
         Opening::Gone => return Ok(()),
         Opening::Cancel(packet) => return shared.upstream.forward_cancel(&packet).await,
