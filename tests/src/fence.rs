@@ -18,7 +18,7 @@ use fencegate::fence::stats::FenceStats;
 use tokio_postgres::error::DbError;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::cluster::{Cluster, SUPERUSER};
+use crate::cluster::{Cluster, SUPERUSER, TRUST_USER};
 use crate::endpoint::{run, Endpoint};
 use crate::proxy::TestProxy;
 
@@ -61,6 +61,51 @@ impl FenceProxy {
     }
 }
 
+/// One test's world: a fencing proxy (no preemption) in front of the shared cluster, a fresh
+/// fenced database prepared with some setup SQL, and a [`Monitor`] on it.
+pub struct FenceEnv {
+    /// The proxy.
+    pub fp: FenceProxy,
+    /// The database.
+    pub db: String,
+    /// A direct superuser connection to it.
+    pub monitor: Monitor,
+}
+
+impl FenceEnv {
+    /// Starts the proxy, creates the database (name from `prefix`), installs the schema and
+    /// runs `setup` in it.
+    pub async fn new(prefix: &str, setup: &str) -> FenceEnv {
+        let cluster = Cluster::shared();
+        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+        let db = fenced_database(cluster, prefix, setup).await;
+        let monitor = Monitor::connect(cluster, &db).await;
+        FenceEnv { fp, db, monitor }
+    }
+
+    /// A tokio-postgres client through the proxy, as the ordinary role [`TRUST_USER`].
+    pub async fn client(&self) -> Client {
+        self.fp.endpoint().connect(TRUST_USER, &self.db).await
+    }
+
+    /// Runs psql (see [`psql_command`]) through the proxy as [`TRUST_USER`] with extra
+    /// `args`, environment `vars` and `stdin`; returns (success, stdout, stderr).
+    pub fn psql(
+        &self,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        stdin: &str,
+    ) -> (bool, String, String) {
+        let mut cmd = psql_command(self.fp.endpoint(), TRUST_USER, &self.db);
+        cmd.args(args);
+        for (key, value) in vars {
+            cmd.env(key, value);
+        }
+        let (out, stdout, stderr) = run_text(&mut cmd, stdin);
+        (out.status.success(), stdout, stderr)
+    }
+}
+
 /// Installs the `fencegate` schema in `db` the way `fencegate migrate` does, connecting to
 /// Postgres directly as the superuser.
 pub async fn install(port: u16, db: &str) {
@@ -75,22 +120,6 @@ pub async fn install(port: u16, db: &str) {
 pub async fn fenced_database(cluster: &Cluster, prefix: &str, setup: &str) -> String {
     let db = cluster.create_database(prefix);
     install(cluster.port(), &db).await;
-    cluster.execute(
-        &db,
-        r#"CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
-RETURNS int4 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE victim int4; ended int4 := 0;
-BEGIN
-    FOR victim IN SELECT DISTINCT l.pid FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
-    LOOP
-        IF pg_terminate_backend(victim) THEN ended := ended + 1; END IF;
-    END LOOP;
-    RETURN ended;
-END $fn$;"#,
-    );
     if !setup.is_empty() {
         cluster.execute(&db, setup);
     }
@@ -271,6 +300,20 @@ impl Monitor {
     pub async fn wait_until_blocked(&self, pid: i32) -> String {
         eventually(&format!("backend {pid} to wait for a lock"), || {
             self.lock_wait_start(pid)
+        })
+        .await
+    }
+
+    /// Waits until backend `pid` waits for a lock again, in a wait that began after `since`
+    /// (a wait ended by `lock_timeout` and begun anew); fails at once if backend `holder`
+    /// (whose lock `pid` waits for) is gone in the meantime.
+    pub async fn wait_until_waiting_again(&self, pid: i32, since: &str, holder: i32) -> String {
+        eventually(&format!("backend {pid} to wait again"), || async move {
+            assert!(
+                self.backend_exists(holder).await,
+                "backend {holder}, which {pid} waited for, was ended"
+            );
+            self.lock_wait_start(pid).await.filter(|s| s != since)
         })
         .await
     }

@@ -27,6 +27,7 @@ pub mod inject;
 pub mod lockset;
 pub mod pgbin;
 pub mod proxy;
+pub mod raw;
 pub mod wire;
 
 pub use cluster::Cluster;

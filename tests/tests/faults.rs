@@ -4,129 +4,22 @@
 //! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
 //! server backend is left behind.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fencegate::protocol::backend::{error_field, is_fatal};
 use fencegate::session::hook::NoHooks;
 use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::endpoint::run;
 use fencegate_tests::fake_upstream::FakeUpstream;
+use fencegate_tests::raw::{
+    assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close,
+    set_socket_option, ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
+};
 use fencegate_tests::wire::{self, msg, Message, WireClient};
 use fencegate_tests::{Endpoint, TestProxy};
 use tokio_postgres::error::SqlState;
-
-/// How long a peer may take to answer and close after a fault.
-const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// What came back on a raw connection until the peer closed it.
-#[derive(Debug)]
-struct Reply {
-    bytes: Vec<u8>,
-    /// The peer reset the connection instead of closing it cleanly.
-    reset: bool,
-}
-
-/// Connects, writes `bytes` in one write, optionally half-closes, and reads until the peer
-/// closes. Fails the test if the peer keeps the connection open past [`CLOSE_DEADLINE`].
-fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).unwrap();
-    stream.write_all(bytes).expect("write");
-    if half_close {
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-    }
-    read_to_close(&mut stream)
-}
-
-fn read_to_close(stream: &mut TcpStream) -> Reply {
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "connection still open after {CLOSE_DEADLINE:?}; got {} bytes: {:?}",
-            bytes.len(),
-            &bytes[..bytes.len().min(200)]
-        );
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return Reply {
-                    bytes,
-                    reset: false,
-                }
-            }
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                return Reply { bytes, reset: true }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
-/// Splits backend bytes into messages; fails on a partial message.
-fn messages(mut bytes: &[u8]) -> Vec<Message> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        assert!(bytes.len() >= 5, "partial message header: {bytes:?}");
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        assert!(len >= 4 && bytes.len() > len, "partial message: {bytes:?}");
-        out.push((bytes[0], bytes[5..1 + len].to_vec()));
-        bytes = &bytes[1 + len..];
-    }
-    out
-}
-
-/// Asserts `got` is exactly one FATAL ErrorResponse with one of `codes`; returns its text.
-fn assert_one_fatal(got: &[Message], codes: &[&str], what: &str) -> String {
-    assert_eq!(
-        got.len(),
-        1,
-        "{what}: expected one FATAL ErrorResponse, got {:?}",
-        wire::render(got)
-    );
-    let (tag, body) = &got[0];
-    assert_eq!(*tag, b'E', "{what}: {:?}", wire::render(got));
-    assert!(is_fatal(body), "{what}: not FATAL: {:?}", wire::render(got));
-    let code = String::from_utf8_lossy(error_field(body, b'C').unwrap_or_default()).into_owned();
-    assert!(
-        codes.contains(&code.as_str()),
-        "{what}: SQLSTATE {code}, expected one of {codes:?}"
-    );
-    String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default()).into_owned()
-}
-
-/// A StartupMessage for protocol `major.minor`.
-fn startup_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut packet = msg::startup(params);
-    packet[4..8].copy_from_slice(&((u32::from(major) << 16) | u32::from(minor)).to_be_bytes());
-    packet
-}
-
-fn ssl_request() -> Vec<u8> {
-    [8u32.to_be_bytes(), 80_877_103u32.to_be_bytes()].concat()
-}
-
-/// A protocol 2.0 startup packet: version, then fixed-width database, user, options, unused
-/// and tty fields (296 bytes in all).
-fn startup_v2(user: &str, database: &str) -> Vec<u8> {
-    let mut packet = 296u32.to_be_bytes().to_vec();
-    packet.extend_from_slice(&(2u32 << 16).to_be_bytes());
-    for (value, width) in [(database, 64), (user, 32), ("", 64), ("", 64), ("", 64)] {
-        let mut field = value.as_bytes().to_vec();
-        field.resize(width, 0);
-        packet.extend(field);
-    }
-    assert_eq!(packet.len(), 296);
-    packet
-}
 
 /// Asserts that `client` (through the proxy) still answers queries.
 async fn assert_alive(client: &tokio_postgres::Client, after: &str) {
@@ -477,69 +370,6 @@ enum Vanish {
     CloseMidResult,
 }
 
-/// Reads one backend message from a raw stream (30 s read timeout).
-fn read_message(stream: &mut TcpStream) -> Message {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut header = [0u8; 5];
-    stream.read_exact(&mut header).expect("read message header");
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    let mut body = vec![0; len - 4];
-    stream.read_exact(&mut body).expect("read message body");
-    (header[0], body)
-}
-
-/// Logs in (trust) on a raw stream and returns it with the session's backend pid.
-fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(&msg::startup(&[("user", SUPERUSER), ("database", db)]))
-        .unwrap();
-    while read_message(&mut stream).0 != b'Z' {}
-    stream
-        .write_all(&msg::query("SELECT pg_backend_pid()"))
-        .unwrap();
-    let mut pid = None;
-    loop {
-        let (tag, body) = read_message(&mut stream);
-        match tag {
-            b'D' => {
-                pid = Some(
-                    String::from_utf8(body[6..].to_vec())
-                        .unwrap()
-                        .parse()
-                        .unwrap(),
-                )
-            }
-            b'Z' => break,
-            _ => {}
-        }
-    }
-    (stream, pid.expect("pg_backend_pid() row"))
-}
-
-/// Sets a SOL_SOCKET option on a socket we own.
-fn set_socket_option<T>(stream: &TcpStream, option: libc::c_int, value: T) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket, with a pointer to a live value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt {option}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Opens a session through `addr`, then vanishes as `how` says; returns the backend pid.
 fn vanish(addr: SocketAddr, db: &str, how: Vanish) -> i32 {
     let (mut stream, pid) = raw_session(addr, db);
@@ -820,43 +650,63 @@ fn summary(messages: &[Message]) -> (usize, usize, Vec<String>) {
     (messages.len(), bytes, wire::render(&ends))
 }
 
-/// Shutdown must not wait for clients that never finish their startup: one that connects
-/// and sends nothing, one that stops halfway through its StartupMessage, and one that never
-/// answers the server's password request. The harness fails `stop` when `run` has not
-/// returned within the grace period plus slack.
+/// Where a client stops during startup.
+#[derive(Debug, Clone, Copy)]
+enum Stuck {
+    /// Connected, sent nothing.
+    Silent,
+    /// Sent part of its StartupMessage.
+    Halfway,
+    /// Sent a StartupMessage for an MD5 user and never answered the password request.
+    NoPassword,
+}
+
+/// Opens a connection to `addr` that stops as `how` says.
+fn stuck_client(addr: SocketAddr, how: Stuck) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    match how {
+        Stuck::Silent => {}
+        Stuck::Halfway => stream
+            .write_all(&msg::startup(&[("user", TRUST_USER)])[..10])
+            .unwrap(),
+        Stuck::NoPassword => {
+            stream
+                .write_all(&msg::startup(&[
+                    ("user", cluster::MD5_USER),
+                    ("database", "postgres"),
+                ]))
+                .unwrap();
+            let (tag, body) = read_message(&mut stream);
+            assert_eq!((tag, &body[..4]), (b'R', &[0, 0, 0, 5][..]), "MD5 request");
+        }
+    }
+    stream
+}
+
+/// Shutdown must not wait for clients that never finish their startup (PostgreSQL bounds
+/// that phase with `authentication_timeout`; a proxy draining for a restart must not hang on
+/// them). The harness fails `stop` when `run` has not returned within the grace period plus
+/// slack (12 s in all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_stuck_in_startup_do_not_block_shutdown() {
     let cluster = Cluster::shared();
-    let proxy = TestProxy::plain(cluster.port());
-    let silent = TcpStream::connect(proxy.addr()).unwrap();
-    let mut halfway = TcpStream::connect(proxy.addr()).unwrap();
-    halfway
-        .write_all(&msg::startup(&[("user", TRUST_USER)])[..10])
-        .unwrap();
-    let mut no_password = TcpStream::connect(proxy.addr()).unwrap();
-    no_password
-        .write_all(&msg::startup(&[
-            ("user", cluster::MD5_USER),
-            ("database", "postgres"),
-        ]))
-        .unwrap();
-    let (tag, body) = read_message(&mut no_password);
+    let mut results = Vec::new();
+    for how in [Stuck::Silent, Stuck::Halfway, Stuck::NoPassword] {
+        let proxy = TestProxy::plain(cluster.port());
+        let stuck = stuck_client(proxy.addr(), how);
+        // The proxy accepts in order: a later session that works shows `stuck` was accepted.
+        let healthy = proxy.endpoint().connect(TRUST_USER, "postgres").await;
+        assert_alive(&healthy, &format!("{how:?}")).await;
+        drop(healthy);
+        let stopped = tokio::task::spawn_blocking(move || proxy.stop())
+            .await
+            .unwrap();
+        results.push(format!("{how:?}: {stopped:?}"));
+        drop(stuck);
+    }
     assert_eq!(
-        (tag, &body[..4]),
-        (b'R', &[0, 0, 0, 5][..]),
-        "MD5 password request"
+        results,
+        ["Silent: Ok(())", "Halfway: Ok(())", "NoPassword: Ok(())"],
+        "proxy shutdown with a client stuck in startup"
     );
-    // The proxy accepts in order: a later session that works shows the others were accepted.
-    let healthy = proxy.endpoint().connect(TRUST_USER, "postgres").await;
-    assert_alive(&healthy, "opening stuck clients").await;
-    drop(healthy);
-    let stopped = tokio::task::spawn_blocking(move || proxy.stop())
-        .await
-        .unwrap();
-    assert_eq!(
-        stopped,
-        Ok(()),
-        "proxy shutdown with clients stuck in startup"
-    );
-    drop((silent, halfway, no_password));
 }

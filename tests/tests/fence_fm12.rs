@@ -174,13 +174,9 @@ async fn fm12_frozen_inside_open_transaction_is_not_ended_without_a_newer_holder
     // Wait until C has waited out its grace twice (two new waits): no preemption happened.
     let mut since = monitor.wait_until_blocked(again_pid).await;
     for _ in 0..2 {
-        let prev = since.clone();
-        since = fencegate_tests::fence::eventually("C to wait again", || {
-            let prev = prev.clone();
-            let m = &monitor;
-            async move { m.lock_wait_start(again_pid).await.filter(|s| *s != prev) }
-        })
-        .await;
+        since = monitor
+            .wait_until_waiting_again(again_pid, &since, a_pid)
+            .await;
     }
     assert!(
         monitor.backend_exists(a_pid).await,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fencegate::fence::stats::FenceStats;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
-    assert_stale, assert_usable, backend_pid, comment, eventually, expect_code, fenced_database,
-    render, within, FenceProxy, Monitor, STALE,
+    assert_stale, assert_usable, backend_pid, comment, expect_code, fenced_database, render,
+    within, FenceProxy, Monitor, STALE,
 };
 use fencegate_tests::Endpoint;
 use tokio_postgres::Client;
@@ -230,12 +230,9 @@ async fn older_blocked_by_newer_then_rejected(prefix: &str, b_first: String) {
     });
     let mut waiting_since = monitor.wait_until_blocked(a_pid).await;
     for _ in 0..2 {
-        let (m, prev) = (&monitor, waiting_since.clone());
-        waiting_since = eventually("A to wait again after its grace ran out", || {
-            let prev = prev.clone();
-            async move { m.lock_wait_start(a_pid).await.filter(|s| *s != prev) }
-        })
-        .await;
+        waiting_since = monitor
+            .wait_until_waiting_again(a_pid, &waiting_since, b_pid)
+            .await;
     }
     assert!(
         !writer.is_finished(),

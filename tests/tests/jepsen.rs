@@ -96,17 +96,12 @@ enum Proto {
 }
 
 fn style(worker: usize) -> (Attach, Proto) {
-    let attach = if worker % 2 == 0 {
-        Attach::Comment
-    } else {
-        Attach::SetLocal
-    };
-    let proto = if (worker / 2) % 2 == 0 {
-        Proto::Extended
-    } else {
-        Proto::Simple
-    };
-    (attach, proto)
+    match worker % 4 {
+        0 => (Attach::Comment, Proto::Extended),
+        1 => (Attach::SetLocal, Proto::Extended),
+        2 => (Attach::Comment, Proto::Simple),
+        _ => (Attach::SetLocal, Proto::Simple),
+    }
 }
 
 /// What one operation does besides its statements: where it pauses.
@@ -192,6 +187,8 @@ struct RunCtx {
     counters: Counters,
     acked: Mutex<Vec<Add>>,
     errors: Mutex<Vec<String>>,
+    /// How each lost connection was seen.
+    losses: Mutex<Vec<String>>,
 }
 
 /// How an operation failed.
@@ -210,7 +207,15 @@ fn classify(e: &tokio_postgres::Error, client: &Client) -> Failure {
         Some("40001") => Failure::Serialization,
         Some("57P01") => Failure::Preempted,
         _ if e.is_closed() || client.is_closed() => Failure::Preempted,
-        _ => Failure::Other(format!("{e:?}")),
+        _ => Failure::Other(format!("{} ({e:?})", describe(e))),
+    }
+}
+
+/// An error with its SQLSTATE and message when the server sent one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 
@@ -434,6 +439,12 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
                     Failure::Serialization => bump(&ctx.counters.serialization),
                     Failure::Preempted => {
                         bump(&ctx.counters.preempted);
+                        ctx.losses.lock().unwrap().push(format!(
+                            "worker {id} ({style:?}) token {} on {}: {}",
+                            lease.token,
+                            RESOURCE_NAMES[resource],
+                            describe(&e)
+                        ));
                         reconnect = true;
                     }
                     Failure::Other(text) => {
@@ -444,9 +455,7 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
                         ));
                     }
                 }
-                if client.is_closed() {
-                    reconnect = true;
-                } else if client.batch_execute("ROLLBACK").await.is_err() {
+                if client.is_closed() || client.batch_execute("ROLLBACK").await.is_err() {
                     reconnect = true;
                 }
             }
@@ -504,6 +513,7 @@ struct Outcome {
     name: &'static str,
     counters: Counters,
     errors: Vec<String>,
+    losses: Vec<String>,
     verdict: Verdict,
     history_len: usize,
     final_len: usize,
@@ -531,6 +541,7 @@ async fn run(name: &'static str, endpoint: Endpoint, db: String, seed: u64, secs
         counters: Counters::default(),
         acked: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
+        losses: Mutex::new(Vec::new()),
     });
     let started = Instant::now();
     let handles: Vec<_> = (0..WORKERS)
@@ -554,6 +565,7 @@ async fn run(name: &'static str, endpoint: Endpoint, db: String, seed: u64, secs
         name,
         counters: ctx.counters,
         errors: ctx.errors.into_inner().unwrap(),
+        losses: ctx.losses.into_inner().unwrap(),
         verdict,
         history_len: history.len(),
         final_len: rows.iter().map(|r| r.elements.len()).sum(),
@@ -605,8 +617,22 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
+/// Logs as the harness does, but without the proxy's warning for every stale rejection
+/// (hundreds per run); `RUST_LOG` overrides.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,fencegate::fence::hook=error")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_set_workload_loses_nothing_through_fencegate_and_does_directly() {
+    init_tracing();
     let seed = env_u64("FENCEGATE_JEPSEN_SEED", DEFAULT_SEED);
     let secs = env_u64("FENCEGATE_JEPSEN_SECS", DEFAULT_SECS);
     println!(
@@ -637,6 +663,9 @@ async fn lock_set_workload_loses_nothing_through_fencegate_and_does_directly() {
         }
         for e in o.errors.iter().take(10) {
             println!("  {} unexpected error: {e}", o.name);
+        }
+        for e in o.losses.iter().take(3) {
+            println!("  {} lost connection: {e}", o.name);
         }
     }
 
@@ -690,9 +719,17 @@ async fn lock_set_workload_loses_nothing_through_fencegate_and_does_directly() {
     // Every connection a worker lost through the proxy was a session the check ended.
     assert!(
         get(&proxy.counters.preempted) <= proxy.ended_sessions as u64,
-        "workers lost {} connections through fencegate but only {} sessions were preempted",
+        "workers lost {} connections through fencegate but only {} sessions were preempted; \
+         first losses: {:#?}",
         get(&proxy.counters.preempted),
-        proxy.ended_sessions
+        proxy.ended_sessions,
+        &proxy.losses[..proxy.losses.len().min(5)]
+    );
+    // The proxy counted exactly the stale rejections its clients saw.
+    assert_eq!(
+        proxy_stale,
+        get(&proxy.counters.stale),
+        "the proxy's stale-rejection counter disagrees with what the workers saw"
     );
     // The committed high-water marks cover every committed token and no token never granted.
     for (resource, name) in RESOURCE_NAMES.iter().enumerate() {

@@ -150,8 +150,11 @@ impl FencePolicy {
                 fence.token,
                 self.grace_ms
             )),
+            // A DO block, so that the function is only looked up when a token is set: a
+            // session without a token must not fail in a database without the schema.
             Decision::CheckSettings { required } => Some(format!(
-                "SELECT fencegate.check_settings({}, {required})",
+                "DO $fencegate$BEGIN IF {required} OR pg_catalog.current_setting('fencing.token', true) <> '' \
+                 THEN PERFORM fencegate.check_settings({}, {required}); END IF; END$fencegate$",
                 self.grace_ms
             )),
             Decision::Invalid(reason) => Some(format!(

@@ -1,0 +1,167 @@
+//! Tokens through psql, the three ways a client attaches them (SPEC §2): a sqlcommenter
+//! comment in a multi-statement `-c` string, `SET` in one `-c` string, in separate `-c`s
+//! and in a script with `SET LOCAL`, startup options from `PGOPTIONS`, and `\copy ... FROM
+//! pstdin` fenced by `SET`. Fresh tokens are admitted and raise H; stale ones fail with
+//! 55Z01 (printed with its SQLSTATE) and change nothing.
+
+use fencegate_tests::fence::{comment, FenceEnv, Monitor};
+
+const JOB: &str = "job:7";
+
+const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+CREATE TABLE log (id int PRIMARY KEY, note text);
+GRANT ALL ON jobs, log TO trust_user;
+";
+
+async fn steps(monitor: &Monitor) -> String {
+    monitor
+        .text("SELECT steps FROM jobs WHERE id = 7")
+        .await
+        .unwrap()
+}
+
+fn append(step: &str) -> String {
+    format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
+}
+
+async fn log_ids(monitor: &Monitor) -> Vec<i32> {
+    monitor
+        .client()
+        .query("SELECT id FROM log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn stale_line(presented: i64, current: i64) -> String {
+    format!(
+        "ERROR:  55Z01: stale fencing token {presented} for resource 'job:7': the current token is {current}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_comment_in_a_multi_statement_command() {
+    let env = FenceEnv::new("psql_comment", SETUP).await;
+    let c2 = comment(JOB, 2);
+    let fresh = format!(
+        "SELECT 'before:' || steps FROM jobs WHERE id = 7 {c2}; {} {c2}; \
+         SELECT 'after:' || steps FROM jobs WHERE id = 7 {c2}",
+        append("a")
+    );
+    let (ok, stdout, stderr) = env.psql(&["-c", &fresh], &[], "");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "before:\nafter:a\n");
+    assert_eq!(env.monitor.high_water(JOB).await, Some(2));
+    // Token 1 now fails, and the statements before it in the same string roll back with it.
+    let stale = format!("{}; {} {}", append("b"), append("c"), comment(JOB, 1));
+    let (ok, _, stderr) = env.psql(&["-c", &stale], &[], "");
+    assert!(!ok);
+    assert!(stderr.contains(&stale_line(1, 2)), "{stderr}");
+    assert_eq!(steps(&env.monitor).await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_set_in_one_command_string_and_in_separate_commands() {
+    let env = FenceEnv::new("psql_set", SETUP).await;
+    let one = |t: i64, step: &str| {
+        format!(
+            "SET fencing.resource = 'job:7'; SET fencing.token = {t}; {}",
+            append(step)
+        )
+    };
+    let (ok, _, stderr) = env.psql(&["-c", &one(3, "a")], &[], "");
+    assert!(ok, "{stderr}");
+    assert_eq!(env.monitor.high_water(JOB).await, Some(3));
+    let (ok, _, stderr) = env.psql(&["-c", &one(2, "b")], &[], "");
+    assert!(!ok);
+    assert!(stderr.contains(&stale_line(2, 3)), "{stderr}");
+
+    let separate = |t: String, step: String| {
+        let args = [
+            "-c".to_string(),
+            "SET fencing.resource = 'job:7'".to_string(),
+            "-c".to_string(),
+            format!("SET fencing.token = {t}"),
+            "-c".to_string(),
+            append(&step),
+        ];
+        env.psql(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[],
+            "",
+        )
+    };
+    let (ok, _, stderr) = separate("4".into(), "c".into());
+    assert!(ok, "{stderr}");
+    assert_eq!(env.monitor.high_water(JOB).await, Some(4));
+    let (ok, _, stderr) = separate("3".into(), "d".into());
+    assert!(!ok);
+    assert!(stderr.contains(&stale_line(3, 4)), "{stderr}");
+    // A script with SET LOCAL inside a transaction block.
+    let script = format!(
+        "BEGIN;\nSET LOCAL fencing.resource = 'job:7';\nSET LOCAL fencing.token = 3;\n{};\nCOMMIT;\n",
+        append("e")
+    );
+    let (ok, _, stderr) = env.psql(&["-f", "-"], &[], &script);
+    assert!(!ok);
+    assert!(stderr.contains(&stale_line(3, 4)), "{stderr}");
+    assert_eq!(steps(&env.monitor).await, "ac");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_startup_options_from_pgoptions() {
+    let env = FenceEnv::new("psql_pgoptions", SETUP).await;
+    let options = |t: i64| format!("-c fencing.resource=job:7 -c fencing.token={t}");
+    let (ok, stdout, stderr) = env.psql(
+        &["-c", &append("a"), "-c", "SHOW fencing.token"],
+        &[("PGOPTIONS", &options(5))],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "5\n");
+    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
+    let (ok, _, stderr) = env.psql(
+        &["-c", "SELECT steps FROM jobs"],
+        &[("PGOPTIONS", &options(4))],
+        "",
+    );
+    assert!(!ok, "a read with a stale startup token must fail");
+    assert!(stderr.contains(&stale_line(4, 5)), "{stderr}");
+    assert_eq!(steps(&env.monitor).await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_backslash_copy_with_set_token() {
+    let env = FenceEnv::new("psql_copy", SETUP).await;
+    let copy = |t: i64, data: &str| {
+        let token = format!("SET fencing.token = {t}");
+        env.psql(
+            &[
+                "-c",
+                "SET fencing.resource = 'job:7'",
+                "-c",
+                &token,
+                "-c",
+                "\\copy log FROM pstdin",
+            ],
+            &[],
+            data,
+        )
+    };
+    let (ok, _, stderr) = copy(6, "1\tfirst\n2\tsecond\n");
+    assert!(ok, "{stderr}");
+    assert_eq!(log_ids(&env.monitor).await, [1, 2]);
+    assert_eq!(env.monitor.high_water(JOB).await, Some(6));
+    let (ok, _, stderr) = copy(5, "3\tstale\n4\tstale\n");
+    assert!(!ok, "a stale \\copy must fail");
+    assert!(stderr.contains(&stale_line(5, 6)), "{stderr}");
+    assert_eq!(
+        log_ids(&env.monitor).await,
+        [1, 2],
+        "no row of the stale copy landed"
+    );
+}
