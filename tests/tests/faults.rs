@@ -257,13 +257,9 @@ async fn unreachable_upstream_gives_fatal_error_naming_it() {
     assert!(text.contains(&upstream), "{text}");
 
     // psql prints the server's message.
-    let out = run(
-        &mut proxy
-            .endpoint()
-            .command("psql", TRUST_USER, "postgres")
-            .args(["-X", "-c", "SELECT 1"]),
-        b"",
-    );
+    let mut psql = proxy.endpoint().command("psql", TRUST_USER, "postgres");
+    psql.args(["-X", "-c", "SELECT 1"]);
+    let out = run(&mut psql, b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(

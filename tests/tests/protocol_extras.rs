@@ -135,3 +135,35 @@ fn unknown_message_type_gets_the_servers_answer() {
 fn direct_addr(cluster: &Cluster) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], cluster.port()))
 }
+
+/// Sends `bytes` in one write and reads everything until the server closes.
+fn one_write_to_close(addr: SocketAddr, bytes: &[u8]) -> Vec<Message> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut header = [0u8; 5];
+    while stream.read_exact(&mut header).is_ok() {
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0; len - 4];
+        stream.read_exact(&mut body).unwrap();
+        out.push((header[0], body));
+    }
+    out
+}
+
+#[test]
+fn queries_pipelined_behind_the_startup_packet_are_answered() {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain(cluster.port());
+    let mut bytes = msg::startup(&[("user", SUPERUSER), ("database", "postgres")]);
+    bytes.extend(msg::query("SELECT 1 AS one; SELECT 2 AS two"));
+    bytes.extend(msg::terminate());
+    let direct = one_write_to_close(direct_addr(cluster), &bytes);
+    let proxied = one_write_to_close(proxy.addr(), &bytes);
+    assert_eq!(render(&normalize(&proxied)), render(&normalize(&direct)));
+    let tags: String = direct.iter().map(|m| m.0 as char).collect();
+    assert!(tags.ends_with("ZTDCTDCZ"), "{tags}");
+}

@@ -63,7 +63,8 @@ impl Conn {
         }
     }
 
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    /// Reads more bytes into the buffer; 0 at end of stream. Cancel-safe.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
         self.reserve_for_read();
         self.stream.read_buf(&mut self.rbuf).await
     }

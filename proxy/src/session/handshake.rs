@@ -12,6 +12,7 @@ use crate::config::{MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET};
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
+use crate::protocol::framing::peek_tagged;
 use crate::protocol::frontend as fe;
 use crate::protocol::startup::{self, StartupError, StartupMessage, StartupPacket};
 use crate::stream::Stream;
@@ -119,10 +120,16 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
 /// Relays authentication between client and server until the server's first
 /// ReadyForQuery. `Ok(None)` when the exchange ended without a session (authentication
 /// failed with a FATAL the client has already received, or the client left).
+///
+/// Only authentication responses (`p`) are forwarded in this phase. A client that pipelines
+/// other messages behind its startup packet is simply not read further until the session
+/// is established; the relay then takes those messages from the buffer like any others, so
+/// they pass the reply queue and the fencing hook.
 pub async fn authenticate(
     client: &mut Conn,
     server: &mut Conn,
 ) -> Result<Option<TxStatus>, SessionError> {
+    let mut client_paused = forward_auth_responses(client, server).await?;
     loop {
         tokio::select! {
             read = server.read_tagged(MAX_SERVER_MESSAGE) => {
@@ -149,20 +156,38 @@ pub async fn authenticate(
                     _ => {}
                 }
             }
-            read = client.read_tagged(MAX_AUTH_MESSAGE) => {
-                let frame = match read {
-                    Ok(Read::Frame(f)) => f,
-                    Ok(Read::Closed | Read::Truncated) => return Ok(None),
-                    Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),
-                    Err(ReadError::Frame(e)) => {
-                        return Err(fatal(client, "08P01", SessionError::client_frame(e)).await)
-                    }
-                };
-                server.write_flush(&frame).await.map_err(SessionError::UpstreamIo)?;
-                if frame[0] == fe::TERMINATE {
+            read = client.fill(), if !client_paused => {
+                if read.map_err(SessionError::ClientIo)? == 0 {
                     return Ok(None);
                 }
+                client_paused = forward_auth_responses(client, server).await?;
             }
         }
+    }
+}
+
+/// Forwards the complete authentication responses at the front of the client's buffer.
+/// Returns true when the next buffered message is something else (the client pipelined
+/// its first queries): the caller stops reading the client until the session is up.
+async fn forward_auth_responses(
+    client: &mut Conn,
+    server: &mut Conn,
+) -> Result<bool, SessionError> {
+    loop {
+        match client.rbuf.first() {
+            None => return Ok(false),
+            Some(&tag) if tag != fe::PASSWORD => return Ok(true),
+            Some(_) => {}
+        }
+        let info = match peek_tagged(&client.rbuf, MAX_AUTH_MESSAGE) {
+            Ok(Some(info)) => info,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(fatal(client, "08P01", SessionError::client_frame(e)).await),
+        };
+        let frame = client.rbuf.split_to(info.total_len);
+        server
+            .write_flush(&frame)
+            .await
+            .map_err(SessionError::UpstreamIo)?;
     }
 }

@@ -73,19 +73,18 @@ pub async fn serve(
     }
 }
 
-async fn run(
-    tcp: TcpStream,
-    shared: &Shared,
-    drain: &CancellationToken,
-    stop: &CancellationToken,
-) -> Result<(), SessionError> {
+/// Negotiation, upstream connection and authentication; `None` when the exchange ended
+/// without a session (a cancel request, a failed login, a client that left).
+async fn open(tcp: TcpStream, shared: &Shared) -> Result<Option<Relay>, SessionError> {
     let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
     let (mut client, opening) = tokio::time::timeout(STARTUP_TIMEOUT, negotiation)
         .await
         .map_err(|_| SessionError::ClientProtocol("no startup packet within 60 s".into()))??;
     let (packet, startup) = match opening {
-        Opening::Gone => return Ok(()),
-        Opening::Cancel(packet) => return shared.upstream.forward_cancel(&packet).await,
+        Opening::Gone => return Ok(None),
+        Opening::Cancel(packet) => {
+            return shared.upstream.forward_cancel(&packet).await.map(|()| None)
+        }
         Opening::Startup { packet, message } => (packet, message),
     };
     tracing::debug!(
@@ -100,12 +99,28 @@ async fn run(
     if let Err(e) = server.write_flush(&packet).await {
         return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
     }
-    let max = shared.config.max_message_size;
     let Some(status) = handshake::authenticate(&mut client, &mut server).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let hook = shared.hooks.session_hook(&startup);
-    let mut relay = Relay::new(client, server, status, hook, max);
+    let max = shared.config.max_message_size;
+    Ok(Some(Relay::new(client, server, status, hook, max)))
+}
+
+async fn run(
+    tcp: TcpStream,
+    shared: &Shared,
+    drain: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    // A session still opening when shutdown begins has no transaction to finish: close it.
+    let mut relay = tokio::select! {
+        opened = open(tcp, shared) => match opened? {
+            Some(relay) => relay,
+            None => return Ok(()),
+        },
+        () = drain.cancelled() => return Ok(()),
+    };
     let ended = loop {
         tokio::select! {
             ended = relay.run() => break ended,

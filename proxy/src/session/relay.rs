@@ -111,6 +111,10 @@ impl Relay {
 
     /// Relays until one side closes or fails. Cancel-safe: all state lives in `self`.
     pub async fn run(&mut self) -> Result<End, SessionError> {
+        if !self.client.rbuf.is_empty() {
+            // Messages the client pipelined behind authentication.
+            self.on_client_bytes()?;
+        }
         poll_fn(|cx| self.poll_run(cx)).await
     }
 
