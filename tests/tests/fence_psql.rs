@@ -165,3 +165,39 @@ async fn psql_backslash_copy_with_set_token() {
         "no row of the stale copy landed"
     );
 }
+
+/// An error in the client's own statement, after the proxy inserted its check in front of
+/// it, points at the same place in the client's text as it does directly: psql prints the
+/// same LINE and caret (non-ASCII text before it included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_positions_point_into_the_clients_own_text() {
+    let env = FenceEnv::new("fence_psql_positions", SETUP).await;
+    let (ok, _, err) = env.psql(
+        &["-c", &format!("SELECT 1 FROM jobs {}", comment(JOB, 5))],
+        &[],
+        "",
+    );
+    assert!(ok, "{err}");
+    let with_token = |token: i64| {
+        format!(
+            "SELECT 'é€' AS a; SELECT nocolumn FROM jobs {}; SELECT 1",
+            comment(JOB, token)
+        )
+    };
+    // A stale token fails first: the check is in front of the statement.
+    let (ok, _, stale) = env.psql(&["-c", &with_token(4)], &[], "");
+    assert!(!ok && stale.contains("stale fencing token 4"), "{stale}");
+    let sql = with_token(5);
+    let (ok, _, proxied) = env.psql(&["-c", &sql], &[], "");
+    assert!(!ok);
+    let cluster = fencegate_tests::Cluster::shared();
+    let mut direct = fencegate_tests::fence::psql_command(
+        cluster.endpoint(),
+        fencegate_tests::cluster::TRUST_USER,
+        &env.db,
+    );
+    direct.args(["-c", &sql]);
+    let (_, _, direct) = fencegate_tests::fence::run_text(&mut direct, "");
+    assert!(direct.contains("LINE 1:"), "{direct}");
+    assert_eq!(proxied, direct);
+}

@@ -34,7 +34,7 @@ use crate::protocol::backend::error_field;
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
 use crate::protocol::startup::StartupMessage;
-use crate::session::hook::{Action, HookFactory, Injector, SessionHook};
+use crate::session::hook::{Action, HookFactory, Injector, Insertion, Rewrite, SessionHook};
 
 /// Name of the proxy's own prepared statement and portal for extended-protocol checks.
 const CHECK_NAME: &str = "__fencegate_check";
@@ -71,7 +71,9 @@ impl HookFactory for FenceHooks {
             .or(startup.param("user"))
             .unwrap_or_default()
             .to_string();
+        let encoding = ClientEncoding::from_name(startup.param("client_encoding"));
         Some(Box::new(FenceHook {
+            encoding,
             policy: self.policy.clone(),
             stats: self.stats.clone(),
             cache: self.cache.clone(),
@@ -82,8 +84,52 @@ impl HookFactory for FenceHooks {
     }
 }
 
+/// How to count characters of the client's SQL (error positions are in characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientEncoding {
+    /// UTF-8 (the default when the client names none and the usual server encoding).
+    Utf8,
+    /// One byte per character (LATIN1, WIN1252, SQL_ASCII, ...).
+    SingleByte,
+    /// A multi-byte encoding the proxy does not count (SJIS, EUC_*, BIG5, GBK, ...).
+    Other,
+}
+
+impl ClientEncoding {
+    fn from_name(name: Option<&str>) -> Self {
+        let name = name
+            .unwrap_or("UTF8")
+            .to_ascii_uppercase()
+            .replace(['-', '_'], "");
+        match name.as_str() {
+            "UTF8" | "UNICODE" | "AUTO" => ClientEncoding::Utf8,
+            n if n.starts_with("LATIN")
+                || n.starts_with("WIN")
+                || n.starts_with("ISO8859")
+                || n.starts_with("KOI8")
+                || n == "SQLASCII" =>
+            {
+                ClientEncoding::SingleByte
+            }
+            _ => ClientEncoding::Other,
+        }
+    }
+
+    fn counts_chars(self) -> bool {
+        self != ClientEncoding::Other
+    }
+
+    fn chars(self, bytes: &[u8]) -> u32 {
+        match self {
+            ClientEncoding::Utf8 => bytes.iter().filter(|&&b| (b as i8) >= -0x40).count() as u32,
+            _ => bytes.len() as u32,
+        }
+    }
+}
+
 /// Per-session fencing state.
 pub struct FenceHook {
+    encoding: ClientEncoding,
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
     cache: Arc<HighWaterCache>,
@@ -184,24 +230,35 @@ impl FenceHook {
             return;
         }
         let mut rewritten: Option<Vec<u8>> = None;
-        let mut hidden = Vec::new();
-        let mut copied = 0;
+        let mut rewrite = Rewrite::default();
+        let (mut copied, mut chars) = (0, 0u32);
         for (index, range) in split_statements(text).into_iter().enumerate() {
             let analysis = self.policy.analyze(&text[range.clone()]);
             let Some(sql) = self.decide(&analysis) else {
                 continue;
             };
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
-            out.extend_from_slice(&text[copied..range.start]);
+            let before = &text[copied..range.start];
+            out.extend_from_slice(before);
             out.extend_from_slice(sql.as_bytes());
             out.push(b';');
+            chars += self.encoding.chars(before);
+            rewrite.insertions.push(Insertion {
+                at: chars + 1,
+                len: sql.len() as u32 + 1,
+            });
+            chars += sql.len() as u32 + 1;
             copied = range.start;
-            hidden.push((index + hidden.len()) as u32);
+            rewrite.hidden.push((index + rewrite.hidden.len()) as u32);
+        }
+        if !self.encoding.counts_chars() {
+            // Positions cannot be mapped back without knowing the characters: leave them.
+            rewrite.insertions.clear();
         }
         if let Some(mut out) = rewritten {
             out.extend_from_slice(&text[copied..]);
             if inject
-                .replace_query(build::query_bytes(&out), hidden)
+                .replace_query(build::query_bytes(&out), rewrite)
                 .is_err()
             {
                 inject.abort_session(TRACKING_LOST);

@@ -127,6 +127,30 @@ pub fn error_response(
     encode(ErrorResponse::new(fields))
 }
 
+/// An ErrorResponse or NoticeResponse (`tag`) rebuilt from `body` with one field's value
+/// replaced; every other field is copied byte for byte.
+pub fn replace_field(tag: u8, body: &[u8], field: u8, value: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.extend_from_slice(&[tag, 0, 0, 0, 0]);
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(nul) = after.iter().position(|&b| b == 0) else {
+            break;
+        };
+        out.extend_from_slice(&[code]);
+        out.extend_from_slice(if code == field { value } else { &after[..nul] });
+        out.extend_from_slice(&[0]);
+        rest = &after[nul + 1..];
+    }
+    out.extend_from_slice(&[0]);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out.freeze()
+}
+
 /// NoticeResponse at WARNING level.
 pub fn warning(sqlstate: &str, message: &str) -> Bytes {
     encode(NoticeResponse::new(vec![
@@ -173,6 +197,18 @@ mod tests {
         );
         assert_eq!(view(&execute("")).execute_portal(), Some(&b""[..]));
         assert_eq!(&sync()[..], &[b'S', 0, 0, 0, 4]);
+    }
+
+    #[test]
+    fn replace_field_keeps_the_rest_byte_for_byte() {
+        let body = b"SERROR\0C42601\0Msyntax error at or near \xff\0P27\0\0";
+        let e = replace_field(b'E', body, b'P', b"7");
+        let info = peek_tagged(&e, 1 << 20).unwrap().unwrap();
+        assert_eq!(info.total_len, e.len());
+        assert_eq!(
+            info.body(&e),
+            b"SERROR\0C42601\0Msyntax error at or near \xff\0P7\0\0"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::protocol::framing::peek_tagged;
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::startup::StartupMessage;
 
-pub use super::replies::Action;
+pub use super::replies::{Action, Insertion, Rewrite};
 
 /// Makes one hook per client session.
 pub trait HookFactory: Send + Sync + 'static {
@@ -61,7 +61,7 @@ pub enum InjectError {
 pub struct Injector<'a> {
     pub(super) queued: &'a mut Vec<(Bytes, Action)>,
     pub(super) abort: &'a mut Option<String>,
-    pub(super) replacement: &'a mut Option<(Bytes, Vec<u32>)>,
+    pub(super) replacement: &'a mut Option<(Bytes, Rewrite)>,
     pub(super) status: TxStatus,
     pub(super) desynchronized: bool,
 }
@@ -95,16 +95,17 @@ impl Injector<'_> {
     }
 
     /// Replaces the client's Query message with `query` (a whole Query message), which is
-    /// the client's SQL with statements of the proxy's inserted at positions `hidden`
-    /// (0-based statement positions, ascending). Their results are hidden from the client;
-    /// an error they raise reaches it. Only valid while handling a client Query.
-    pub fn replace_query(&mut self, query: Bytes, hidden: Vec<u32>) -> Result<(), InjectError> {
+    /// the client's SQL with statements of the proxy's inserted as `rewrite` describes.
+    /// Their results are hidden from the client; an error they raise reaches it; error
+    /// positions in the client's own statements are mapped back to its text. Only valid
+    /// while handling a client Query.
+    pub fn replace_query(&mut self, query: Bytes, rewrite: Rewrite) -> Result<(), InjectError> {
         if self.desynchronized {
             return Err(InjectError::Desynchronized);
         }
         match peek_tagged(&query, usize::MAX >> 1) {
             Ok(Some(info)) if info.total_len == query.len() && info.tag == b'Q' => {
-                *self.replacement = Some((query, hidden));
+                *self.replacement = Some((query, rewrite));
                 Ok(())
             }
             _ => Err(InjectError::NotOneMessage),

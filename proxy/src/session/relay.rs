@@ -21,7 +21,7 @@ use super::replies::{Action, ReplyTracker, Route};
 use crate::config::MAX_SERVER_MESSAGE;
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
-use crate::protocol::build::{error_response, Severity};
+use crate::protocol::build::{error_response, replace_field, Severity};
 use crate::protocol::framing::{peek_tagged, HEADER_LEN};
 use crate::protocol::frontend::{self as fe, FrontendMessage};
 
@@ -235,7 +235,7 @@ impl Relay {
                 }
             }
             match &mut replacement {
-                Some((_, hidden)) => self.tracker.rewritten_query(std::mem::take(hidden)),
+                Some((_, rewrite)) => self.tracker.rewritten_query(std::mem::take(rewrite)),
                 None => self.tracker.client_message(&msg, Action::Forward),
             }
             self.terminated |= info.tag == fe::TERMINATE;
@@ -280,6 +280,7 @@ impl Relay {
             let route = self.tracker.server_message(info.tag, body);
             let reworded = match (route, self.hook.as_mut()) {
                 (Route::InjectedError, Some(hook)) => hook.injected_error(body),
+                (Route::Forward, _) => self.reposition(info.tag, body),
                 _ => None,
             };
             match (route, reworded) {
@@ -301,6 +302,22 @@ impl Relay {
         }
         self.to_client.push(take(&mut self.server.rbuf, run));
         Ok(())
+    }
+}
+
+impl Relay {
+    /// An error or notice from a rewritten Query with its position field given back in
+    /// the client's own text; `None` when nothing needs changing.
+    fn reposition(&self, tag: u8, body: &[u8]) -> Option<Bytes> {
+        if tag != be::ERROR_RESPONSE && tag != be::NOTICE_RESPONSE {
+            return None;
+        }
+        let p: u32 = std::str::from_utf8(be::error_field(body, b'P')?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let original = self.tracker.original_position(p)?;
+        (original != p).then(|| replace_field(tag, body, b'P', original.to_string().as_bytes()))
     }
 }
 

@@ -57,11 +57,32 @@ pub enum Route {
     InjectedError,
 }
 
-/// Which statement results of a rewritten Query the client must not see: the statements
-/// the proxy inserted into the client's Query string, by position (0-based, ascending).
+/// How the proxy rewrote a client's Query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Positions (0-based, ascending) of the statements the proxy inserted: their results are
+    /// hidden from the client.
+    pub hidden: Vec<u32>,
+    /// Where text was inserted, in characters of the rewritten string (ascending), so that
+    /// error positions can be given back in the client's own terms.
+    pub insertions: Vec<Insertion>,
+}
+
+/// Text the proxy inserted into a client's Query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insertion {
+    /// 1-based character position in the rewritten string where the inserted text starts.
+    pub at: u32,
+    /// Characters inserted.
+    pub len: u32,
+}
+
+/// Which statement results of a rewritten Query the client must not see, and where the
+/// rewrite inserted text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HiddenStatements {
     indices: Vec<u32>,
+    insertions: Vec<Insertion>,
     next: usize,
     current: u32,
 }
@@ -194,20 +215,36 @@ impl ReplyTracker {
     }
 
     /// Records a Query the proxy rewrote by inserting statements of its own: the client
-    /// sees everything except the results of the statements at `hidden` (ascending
-    /// positions); an error raised by one of them reaches the client as
-    /// [`Route::InjectedError`].
-    pub fn rewritten_query(&mut self, hidden: Vec<u32>) {
+    /// sees everything except the results of the statements at `rewrite.hidden`; an error
+    /// raised by one of them reaches the client as [`Route::InjectedError`].
+    pub fn rewritten_query(&mut self, rewrite: Rewrite) {
         if self.desync.is_some() {
             return;
         }
         let mut entry = Entry::new(Expect::UntilReady, Action::Forward);
         entry.hidden = Some(Box::new(HiddenStatements {
-            indices: hidden,
+            indices: rewrite.hidden,
+            insertions: rewrite.insertions,
             next: 0,
             current: 0,
         }));
         self.queue.push_back(entry);
+    }
+
+    /// While the reply to a rewritten Query is being relayed: the client's own position
+    /// for an error position `p` (1-based characters of the rewritten string), or `None`
+    /// when no rewrite is in progress or `p` points into inserted text.
+    pub fn original_position(&self, p: u32) -> Option<u32> {
+        let hidden = self.queue.front()?.hidden.as_ref()?;
+        let mut shift = 0;
+        for ins in &hidden.insertions {
+            if p >= ins.at + ins.len {
+                shift += ins.len;
+            } else if p >= ins.at {
+                return None;
+            }
+        }
+        Some(p - shift)
     }
 
     /// Queues a reply the proxy makes itself, delivered in order (see [`Action::Synthesize`]).

@@ -7,6 +7,13 @@ fn client(t: &mut ReplyTracker, tag: u8, body: &[u8], action: Action) {
     t.client_message(&FrontendMessage { tag, body }, action);
 }
 
+fn hide(indices: &[u32]) -> Rewrite {
+    Rewrite {
+        hidden: indices.to_vec(),
+        insertions: Vec::new(),
+    }
+}
+
 fn fwd(t: &mut ReplyTracker, tag: u8) {
     client(t, tag, b"", Action::Forward);
 }
@@ -273,7 +280,7 @@ fn function_call_waits_for_ready() {
 fn rewritten_query_hides_inserted_statements_only() {
     let mut t = ReplyTracker::default();
     // "check; BEGIN; check; UPDATE; COMMIT" where positions 0 and 2 are the proxy's.
-    t.rewritten_query(vec![0, 2]);
+    t.rewritten_query(hide(&[0, 2]));
     assert_eq!(server(&mut t, "TDC" /* check */), "");
     assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
     assert_eq!(server(&mut t, "NTDC" /* check with a notice */), "");
@@ -285,22 +292,36 @@ fn rewritten_query_hides_inserted_statements_only() {
 #[test]
 fn rewritten_query_error_in_inserted_statement_reaches_client() {
     let mut t = ReplyTracker::default();
-    t.rewritten_query(vec![1]);
+    t.rewritten_query(hide(&[1]));
     assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
     assert_eq!(server(&mut t, "EZ" /* check fails, rest skipped */), "eZ");
     assert!(t.is_idle());
     // The client's own error in an unhidden statement is an ordinary error.
-    t.rewritten_query(vec![0]);
+    t.rewritten_query(hide(&[0]));
     assert_eq!(server(&mut t, "TDCEZ"), "EZ");
 }
 
 #[test]
 fn rewritten_copy_statement_keeps_its_copy_messages() {
     let mut t = ReplyTracker::default();
-    t.rewritten_query(vec![0]);
+    t.rewritten_query(hide(&[0]));
     assert_eq!(server(&mut t, "TDCG"), "G");
     fwd(&mut t, b'd');
     fwd(&mut t, b'c');
     assert_eq!(server(&mut t, "CZ"), "CZ");
     assert!(t.is_idle());
+}
+
+#[test]
+fn error_positions_map_back_to_the_clients_text() {
+    let mut t = ReplyTracker::default();
+    assert_eq!(t.original_position(5), None);
+    // Client text "BEGIN; UPDATE x" rewritten as "BEGIN;CHECK; UPDATE x" (5 chars at 7).
+    t.rewritten_query(Rewrite {
+        hidden: vec![1],
+        insertions: vec![Insertion { at: 7, len: 6 }],
+    });
+    assert_eq!(t.original_position(3), Some(3));
+    assert_eq!(t.original_position(9), None);
+    assert_eq!(t.original_position(14), Some(8));
 }
