@@ -1,0 +1,103 @@
+//! Shared setup for the client integration tests: a fresh database with the `fencegate`
+//! schema in the harness's throwaway cluster, the proxy in front of it (as `fencegate
+//! serve` runs it), sqlx pools either way, and polling with a deadline instead of sleeps.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use fencegate_tests::cluster::SUPERUSER;
+use fencegate_tests::{Cluster, TestProxy};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// How long any awaited condition may take (generous: the machine may be compiling).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A database with the fencegate schema and a proxy in front of the shared cluster.
+pub struct Env {
+    /// The database's name.
+    pub db: String,
+    /// The proxy (stopped on drop).
+    pub proxy: TestProxy,
+}
+
+impl Env {
+    /// A fresh database named after `prefix`, with the schema installed the way
+    /// `fencegate migrate` does, then `setup` run in it directly.
+    pub async fn new(prefix: &str, setup: &str) -> Env {
+        let cluster = Cluster::shared();
+        let db = cluster.create_database(prefix);
+        let url = direct_url(cluster.port(), &db);
+        fencegate::fence::migrate::run(&url)
+            .await
+            .unwrap_or_else(|e| panic!("fencegate migrate {url}: {e}"));
+        if !setup.is_empty() {
+            cluster.execute(&db, setup);
+        }
+        let proxy = TestProxy::plain(cluster.port());
+        Env { db, proxy }
+    }
+
+    /// `postgres://` URL of this database through the proxy.
+    pub fn proxy_url(&self) -> String {
+        direct_url(self.proxy.addr().port(), &self.db)
+    }
+
+    /// A pool through the proxy.
+    pub async fn proxy_pool(&self) -> PgPool {
+        pool(&self.proxy_url(), 4).await
+    }
+
+    /// A pool straight to PostgreSQL (what the tests use to look behind the proxy).
+    pub async fn direct_pool(&self) -> PgPool {
+        pool(&direct_url(Cluster::shared().port(), &self.db), 4).await
+    }
+
+    /// The committed high-water mark of `resource`, read directly.
+    pub async fn high_water(&self, resource: &str) -> Option<i64> {
+        sqlx::query_scalar("SELECT token FROM fencegate.fence WHERE resource = $1")
+            .bind(resource)
+            .fetch_optional(&self.direct_pool().await)
+            .await
+            .expect("read fencegate.fence")
+    }
+}
+
+/// `postgres://postgres@127.0.0.1:port/db`.
+pub fn direct_url(port: u16, db: &str) -> String {
+    format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}")
+}
+
+/// A sqlx pool of at most `max` connections to `url`.
+pub async fn pool(url: &str, max: u32) -> PgPool {
+    let options: PgConnectOptions = url.parse().expect("valid URL");
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
