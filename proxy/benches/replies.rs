@@ -7,10 +7,15 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fencegate::fence::plan::FencePolicy;
 use fencegate::protocol::backend::TxStatus;
+use fencegate::protocol::build;
 use fencegate::protocol::framing::{peek_tagged, HEADER_LEN};
 use fencegate::protocol::frontend::FrontendMessage;
 use fencegate::session::replies::{Action, ReplyTracker, Route};
+
+/// The name of the fence's own statement and portal (as in `fence::hook`).
+const CHECK: &str = "__fencegate_check";
 
 /// Tag and body of each message.
 fn split(messages: &[Vec<u8>]) -> Vec<(u8, &[u8])> {
@@ -64,14 +69,24 @@ fn bench(c: &mut Criterion) {
         b.iter(|| round(&mut t, black_box(&extended), black_box(&server_extended)))
     });
 
-    // Extended with the fence's check before Bind: P [C P B E] B D E S ->
-    // 1 [3 1 2 D C] 2 T D C Z, the check's replies hidden.
-    let check_msgs = [
-        common::message(b'C', b"S__fencegate_check\0"),
-        common::message(b'P', &common::parse_body("__fencegate_check", "SELECT 1")),
-        common::message(b'B', &common::bind_body("__fencegate_check", "1")),
-        common::message(b'E', b"__fencegate_check\0\0\0\0\0"),
-    ];
+    // Extended with the fence's check before Bind, as the fence hook injects it:
+    // P [C C P B E] B D E S -> 1 [3 3 1 2 D C] 2 T D C Z, the check's replies hidden.
+    let check_sql = FencePolicy::default()
+        .sql(
+            &FencePolicy::default()
+                .decide(common::annotated(common::SELECT_ONLY).as_bytes(), false),
+        )
+        .unwrap();
+    let check_msgs: Vec<Vec<u8>> = [
+        build::close_statement(CHECK),
+        build::close_portal(CHECK),
+        build::parse(CHECK, &check_sql),
+        build::bind(CHECK, CHECK, &[]),
+        build::execute(CHECK),
+    ]
+    .iter()
+    .map(|b| b.to_vec())
+    .collect();
     let mut fenced: Vec<_> = extended[..1].to_vec();
     fenced.extend(
         split(&check_msgs)
@@ -80,6 +95,7 @@ fn bench(c: &mut Criterion) {
     );
     fenced.extend(extended[1..].iter().cloned());
     let check_replies = [
+        common::message(b'3', b""),
         common::message(b'3', b""),
         common::message(b'1', b""),
         common::message(b'2', b""),
@@ -90,7 +106,7 @@ fn bench(c: &mut Criterion) {
     server_fenced.extend(split(&check_replies));
     server_fenced.extend(split(&server_msgs[1..]));
     check(&fenced, &server_fenced, 6);
-    group.throughput(Throughput::Elements(20));
+    group.throughput(Throughput::Elements(22));
     group.bench_function("extended_select_checked", |b| {
         let mut t = ReplyTracker::new(TxStatus::Idle);
         b.iter(|| round(&mut t, black_box(&fenced), black_box(&server_fenced)))

@@ -192,6 +192,9 @@ impl Config {
         if self.preempt_grace > Duration::from_secs(24 * 3600) {
             return invalid("preempt_grace must be at most 24h");
         }
+        if !self.preempt_grace.is_zero() && self.preempt_grace < Duration::from_millis(100) {
+            return invalid("preempt_grace must be 0 (off) or at least 100ms");
+        }
         Ok(())
     }
 

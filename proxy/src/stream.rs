@@ -20,6 +20,17 @@ pub enum Stream {
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// Sets `TCP_NODELAY` (messages are small and latency matters) and TCP keepalive, so a
+/// peer that vanishes without a FIN is noticed (60 s idle, then probes every 10 s): a
+/// client gone that way must not keep its server session, and its locks, forever.
+pub fn tune_socket(tcp: &TcpStream) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10));
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
 impl Stream {
     /// True when the stream is encrypted.
     pub fn is_tls(&self) -> bool {

@@ -56,7 +56,7 @@ impl Upstream {
         let mut tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| self.fail(e))?;
-        tcp.set_nodelay(true).map_err(|e| self.fail(e))?;
+        crate::stream::tune_socket(&tcp).map_err(|e| self.fail(e))?;
         let Some((connector, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };

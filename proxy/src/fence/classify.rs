@@ -22,6 +22,10 @@ pub enum Kind {
     /// Reads only: SELECT / VALUES / TABLE / FETCH / COPY ... TO without locking clauses or
     /// data-modifying parts.
     Read,
+    /// CALL or DO: may write, and may COMMIT inside when not run in a transaction block.
+    Procedure,
+    /// SQL-level PREPARE of a statement (its text runs later, at EXECUTE).
+    Prepare,
     /// May write: everything else.
     Write,
 }
@@ -31,8 +35,8 @@ pub enum Kind {
 pub struct Class {
     /// What it may do.
     pub kind: Kind,
-    /// It mentions `fencing.` (SET, RESET, set_config, ...), so the session may carry
-    /// fencing settings from now on.
+    /// It may set a fencing setting (SET of `fencing.*`, or `set_config('fencing...')`), so
+    /// the session may carry fencing settings from now on.
     pub touches_settings: bool,
 }
 
@@ -42,12 +46,15 @@ const WRITE_WORDS: &[&str] = &[
 
 /// Classifies one statement (no terminating `;`).
 pub fn classify(statement: &[u8]) -> Class {
-    let words: Vec<&[u8]> = Lexer::new(statement)
+    let tokens: Vec<Token<'_>> = Lexer::new(statement)
+        .filter(|t| !matches!(t, Token::Comment(_)))
+        .collect();
+    let words: Vec<&[u8]> = tokens
+        .iter()
         .filter_map(|t| match t {
-            Token::Word(w) => Some(w),
+            Token::Word(w) => Some(*w),
             _ => None,
         })
-        .take(64)
         .collect();
     let word = |i: usize| {
         words
@@ -58,10 +65,17 @@ pub fn classify(statement: &[u8]) -> Class {
     let has = |kw: &str| words.iter().any(|w| w.eq_ignore_ascii_case(kw.as_bytes()));
     let first = word(0);
     let kind = match first.as_slice() {
+        b"prepare" if word(1) != b"transaction" => Kind::Prepare,
         b"begin" | b"start" | b"commit" | b"end" | b"rollback" | b"abort" | b"savepoint"
         | b"release" | b"set" | b"reset" | b"show" | b"discard" | b"deallocate" | b"prepare"
         | b"listen" | b"unlisten" => Kind::Control,
         b"vacuum" => Kind::NonTransactional,
+        b"cluster" if words.len() == 1 || (words.len() == 2 && word(1) == b"verbose") => {
+            Kind::NonTransactional
+        }
+        b"reindex" if matches!(word(1).as_slice(), b"schema" | b"database" | b"system") => {
+            Kind::NonTransactional
+        }
         b"create" | b"drop" | b"reindex" | b"alter"
             if has("concurrently")
                 || matches!(
@@ -71,6 +85,7 @@ pub fn classify(statement: &[u8]) -> Class {
         {
             Kind::NonTransactional
         }
+        b"call" | b"do" => Kind::Procedure,
         b"select" | b"values" | b"table" | b"with" | b"fetch" | b"move" | b"explain"
             if !WRITE_WORDS.iter().any(|w| has(w)) && !has("analyze") =>
         {
@@ -79,11 +94,29 @@ pub fn classify(statement: &[u8]) -> Class {
         b"copy" if has("to") && !has("from") => Kind::Read,
         _ => Kind::Write,
     };
-    let touches_settings = contains_ignore_case(statement, b"fencing.");
     Class {
         kind,
-        touches_settings,
+        touches_settings: sets_fencing_setting(&tokens),
     }
+}
+
+/// True when the statement may set a fencing setting: `SET [LOCAL|SESSION] fencing.x`
+/// (any spelling PostgreSQL accepts: quoted parts, spaces around the dot), or a call
+/// naming `fencing.` in a string literal (`set_config('fencing.token', ...)`).
+fn sets_fencing_setting(tokens: &[Token<'_>]) -> bool {
+    let is_fencing = |t: &Token<'_>| match t {
+        Token::Word(w) => w.eq_ignore_ascii_case(b"fencing"),
+        Token::QuotedIdent(w) => *w == b"fencing",
+        _ => false,
+    };
+    let literal = tokens
+        .iter()
+        .any(|t| matches!(t, Token::Literal(l) if contains_ignore_case(l, b"fencing.")));
+    let dotted = tokens
+        .windows(2)
+        .any(|w| is_fencing(&w[0]) && w[1] == Token::Punct(b'.'));
+    let first_is_set = tokens.first().is_some_and(|t| t.is_word("set"));
+    literal || (first_is_set && dotted)
 }
 
 #[cfg(test)]
@@ -132,9 +165,31 @@ mod tests {
             "REINDEX TABLE CONCURRENTLY t",
             "ALTER SYSTEM SET work_mem = '1MB'",
             "CREATE TABLESPACE s LOCATION '/x'",
+            "CLUSTER",
+            "CLUSTER VERBOSE",
+            "REINDEX SCHEMA s",
         ] {
             assert_eq!(kind(sql), Kind::NonTransactional, "{sql}");
         }
+        assert_eq!(kind("CLUSTER t USING i"), Kind::Write);
+    }
+
+    #[test]
+    fn procedures_and_sql_prepare() {
+        assert_eq!(kind("CALL p()"), Kind::Procedure);
+        assert_eq!(kind("DO $$ BEGIN END $$"), Kind::Procedure);
+        assert_eq!(kind("PREPARE s AS UPDATE t SET a = 1"), Kind::Prepare);
+        assert_eq!(kind("PREPARE TRANSACTION 'x'"), Kind::Control);
+    }
+
+    #[test]
+    fn write_words_anywhere_count() {
+        let columns: Vec<String> = (0..80).map(|i| format!("1 AS c{i}")).collect();
+        let sql = format!(
+            "WITH x AS (SELECT {}) UPDATE t SET a = 1",
+            columns.join(", ")
+        );
+        assert_eq!(kind(&sql), Kind::Write);
     }
 
     #[test]
@@ -170,8 +225,6 @@ mod tests {
             "TRUNCATE t",
             "CREATE TABLE t (a int)",
             "ALTER TABLE t ADD b int",
-            "DO $$ BEGIN END $$",
-            "CALL p()",
             "LOCK TABLE t",
             "EXPLAIN ANALYZE DELETE FROM t",
             "SELECT nextval('s')",
@@ -187,7 +240,9 @@ mod tests {
         for sql in [
             "SET fencing.token = 5",
             "set local FENCING.resource = 'a'",
-            "RESET fencing.token",
+            "SET \"fencing\".\"token\" = 3",
+            "SET fencing . token = 3",
+            "SET SESSION fencing.token TO 3",
             "SELECT set_config('fencing.token', '5', true)",
         ] {
             assert!(classify(sql.as_bytes()).touches_settings, "{sql}");
@@ -198,6 +253,9 @@ mod tests {
             "RESET work_mem",
             "RESET ALL",
             "DISCARD ALL",
+            "RESET fencing.token",
+            "SHOW fencing.token",
+            "SELECT 'fencing is fun'",
         ] {
             assert!(!classify(sql.as_bytes()).touches_settings, "{sql}");
         }

@@ -25,16 +25,21 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::cache::HighWaterCache;
+use super::classify::Kind;
 use super::contains_ignore_case;
 use super::plan::{Analysis, Decision, FencePolicy};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::split_statements;
+use super::sql::{Lexer, Token};
 use super::stats::FenceStats;
-use crate::protocol::backend::error_field;
+use crate::protocol::backend::{error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
 use crate::protocol::startup::StartupMessage;
 use crate::session::hook::{Action, HookFactory, Injector, Insertion, Rewrite, SessionHook};
+
+/// Largest Query the proxy builds by inserting checks (PostgreSQL's own limit is 1 GiB).
+const MAX_REWRITE: usize = 64 << 20;
 
 /// Name of the proxy's own prepared statement and portal for extended-protocol checks.
 const CHECK_NAME: &str = "__fencegate_check";
@@ -189,15 +194,46 @@ impl SessionHook for FenceHook {
 }
 
 impl FenceHook {
+    /// Analyses a statement's text; in an encoding the lexer cannot read safely, any text
+    /// that mentions fencing counts as a malformed annotation (fail closed).
+    fn analyze(&self, text: &[u8]) -> Analysis {
+        let mut analysis = self.policy.analyze(text);
+        if self.encoding == ClientEncoding::Other && contains_ignore_case(text, b"fencing") {
+            analysis.annotation = Err(super::annotation::AnnotationError::Malformed(
+                "fencing needs client_encoding UTF8 or a single-byte encoding",
+            ));
+            analysis.class.kind = Kind::Write;
+        }
+        analysis
+    }
+
     fn note_settings(&mut self, analysis: &Analysis) {
         if analysis.class.touches_settings {
             self.settings_aware = true;
         }
     }
 
-    fn decide(&mut self, analysis: &Analysis) -> Option<String> {
+    /// The SQL to put in front of a statement, if any. `atomic`: the statement will run in a
+    /// context where it cannot COMMIT midway (a transaction block, or a multi-statement
+    /// Query, which is what a rewritten Query is).
+    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Option<String> {
         self.note_settings(analysis);
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
+        if self.encoding == ClientEncoding::Other && decision.needs_injection() {
+            // The lexer cannot find quotes reliably in encodings whose second bytes may be
+            // ASCII (SJIS, BIG5, GBK, ...): refuse fencing rather than guess.
+            decision = Decision::Invalid(
+                "fencing needs client_encoding UTF8 or a single-byte encoding".into(),
+            );
+        }
+        if analysis.class.kind == Kind::Procedure && !atomic {
+            const REASON: &str = "a CALL or DO carrying a fencing token must run inside BEGIN ... COMMIT: outside a transaction block it may commit midway, releasing the fence";
+            decision = match decision {
+                Decision::Check(_) => Decision::Invalid(REASON.into()),
+                Decision::CheckSettings { .. } => Decision::RefuseIfToken(REASON.into()),
+                other => other,
+            };
+        }
         if let Decision::Check(fence) = &decision {
             match self.cache.get(&self.database, &fence.resource) {
                 Some(current) if current > fence.token => {
@@ -212,9 +248,10 @@ impl FenceHook {
         match &decision {
             Decision::Pass => return None,
             Decision::Invalid(reason) => tracing::debug!(%reason, "rejecting statement"),
-            Decision::Stale { .. } | Decision::Check(_) | Decision::CheckSettings { .. } => {
-                FenceStats::bump(&self.stats.checks)
-            }
+            Decision::RefuseIfToken(_)
+            | Decision::Stale { .. }
+            | Decision::Check(_)
+            | Decision::CheckSettings { .. } => FenceStats::bump(&self.stats.checks),
         }
         self.policy.sql(&decision)
     }
@@ -233,10 +270,25 @@ impl FenceHook {
         let mut rewrite = Rewrite::default();
         let (mut copied, mut chars) = (0, 0u32);
         for (index, range) in split_statements(text).into_iter().enumerate() {
-            let analysis = self.policy.analyze(&text[range.clone()]);
-            let Some(sql) = self.decide(&analysis) else {
+            let analysis = self.analyze(&text[range.clone()]);
+            self.note_deallocation(&analysis, &text[range.clone()]);
+            let Some(sql) = self.decide(&analysis, true) else {
                 continue;
             };
+            if rewritten
+                .as_ref()
+                .is_some_and(|out| out.len() > MAX_REWRITE)
+            {
+                // Refuse rather than let a Query of many tiny statements grow without
+                // bound: the whole Query fails with 55Z02 and nothing of it runs.
+                let refuse = Decision::Invalid(format!(
+                    "a Query that needs fencing checks may be at most {MAX_REWRITE} bytes once checked; split it"
+                ));
+                let sql = self.policy.sql(&refuse).unwrap_or_default();
+                let _ =
+                    inject.replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default());
+                return;
+            }
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
             let before = &text[copied..range.start];
             out.extend_from_slice(before);
@@ -270,19 +322,57 @@ impl FenceHook {
         let Some((name, sql)) = msg.parse() else {
             return;
         };
-        let analysis = self.policy.analyze(sql);
+        let analysis = self.analyze(sql);
         self.note_settings(&analysis);
-        self.statements.insert(name.to_vec(), Arc::new(analysis));
+        // A second Parse of an existing named statement fails on the server, which keeps
+        // the first: so does the proxy (the unnamed statement is always replaced).
+        if name.is_empty() || !self.statements.contains_key(name) {
+            self.statements.insert(name.to_vec(), Arc::new(analysis));
+        }
+    }
+
+    /// SQL `DEALLOCATE` and `DISCARD ALL` drop protocol-level prepared statements too.
+    fn note_deallocation(&mut self, analysis: &Analysis, statement: &[u8]) {
+        if analysis.class.kind != Kind::Control {
+            return;
+        }
+        let words: Vec<Vec<u8>> = Lexer::new(statement)
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w.to_ascii_lowercase()),
+                Token::QuotedIdent(w) => Some(w.to_vec()),
+                _ => None,
+            })
+            .take(3)
+            .collect();
+        match words
+            .iter()
+            .map(Vec::as_slice)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [b"discard", b"all", ..]
+            | [b"deallocate", b"all", ..]
+            | [b"deallocate", b"prepare", b"all"] => self.statements.clear(),
+            [b"deallocate", b"prepare", name] | [b"deallocate", name, ..] => {
+                self.statements.remove(*name);
+            }
+            _ => {}
+        }
     }
 
     fn on_bind(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some((_portal, statement)) = msg.bind_names() else {
             return;
         };
-        let Some(analysis) = self.statements.get(statement).cloned() else {
-            return;
-        };
-        let Some(sql) = self.decide(&analysis) else {
+        // A name the proxy does not know (prepared with SQL PREPARE, or before a lost
+        // track): treat it as a statement that may write, with no annotation.
+        let analysis = self
+            .statements
+            .get(statement)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Analysis::unknown()));
+        let atomic = inject.status() == TxStatus::InBlock;
+        let Some(sql) = self.decide(&analysis, atomic) else {
             return;
         };
         let messages = [

@@ -45,6 +45,10 @@ pub enum Decision {
     },
     /// Reject it with 55Z02 for this reason.
     Invalid(String),
+    /// Reject it with 55Z02 for this reason if the session's settings carry a token (a
+    /// statement that cannot be fenced safely where it runs, e.g. a CALL outside a
+    /// transaction block, which may COMMIT inside).
+    RefuseIfToken(String),
     /// Reject it with 55Z01 without consulting the fence row: the token is below a
     /// committed high-water mark this proxy has already seen.
     Stale {
@@ -71,6 +75,21 @@ pub struct Analysis {
     pub annotation: Result<Option<Fence>, AnnotationError>,
     /// It writes a table that policy says needs a token.
     pub requires_token: bool,
+}
+
+impl Analysis {
+    /// What the proxy assumes of a statement whose text it has not seen: it may write and
+    /// carries no annotation (settings still apply).
+    pub fn unknown() -> Self {
+        Analysis {
+            class: Class {
+                kind: Kind::Write,
+                touches_settings: false,
+            },
+            annotation: Ok(None),
+            requires_token: false,
+        }
+    }
 }
 
 impl FencePolicy {
@@ -102,8 +121,15 @@ impl FencePolicy {
                         .into(),
                 ),
             },
+            Kind::Prepare => return match annotation {
+                Ok(None) => Decision::Pass,
+                Ok(Some(_)) | Err(_) => Decision::Invalid(
+                    "an annotation inside SQL PREPARE is not followed to EXECUTE: put it on the EXECUTE, or use SET LOCAL"
+                        .into(),
+                ),
+            },
             Kind::Read if self.mode == FenceMode::Writes => return Decision::Pass,
-            Kind::Read | Kind::Write => {}
+            Kind::Read | Kind::Write | Kind::Procedure => {}
         }
         match annotation {
             Err(e) => Decision::Invalid(e.to_string()),
@@ -130,7 +156,7 @@ impl FencePolicy {
         Lexer::new(statement).any(|t| {
             let name = match t {
                 Token::Word(w) => w.to_ascii_lowercase(),
-                Token::QuotedIdent(w) => w.to_vec(),
+                Token::QuotedIdent(w) => w.to_ascii_lowercase(),
                 _ => return false,
             };
             self.require_token_tables
@@ -159,6 +185,12 @@ impl FencePolicy {
             )),
             Decision::Invalid(reason) => Some(format!(
                 "DO $fencegate$BEGIN RAISE EXCEPTION USING ERRCODE = '55Z02', MESSAGE = 'invalid fencing annotation: {}'; END$fencegate$",
+                ascii_literal(reason)
+            )),
+            Decision::RefuseIfToken(reason) => Some(format!(
+                "DO $fencegate$BEGIN IF pg_catalog.current_setting('fencing.token', true) <> '' \
+                 THEN RAISE EXCEPTION USING ERRCODE = '55Z02', MESSAGE = 'invalid fencing annotation: {}'; \
+                 END IF; END$fencegate$",
                 ascii_literal(reason)
             )),
             Decision::Stale { fence, current } => {

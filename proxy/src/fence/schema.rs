@@ -139,7 +139,9 @@ RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
     memo text := COALESCE(pg_catalog.current_setting('fencegate.checked', true), '');
     key text;
+    own boolean;
     admitted boolean;
+    current bigint;
     saved_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF p_resource IS NULL OR pg_catalog.octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
@@ -152,7 +154,10 @@ BEGIN
             MESSAGE = pg_catalog.format('invalid fencing annotation: token must be a non-negative integer, got %s',
                 COALESCE(p_token::text, 'none'));
     END IF;
-    key := ';' || pg_catalog.octet_length(p_resource) || ':' || p_resource || '=' || p_token || ';';
+    -- Hex keeps entries unambiguous whatever the resource contains.
+    key := ';' || pg_catalog.encode(pg_catalog.convert_to(p_resource, 'UTF8'), 'hex') || '=';
+    own := pg_catalog.strpos(memo, key) > 0;
+    key := key || p_token || ';';
     IF pg_catalog.strpos(memo, key) > 0 THEN
         RETURN p_token;
     END IF;
@@ -171,11 +176,21 @@ BEGIN
         admitted := fencegate._admit(p_resource, p_token);
     END IF;
     IF NOT admitted THEN
+        current := fencegate.high_water(p_resource);
+        IF own THEN
+            -- This transaction itself admitted a newer token: the row's value is not
+            -- committed, so it is not reported as the current token.
+            RAISE EXCEPTION USING ERRCODE = '55Z01',
+                MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: token %s was admitted earlier in this transaction',
+                    p_token, pg_catalog.quote_literal(p_resource), current),
+                DETAIL = pg_catalog.format('presented_token=%s resource=%s', p_token, p_resource),
+                HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
+        END IF;
         RAISE EXCEPTION USING ERRCODE = '55Z01',
             MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: the current token is %s',
-                p_token, pg_catalog.quote_literal(p_resource), fencegate.high_water(p_resource)),
+                p_token, pg_catalog.quote_literal(p_resource), current),
             DETAIL = pg_catalog.format('presented_token=%s current_token=%s resource=%s',
-                p_token, fencegate.high_water(p_resource), p_resource),
+                p_token, current, p_resource),
             HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
     END IF;
     PERFORM pg_catalog.set_config('fencegate.checked',

@@ -34,6 +34,11 @@ impl Token<'_> {
     }
 }
 
+/// PostgreSQL's whitespace: space, tab, newline, carriage return, form feed, vertical tab.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b')
+}
+
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
@@ -133,7 +138,7 @@ impl<'a> Iterator for Lexer<'a> {
     type Item = Token<'a>;
 
     fn next(&mut self) -> Option<Token<'a>> {
-        while self.pos < self.sql.len() && self.sql[self.pos].is_ascii_whitespace() {
+        while self.pos < self.sql.len() && is_space(self.sql[self.pos]) {
             self.pos += 1;
         }
         let rest = self.rest();
@@ -142,7 +147,11 @@ impl<'a> Iterator for Lexer<'a> {
         let start = self.pos;
         let token = match (b, next) {
             (b'-', Some(b'-')) => {
-                let end = self.find_from(start, b"\n");
+                // PostgreSQL ends a `--` comment at a newline or a carriage return.
+                let end = self.sql[start..]
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b'\r')
+                    .map_or(self.sql.len(), |p| start + p);
                 self.pos = (end + 1).min(self.sql.len());
                 Token::Comment(&self.sql[start + 2..end])
             }
@@ -190,33 +199,46 @@ impl<'a> Iterator for Lexer<'a> {
 }
 
 /// Splits a Query string into statements: byte ranges without the terminating `;`.
-/// Statements with nothing but whitespace and comments are skipped, as the server skips
-/// them (a string with no statement at all draws one EmptyQueryResponse).
+///
+/// Semicolons inside parentheses (a CREATE RULE action list) and inside `BEGIN ATOMIC ...
+/// END` bodies do not end a statement. A segment with nothing but comments (a sqlcommenter
+/// tag written after the final `;`) belongs to the statement before it, since PostgreSQL
+/// skips such segments; one before any statement is dropped, like an empty statement.
 pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Range<usize>> = Vec::new();
     let mut lexer = Lexer::new(sql);
     let mut start = 0;
     let mut has_tokens = false;
+    let mut has_comments = false;
     let mut first_create = false;
-    let mut prev_begin = false;
+    let mut prev: Option<Token<'_>> = None;
     let mut atomic_depth = 0usize;
+    let mut parens = 0usize;
     let mut token_index = 0;
     loop {
         let before = lexer.offset();
         let Some(tok) = lexer.next() else { break };
         match tok {
-            Token::Punct(b';') if atomic_depth == 0 => {
+            Token::Punct(b';') if atomic_depth == 0 && parens == 0 => {
                 if has_tokens {
                     out.push(start..before);
+                } else if let (true, Some(last)) = (has_comments, out.last_mut()) {
+                    last.end = before;
                 }
                 start = lexer.offset();
                 has_tokens = false;
+                has_comments = false;
                 first_create = false;
-                prev_begin = false;
+                prev = None;
                 token_index = 0;
                 continue;
             }
-            Token::Comment(_) => continue,
+            Token::Comment(_) => {
+                has_comments = true;
+                continue;
+            }
+            Token::Punct(b'(') => parens += 1,
+            Token::Punct(b')') => parens = parens.saturating_sub(1),
             _ => {}
         }
         has_tokens = true;
@@ -225,18 +247,22 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
         }
         token_index += 1;
         if first_create {
-            let opens_body = prev_begin && tok.is_word("atomic");
-            let opens_block = atomic_depth > 0 && (tok.is_word("begin") || tok.is_word("case"));
+            let after_dot = prev == Some(Token::Punct(b'.'));
+            let opens_body = prev.is_some_and(|p| p.is_word("begin")) && tok.is_word("atomic");
+            let opens_block =
+                atomic_depth > 0 && !after_dot && (tok.is_word("begin") || tok.is_word("case"));
             if opens_body || opens_block {
                 atomic_depth += 1;
-            } else if atomic_depth > 0 && tok.is_word("end") {
+            } else if atomic_depth > 0 && !after_dot && tok.is_word("end") {
                 atomic_depth -= 1;
             }
-            prev_begin = tok.is_word("begin");
         }
+        prev = Some(tok);
     }
     if has_tokens {
         out.push(start..sql.len());
+    } else if let (true, Some(last)) = (has_comments, out.last_mut()) {
+        last.end = sql.len();
     }
     out
 }

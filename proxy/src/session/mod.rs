@@ -63,7 +63,7 @@ pub async fn serve(
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
-    let _ = tcp.set_nodelay(true);
+    let _ = crate::stream::tune_socket(&tcp);
     match run(tcp, &shared, &drain, &stop).await {
         Ok(()) => tracing::debug!(%peer, "session closed"),
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {

@@ -280,8 +280,14 @@ impl Relay {
             let route = self.tracker.server_message(info.tag, body);
             let reworded = match (route, self.hook.as_mut()) {
                 (Route::InjectedError, Some(hook)) => hook.injected_error(body),
-                (Route::Forward, _) => self.reposition(info.tag, body),
                 _ => None,
+            };
+            // A syntax error in a rewritten Query is raised before anything runs, while
+            // the proxy's first statement is current: reposition those too.
+            let reworded = match (route, reworded) {
+                (Route::Drop, _) => None,
+                (_, Some(message)) => Some(message),
+                (_, None) => self.reposition(info.tag, body),
             };
             match (route, reworded) {
                 (Route::Forward | Route::InjectedError, None) => {

@@ -94,3 +94,35 @@ fn non_utf8_bytes_are_identifier_bytes() {
     let sql = b"select '\xff;' as \xe9t\xe9; select 2";
     assert_eq!(split_statements(sql).len(), 2);
 }
+
+#[test]
+fn line_comments_end_at_carriage_return_too() {
+    assert_eq!(
+        split("-- note\rUPDATE t SET a = 1"),
+        ["-- note\rUPDATE t SET a = 1"]
+    );
+    assert_eq!(
+        split("SELECT 1 --c\r; SELECT 2"),
+        ["SELECT 1 --c", "SELECT 2"]
+    );
+    assert_eq!(split("SELECT 1;\x0b;SELECT 2"), ["SELECT 1", "SELECT 2"]);
+}
+
+#[test]
+fn a_trailing_comment_segment_belongs_to_the_statement_before() {
+    let sql = "UPDATE t SET a = 1; /*fencing_token='1'*/";
+    assert_eq!(split(sql), [sql]);
+    assert_eq!(split("/* lead */; SELECT 1"), ["SELECT 1"]);
+    assert_eq!(
+        split("SELECT 1; /*x*/; SELECT 2"),
+        ["SELECT 1; /*x*/", "SELECT 2"]
+    );
+}
+
+#[test]
+fn rule_action_lists_and_dotted_end_do_not_split() {
+    let rule = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))";
+    assert_eq!(split(&format!("{rule}; SELECT 1")), [rule, "SELECT 1"]);
+    let body = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT r.end FROM rng r; SELECT 1; END";
+    assert_eq!(split(&format!("{body}; SELECT 2")), [body, "SELECT 2"]);
+}

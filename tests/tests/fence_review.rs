@@ -1,0 +1,264 @@
+//! Regression tests for ways around the fence found in review: settings spelled with quoted
+//! identifiers, an annotation after the final `;`, `--` comments ended by a carriage return,
+//! CALL outside a transaction block in the extended protocol, annotations in SQL PREPARE, a
+//! second Parse of a named statement, the high-water cache and uncommitted values, memo
+//! keys that collide, and DDL bodies the statement splitter must not rewrite.
+
+use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv};
+
+const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, v text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+CREATE TABLE audit (note text);
+GRANT ALL ON jobs, audit TO trust_user;
+CREATE PROCEDURE bump(t text) LANGUAGE plpgsql AS $$
+BEGIN UPDATE jobs SET v = v || t WHERE id = 7; END $$;
+GRANT ALL ON PROCEDURE bump(text) TO trust_user;
+GRANT CREATE ON SCHEMA public TO trust_user;
+";
+
+/// A fenced environment where H(job:7) = 10 has been committed.
+async fn at_ten(prefix: &str) -> FenceEnv {
+    let env = FenceEnv::new(prefix, SETUP).await;
+    let client = env.client().await;
+    client
+        .batch_execute(&format!("SELECT 1 FROM jobs {}", comment("job:7", 10)))
+        .await
+        .unwrap();
+    assert_eq!(env.monitor.high_water("job:7").await, Some(10));
+    env
+}
+
+async fn value(env: &FenceEnv) -> String {
+    env.monitor
+        .text("SELECT v FROM jobs WHERE id = 7")
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_with_quoted_identifiers_and_spaces_are_checked() {
+    let env = at_ten("review_quoted_settings").await;
+    let client = env.client().await;
+    for set in [
+        "SET \"fencing\".\"resource\" = 'job:7'; SET \"fencing\".\"token\" = 3",
+        "SET fencing . resource = 'job:7'; SET fencing . token = 3",
+    ] {
+        let sql = format!("{set}; UPDATE jobs SET v = 'stale' WHERE id = 7");
+        let err = expect_code(client.batch_execute(&sql).await, "55Z01");
+        assert_stale(&err, "job:7", 3, 10);
+        client.batch_execute("RESET ALL").await.unwrap();
+    }
+    assert_eq!(value(&env).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotation_after_the_final_semicolon_is_checked() {
+    let env = at_ten("review_trailing").await;
+    let client = env.client().await;
+    let sql = format!(
+        "UPDATE jobs SET v = 'stale' WHERE id = 7; {}",
+        comment("job:7", 3)
+    );
+    expect_code(client.batch_execute(&sql).await, "55Z01");
+    assert_eq!(value(&env).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_comment_ended_by_carriage_return_hides_nothing() {
+    let env = at_ten("review_cr").await;
+    let client = env.client().await;
+    client
+        .batch_execute("SET fencing.resource = 'job:7'; SET fencing.token = 3")
+        .await
+        .unwrap();
+    let err = expect_code(
+        client
+            .batch_execute("-- note\rUPDATE jobs SET v = 'stale' WHERE id = 7")
+            .await,
+        "55Z01",
+    );
+    assert_stale(&err, "job:7", 3, 10);
+    // Results stay aligned: the client sees its own three results.
+    client.batch_execute("RESET ALL").await.unwrap();
+    client
+        .batch_execute("SET fencing.token = 11")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SET fencing.resource = 'job:7'")
+        .await
+        .unwrap();
+    let rows = client
+        .simple_query("SELECT 1 --c\r; SELECT 2\n; SELECT 3")
+        .await
+        .unwrap();
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["1", "2", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_with_a_token_needs_a_transaction_block_in_the_extended_protocol() {
+    let env = at_ten("review_call").await;
+    let client = env.client().await;
+    let fresh = format!("CALL bump('B') {}", comment("job:7", 11));
+    // Outside a block the procedure could COMMIT midway and release the fence: refused.
+    let statement = client.prepare(&fresh).await.unwrap();
+    expect_code(client.execute(&statement, &[]).await, "55Z02");
+    // Inside one it is checked and runs.
+    client.batch_execute("BEGIN").await.unwrap();
+    client.execute(&statement, &[]).await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(value(&env).await, "B");
+    assert_eq!(env.monitor.high_water("job:7").await, Some(11));
+    // The simple protocol makes it atomic by itself (the check goes in front of it).
+    let stale = format!("CALL bump('A') {}", comment("job:7", 3));
+    expect_code(client.batch_execute(&stale).await, "55Z01");
+    assert_eq!(value(&env).await, "B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_with_an_annotation_is_refused() {
+    let env = at_ten("review_prepare").await;
+    let client = env.client().await;
+    let sql = format!(
+        "PREPARE p AS UPDATE jobs SET v = 'stale' WHERE id = 7 {}",
+        comment("job:7", 3)
+    );
+    expect_code(client.batch_execute(&sql).await, "55Z02");
+    // The annotation on EXECUTE is checked.
+    client
+        .batch_execute("PREPARE q AS UPDATE jobs SET v = 'x' WHERE id = 7")
+        .await
+        .unwrap();
+    let execute = format!("EXECUTE q {}", comment("job:7", 3));
+    expect_code(client.batch_execute(&execute).await, "55Z01");
+    assert_eq!(value(&env).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_second_parse_does_not_replace_the_first() {
+    let env = at_ten("review_reparse").await;
+    let client = env.client().await;
+    // tokio-postgres names statements itself; use two raw Parse messages instead.
+    let stale = format!(
+        "UPDATE jobs SET v = 'stale' WHERE id = 7 {}",
+        comment("job:7", 3)
+    );
+    let mut bytes = Vec::new();
+    bytes.extend(fencegate::protocol::build::parse("s", &stale));
+    bytes.extend(fencegate::protocol::build::parse("s", "SELECT 1"));
+    bytes.extend(fencegate::protocol::build::sync());
+    bytes.extend(fencegate::protocol::build::bind("", "s", &[]));
+    bytes.extend(fencegate::protocol::build::execute(""));
+    bytes.extend(fencegate::protocol::build::sync());
+    let (mut raw, _) = fencegate_tests::wire::WireClient::connect(
+        env.fp.endpoint().addr,
+        fencegate_tests::cluster::TRUST_USER,
+        &env.db,
+    )
+    .unwrap();
+    raw.send(&bytes).unwrap();
+    let replies = raw.read_until_ready(2).unwrap();
+    let tags: String = replies.iter().map(|m| m.0 as char).collect();
+    // Parse ok, duplicate Parse fails (42P05); then the check fails (55Z01).
+    assert_eq!(tags, "1EZEZ", "{tags}");
+    assert!(String::from_utf8_lossy(&replies[3].1).contains("55Z01"));
+    drop(client);
+    assert_eq!(value(&env).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_mark_is_never_cached() {
+    let env = FenceEnv::new("review_cache", SETUP).await;
+    let client = env.client().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("SELECT 1 FROM jobs {}", comment("c1", 9)))
+        .await
+        .unwrap();
+    expect_code(
+        client
+            .batch_execute(&format!("SELECT 1 FROM jobs {}", comment("c1", 5)))
+            .await,
+        "55Z01",
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(env.monitor.high_water("c1").await, None);
+    // A holder with token 7 is admitted: nothing above it ever committed.
+    client
+        .batch_execute(&format!(
+            "UPDATE jobs SET v = 'seven' WHERE id = 7 {}",
+            comment("c1", 7)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(env.monitor.high_water("c1").await, Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_cannot_forge_each_others_check_record() {
+    let env = FenceEnv::new("review_memo", SETUP).await;
+    let client = env.client().await;
+    client
+        .batch_execute(&format!("SELECT 1 FROM jobs {}", comment("b", 100)))
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("SELECT 1 FROM jobs {}", comment("x;1:b=5;", 3)))
+        .await
+        .unwrap();
+    let err = expect_code(
+        client
+            .batch_execute(&format!(
+                "UPDATE jobs SET v = 'stale' WHERE id = 7 {}",
+                comment("b", 5)
+            ))
+            .await,
+        "55Z01",
+    );
+    assert_stale(&err, "b", 5, 100);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(value(&env).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_and_function_bodies_are_not_rewritten() {
+    let env = FenceEnv::new("review_ddl", SETUP).await;
+    let client = env.client().await;
+    client
+        .batch_execute("CREATE TABLE mine (a int)")
+        .await
+        .unwrap();
+    let rule = format!(
+        "CREATE RULE r AS ON UPDATE TO mine DO ALSO (INSERT INTO audit VALUES ('a'); \
+         INSERT INTO audit VALUES ('b') {})",
+        comment("job:7", 1)
+    );
+    client.batch_execute(&rule).await.unwrap();
+    let definition = env
+        .monitor
+        .text("SELECT definition FROM pg_rules WHERE rulename = 'r'")
+        .await
+        .unwrap();
+    assert!(!definition.contains("fencegate"), "{definition}");
+    let function = format!(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC \
+         SELECT count(*)::int FROM jobs j WHERE j.v <> 'end'; SELECT 1 {}; END",
+        comment("job:7", 1)
+    );
+    client.batch_execute(&function).await.unwrap();
+    let body = env
+        .monitor
+        .text("SELECT pg_get_functiondef('f'::regproc)")
+        .await
+        .unwrap();
+    assert!(!body.contains("fencegate"), "{body}");
+}
