@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::ServerError;
@@ -55,10 +56,15 @@ pub async fn run(
         };
         let shared = shared.clone();
         let (drain, stop) = (shutdown.clone(), stop_sessions.clone());
-        sessions.spawn(async move {
-            session::serve(tcp, peer, shared, drain, stop).await;
-            drop(permit);
-        });
+        // Every log line of a session (a rejection included) names the client's address.
+        let span = tracing::info_span!("session", client = %peer);
+        sessions.spawn(
+            async move {
+                session::serve(tcp, shared, drain, stop).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     drop(listener);
     sessions.close();

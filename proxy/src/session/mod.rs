@@ -18,7 +18,6 @@ pub mod outbox;
 pub mod relay;
 pub mod replies;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -58,18 +57,20 @@ pub struct Shared {
 /// `stop` closes it at once.
 pub async fn serve(
     tcp: TcpStream,
-    peer: SocketAddr,
     shared: Arc<Shared>,
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
     let _ = crate::stream::tune_socket(&tcp);
     match run(tcp, &shared, &drain, &stop).await {
-        Ok(()) => tracing::debug!(%peer, "session closed"),
+        Ok(()) => tracing::debug!("session closed"),
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {
-            tracing::debug!(%peer, error = %e, "client connection ended")
+            tracing::debug!(error = %e, "client connection ended")
         }
-        Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
+        Err(e @ SessionError::ClientProtocol(_)) => {
+            tracing::info!(error = %e, "client broke the protocol")
+        }
+        Err(e) => tracing::warn!(error = %e, "session ended with an error"),
     }
 }
 
