@@ -56,8 +56,9 @@ pub async fn run(
         };
         let shared = shared.clone();
         let (drain, stop) = (shutdown.clone(), stop_sessions.clone());
-        // Every log line of a session (a rejection included) names the client's address.
-        let span = tracing::info_span!("session", client = %peer);
+        // Every log line of a session (a rejection included) names the client's address;
+        // the span is at ERROR level so that it shows whatever level is logged.
+        let span = tracing::error_span!("session", client = %peer);
         sessions.spawn(
             async move {
                 session::serve(tcp, shared, drain, stop).await;
