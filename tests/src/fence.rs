@@ -360,3 +360,32 @@ pub fn run_text(cmd: &mut Command, stdin: &str) -> (Output, String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out, stdout, stderr)
 }
+
+/// The table most fence tests work on: job 7 accumulates the steps its writers appended.
+pub mod jobs {
+    use super::Monitor;
+
+    /// The resource the tests fence.
+    pub const JOB: &str = "job:7";
+
+    /// Creates `jobs` (row 7, no steps yet) and `log`, usable by [`crate::cluster::TRUST_USER`].
+    pub const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+CREATE TABLE log (id int PRIMARY KEY, note text);
+GRANT ALL ON jobs, log TO trust_user;
+";
+
+    /// The steps recorded in job 7, read directly.
+    pub async fn steps(monitor: &Monitor) -> String {
+        monitor
+            .text("SELECT steps FROM jobs WHERE id = 7")
+            .await
+            .unwrap()
+    }
+
+    /// The statement that appends `step` to job 7.
+    pub fn append(step: &str) -> String {
+        format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
+    }
+}

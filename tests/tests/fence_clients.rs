@@ -4,27 +4,12 @@
 //! read) where only the stale statement fails, and `copy_in` with a comment.
 
 use bytes::Bytes;
+use fencegate_tests::fence::jobs::{steps, JOB, SETUP};
 use futures_util::{pin_mut, SinkExt};
 
 use fencegate_tests::fence::{
     assert_stale, assert_usable, comment, expect_code, render, FenceEnv, Monitor, STALE,
 };
-
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-CREATE TABLE log (id int PRIMARY KEY, note text);
-GRANT ALL ON jobs, log TO trust_user;
-";
-
-async fn steps(monitor: &Monitor) -> String {
-    monitor
-        .text("SELECT steps FROM jobs WHERE id = 7")
-        .await
-        .unwrap()
-}
 
 async fn log_ids(monitor: &Monitor) -> Vec<i32> {
     monitor

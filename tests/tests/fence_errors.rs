@@ -4,32 +4,13 @@
 //! connection rolls back and goes on; nothing the rejected statement would have done
 //! happened.
 
+use fencegate_tests::fence::jobs::{append, steps, JOB, SETUP};
 use std::time::Duration;
 
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
-    assert_usable, comment, expect_code, FenceEnv, FenceProxy, Monitor, INVALID, NOT_INSTALLED,
+    assert_usable, comment, expect_code, FenceEnv, FenceProxy, INVALID, NOT_INSTALLED,
 };
-
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-CREATE TABLE log (id int PRIMARY KEY, note text);
-GRANT ALL ON jobs, log TO trust_user;
-";
-
-async fn steps(monitor: &Monitor) -> String {
-    monitor
-        .text("SELECT steps FROM jobs WHERE id = 7")
-        .await
-        .unwrap()
-}
-
-fn append(step: &str) -> String {
-    format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_installed_database_rejects_fenced_statements_with_migrate_hint() {

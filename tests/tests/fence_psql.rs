@@ -4,27 +4,8 @@
 //! pstdin` fenced by `SET`. Fresh tokens are admitted and raise H; stale ones fail with
 //! 55Z01 (printed with its SQLSTATE) and change nothing.
 
+use fencegate_tests::fence::jobs::{append, steps, JOB, SETUP};
 use fencegate_tests::fence::{comment, FenceEnv, Monitor};
-
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-CREATE TABLE log (id int PRIMARY KEY, note text);
-GRANT ALL ON jobs, log TO trust_user;
-";
-
-async fn steps(monitor: &Monitor) -> String {
-    monitor
-        .text("SELECT steps FROM jobs WHERE id = 7")
-        .await
-        .unwrap()
-}
-
-fn append(step: &str) -> String {
-    format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
-}
 
 async fn log_ids(monitor: &Monitor) -> Vec<i32> {
     monitor

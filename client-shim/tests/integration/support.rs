@@ -2,8 +2,7 @@
 //! schema in the harness's throwaway cluster, the proxy in front of it (as `fencegate
 //! serve` runs it), sqlx pools either way, and polling with a deadline instead of sleeps.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fencegate_tests::cluster::SUPERUSER;
 use fencegate_tests::{Cluster, TestProxy};
@@ -79,25 +78,4 @@ pub async fn pool(url: &str, max: u32) -> PgPool {
         .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Awaits `fut`, failing the test if it takes longer than [`DEADLINE`].
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+pub use fencegate_tests::fence::{eventually, within};
