@@ -384,6 +384,18 @@ GRANT ALL ON jobs, log TO trust_user;
             .unwrap()
     }
 
+    /// The ids in `log`, in order, read directly.
+    pub async fn log_ids(monitor: &Monitor) -> Vec<i32> {
+        monitor
+            .client()
+            .query("SELECT id FROM log ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// The statement that appends `step` to job 7.
     pub fn append(step: &str) -> String {
         format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")

@@ -4,23 +4,12 @@
 //! read) where only the stale statement fails, and `copy_in` with a comment.
 
 use bytes::Bytes;
-use fencegate_tests::fence::jobs::{steps, JOB, SETUP};
+use fencegate_tests::fence::jobs::{log_ids, steps, JOB, SETUP};
 use futures_util::{pin_mut, SinkExt};
 
 use fencegate_tests::fence::{
-    assert_stale, assert_usable, comment, expect_code, render, FenceEnv, Monitor, STALE,
+    assert_stale, assert_usable, comment, expect_code, render, FenceEnv, STALE,
 };
-
-async fn log_ids(monitor: &Monitor) -> Vec<i32> {
-    monitor
-        .client()
-        .query("SELECT id FROM log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres_copy_in_with_comment() {

@@ -4,19 +4,8 @@
 //! pstdin` fenced by `SET`. Fresh tokens are admitted and raise H; stale ones fail with
 //! 55Z01 (printed with its SQLSTATE) and change nothing.
 
-use fencegate_tests::fence::jobs::{append, steps, JOB, SETUP};
-use fencegate_tests::fence::{comment, FenceEnv, Monitor};
-
-async fn log_ids(monitor: &Monitor) -> Vec<i32> {
-    monitor
-        .client()
-        .query("SELECT id FROM log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
+use fencegate_tests::fence::jobs::{append, log_ids, steps, JOB, SETUP};
+use fencegate_tests::fence::{comment, FenceEnv};
 
 fn stale_line(presented: i64, current: i64) -> String {
     format!(

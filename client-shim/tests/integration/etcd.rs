@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use fencegate_client::etcd::EtcdClient;
-use fencegate_client::{FenceError, LeaseStatus, LostReason};
+use fencegate_client::{LeaseStatus, LostReason};
 
 use crate::etcd_server::EtcdServer;
 use crate::support::{within, Env};
@@ -58,33 +58,7 @@ async fn etcd_lock_tokens_fence_writes() {
     assert_eq!(create_revision(etcd.url(), b.key()).await, b.token());
 
     // Through fencegate: B's write lands, A's late write is rejected with A's token.
-    let write = |fence: fencegate_client::Fence, who: &'static str| {
-        let proxied = proxied.clone();
-        async move {
-            fencegate_client::transaction(&proxied, &fence, async |conn| {
-                sqlx::query("UPDATE job SET result = $1 WHERE id = 7")
-                    .bind(who)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-            .await
-        }
-    };
-    write(b.fence().clone(), "b").await.unwrap();
-    match write(a.fence().clone(), "a").await {
-        Err(FenceError::LockLost {
-            resource,
-            presented,
-            current,
-        }) => {
-            assert_eq!(
-                (resource.as_str(), presented, current),
-                ("job:7", a.token(), b.token())
-            );
-        }
-        other => panic!("A's stale write: {other:?}"),
-    }
+    crate::support::b_writes_then_a_is_rejected(&proxied, a.fence(), b.fence()).await;
 
     // Unlock, lock again: a newer token. Drop, lock again: released without waiting for the
     // TTL (a long one, so only the drop can free it in time).
@@ -98,7 +72,9 @@ async fn etcd_lock_tokens_fence_writes() {
     drop(c);
     let d = within("D's lock", client.lock("job:7", TTL)).await.unwrap();
     assert!(d.token() > token_c);
-    write(d.fence().clone(), "d").await.unwrap();
+    crate::support::write_job(&proxied, d.fence(), "d")
+        .await
+        .unwrap();
     d.unlock().await.unwrap();
 }
 

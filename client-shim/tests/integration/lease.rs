@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fencegate_client::{FenceError, Lease, LeaseError, LeaseRequest, LeaseStatus, LostReason};
+use fencegate_client::{Lease, LeaseError, LeaseRequest, LeaseStatus, LostReason};
 use sqlx::PgPool;
 
 use crate::relay::Relay;
@@ -123,33 +123,7 @@ async fn lost_when_taken_over_and_its_fence_is_stale() {
     assert!(lost.is_lost());
 
     // B writes; A's late write through the proxy is rejected with its fence.
-    let write = |fence: fencegate_client::Fence, who: &'static str| {
-        let proxied = proxied.clone();
-        async move {
-            fencegate_client::transaction(&proxied, &fence, async |conn| {
-                sqlx::query("UPDATE job SET result = $1 WHERE id = 7")
-                    .bind(who)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-            .await
-        }
-    };
-    write(b.fence().clone(), "b").await.unwrap();
-    match write(a.fence().clone(), "a").await {
-        Err(FenceError::LockLost {
-            resource,
-            presented,
-            current,
-        }) => {
-            assert_eq!(
-                (resource.as_str(), presented, current),
-                ("job:7", a.token(), b.token())
-            );
-        }
-        other => panic!("A's stale write: {other:?}"),
-    }
+    crate::support::b_writes_then_a_is_rejected(&proxied, a.fence(), b.fence()).await;
     let result: String = sqlx::query_scalar("SELECT result FROM job WHERE id = 7")
         .fetch_one(&direct)
         .await

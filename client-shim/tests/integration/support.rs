@@ -79,3 +79,42 @@ pub async fn pool(url: &str, max: u32) -> PgPool {
 }
 
 pub use fencegate_tests::fence::{eventually, within};
+
+/// Writes `who` as job 7's result through the proxy, in a transaction fenced by `fence`.
+pub async fn write_job(
+    proxied: &PgPool,
+    fence: &fencegate_client::Fence,
+    who: &'static str,
+) -> Result<(), fencegate_client::FenceError> {
+    fencegate_client::transaction(proxied, fence, async |conn| {
+        sqlx::query("UPDATE job SET result = $1 WHERE id = 7")
+            .bind(who)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Through the proxy: B writes job 7 with its fence, then A's late write with its older
+/// fence must fail with `LockLost` naming A's token and B's as the current one.
+pub async fn b_writes_then_a_is_rejected(
+    proxied: &PgPool,
+    a: &fencegate_client::Fence,
+    b: &fencegate_client::Fence,
+) {
+    write_job(proxied, b, "b").await.unwrap();
+    match write_job(proxied, a, "a").await {
+        Err(fencegate_client::FenceError::LockLost {
+            resource,
+            presented,
+            current,
+        }) => {
+            assert_eq!(
+                (resource.as_str(), presented, current),
+                (b.resource(), a.token(), b.token())
+            );
+        }
+        other => panic!("A's stale write: {other:?}"),
+    }
+}

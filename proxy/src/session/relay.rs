@@ -309,9 +309,7 @@ impl Relay {
         self.to_client.push(take(&mut self.server.rbuf, run));
         Ok(())
     }
-}
 
-impl Relay {
     /// An error or notice from a rewritten Query with its position field given back in
     /// the client's own text; `None` when nothing needs changing.
     fn reposition(&self, tag: u8, body: &[u8]) -> Option<Bytes> {
