@@ -31,6 +31,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default time a newer lock holder waits behind an older holder's open transaction before
 /// the proxy ends that transaction.
 pub const DEFAULT_PREEMPT_GRACE: Duration = Duration::from_secs(5);
+/// Default number of session threads (see [`Config::worker_threads`]).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// Largest message accepted from the server: what the protocol's length field allows. The
 /// limit that protects the proxy is `max_message_size`, on client input; result rows are
@@ -97,6 +99,10 @@ pub struct Config {
     /// Tables that may only be written by statements carrying a token (unqualified names,
     /// matched case-insensitively); a write without one is rejected with 55Z02.
     pub require_token_tables: Vec<String>,
+    /// Threads that run sessions: 1 runs everything on one thread (no cross-thread
+    /// wake-ups), N > 1 a work-stealing pool of N, 0 one per CPU. Default 1 (see the
+    /// README's performance section for the measurements behind it).
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -115,6 +121,7 @@ impl Default for Config {
             fence_mode: FenceMode::All,
             preempt_grace: DEFAULT_PREEMPT_GRACE,
             require_token_tables: Vec::new(),
+            worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
 }

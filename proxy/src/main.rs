@@ -97,6 +97,9 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     require_token_tables: Vec<String>,
+    /// Threads running sessions: 1 = a single thread, 0 = one per CPU [default: 1].
+    #[arg(long, env = "FENCEGATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 impl ServeArgs {
@@ -117,7 +120,8 @@ impl ServeArgs {
             connect_timeout,
             shutdown_grace,
             fence_mode,
-            preempt_grace
+            preempt_grace,
+            worker_threads
         );
         if !self.require_token_tables.is_empty() {
             c.require_token_tables = self.require_token_tables;
@@ -171,8 +175,22 @@ fn migrate(url: &str) -> anyhow::Result<()> {
     })
 }
 
+/// The runtime `serve` runs on: one thread, or a work-stealing pool (`worker_threads`).
+fn serve_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 1 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = serve_runtime(config.worker_threads).context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -234,6 +252,7 @@ mod tests {
             "--fence-mode=writes",
             "--preempt-grace=250ms",
             "--require-token-table=orders,jobs",
+            "--worker-threads=3",
         ])
         .into_config()
         .unwrap();
@@ -247,6 +266,7 @@ mod tests {
         assert_eq!(c.fence_mode, FenceMode::Writes);
         assert_eq!(c.preempt_grace, Duration::from_millis(250));
         assert_eq!(c.require_token_tables, ["orders", "jobs"]);
+        assert_eq!(c.worker_threads, 3);
     }
 
     #[test]

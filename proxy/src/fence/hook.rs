@@ -17,7 +17,9 @@
 //!   data statement without an annotation is preceded by `fencegate.check_settings`, and
 //!   PostgreSQL itself resolves SET LOCAL > SET > startup, RESET, DISCARD and rollbacks.
 //!
-//! The check records what it admitted in the transaction, so repeating it is cheap.
+//! The check records what it admitted in the transaction, so repeating it is cheap; the
+//! proxy also remembers which checks it sent in the current transaction and does not send
+//! the same one again while it knows the transaction continues (see [`Admitted`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,13 +27,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::cache::HighWaterCache;
-use super::classify::Kind;
+use super::classify::{classify, Kind};
 use super::contains_ignore_case;
 use super::plan::{Analysis, Decision, FencePolicy};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::split_statements;
 use super::sql::{Lexer, Token};
 use super::stats::FenceStats;
+use super::Fence;
 use crate::protocol::backend::{error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
@@ -85,6 +88,7 @@ impl HookFactory for FenceHooks {
             database,
             settings_aware,
             statements: HashMap::new(),
+            admitted: Admitted::default(),
         }))
     }
 }
@@ -144,6 +148,84 @@ pub struct FenceHook {
     settings_aware: bool,
     /// What each prepared statement's text says, by statement name.
     statements: HashMap<Vec<u8>, Arc<Analysis>>,
+    /// The checks already sent in the current transaction.
+    admitted: Admitted,
+}
+
+/// The (resource, token) checks this session sent in its current transaction, so that the
+/// next statement with the same token does not carry the check again. The check holds the
+/// fence row's lock until the transaction ends, and a failed check aborts the transaction,
+/// so a check sent earlier in the same transaction covers every later statement, unless
+/// the transaction ended or rolled back to a savepoint in between.
+///
+/// The memo is kept only while the proxy is sure the transaction continues:
+/// - it is dropped at every statement that may end, begin or partly roll back a
+///   transaction (transaction control, SET and the like, CALL/DO, statements that commit
+///   on their own), and the next boundary drops it too;
+/// - at a boundary (the start of a Query, a Sync), it survives only into a transaction
+///   block that the last ReadyForQuery reported, with no ReadyForQuery still to come;
+/// - an Execute of a portal other than the one bound last in the same round (which may be a
+///   COMMIT bound earlier) drops it, and so does a FunctionCall (it may end an implicit
+///   transaction).
+///
+/// PostgreSQL keeps its own record of the same thing (`fencegate.checked`), so a check the
+/// proxy does send again is still cheap and correct.
+#[derive(Debug, Default)]
+struct Admitted {
+    fences: Vec<Fence>,
+    /// A statement that may change the transaction was sent since the last boundary.
+    unsure: bool,
+    /// The portal of the client's last Bind, when that Bind came after the last boundary.
+    last_portal: Vec<u8>,
+    bound_this_round: bool,
+}
+
+impl Admitted {
+    fn contains(&self, fence: &Fence) -> bool {
+        self.fences.contains(fence)
+    }
+
+    fn record(&mut self, fence: &Fence) {
+        if !self.contains(fence) {
+            self.fences.push(fence.clone());
+        }
+    }
+
+    fn forget(&mut self) {
+        self.fences.clear();
+        self.unsure = true;
+    }
+
+    /// Before a statement of this kind is sent.
+    fn statement(&mut self, kind: Kind) {
+        if matches!(
+            kind,
+            Kind::Control | Kind::Procedure | Kind::NonTransactional | Kind::Prepare
+        ) {
+            self.forget();
+        }
+    }
+
+    /// At the start of a Query or at a Sync, where an implicit transaction ends.
+    fn boundary(&mut self, settled_status: Option<TxStatus>) {
+        if self.unsure || settled_status != Some(TxStatus::InBlock) {
+            self.fences.clear();
+        }
+        self.unsure = false;
+        self.bound_this_round = false;
+    }
+
+    fn bind(&mut self, portal: &[u8]) {
+        self.last_portal.clear();
+        self.last_portal.extend_from_slice(portal);
+        self.bound_this_round = true;
+    }
+
+    fn execute(&mut self, portal: &[u8]) {
+        if !self.bound_this_round || portal != self.last_portal.as_slice() {
+            self.forget();
+        }
+    }
 }
 
 impl SessionHook for FenceHook {
@@ -153,6 +235,13 @@ impl SessionHook for FenceHook {
             fe::PARSE => self.on_parse(msg),
             fe::BIND => self.on_bind(msg, inject),
             fe::CLOSE => self.on_close(msg),
+            fe::EXECUTE => {
+                if let Some(portal) = msg.execute_portal() {
+                    self.admitted.execute(portal);
+                }
+            }
+            fe::SYNC => self.admitted.boundary(inject.settled_status()),
+            fe::FUNCTION_CALL => self.admitted.forget(),
             _ => {}
         }
     }
@@ -218,6 +307,7 @@ impl FenceHook {
     /// Query, which is what a rewritten Query is).
     fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Option<String> {
         self.note_settings(analysis);
+        self.admitted.statement(analysis.class.kind);
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
         if self.encoding == ClientEncoding::Other && decision.needs_injection() {
             // The lexer cannot find quotes reliably in encodings whose second bytes may be
@@ -235,6 +325,9 @@ impl FenceHook {
             };
         }
         if let Decision::Check(fence) = &decision {
+            if self.admitted.contains(fence) {
+                return None;
+            }
             match self.cache.get(&self.database, &fence.resource) {
                 Some(current) if current > fence.token => {
                     decision = Decision::Stale {
@@ -253,6 +346,9 @@ impl FenceHook {
             | Decision::Check(_)
             | Decision::CheckSettings { .. } => FenceStats::bump(&self.stats.checks),
         }
+        if let Decision::Check(fence) = &decision {
+            self.admitted.record(fence);
+        }
         self.policy.sql(&decision)
     }
 
@@ -260,10 +356,17 @@ impl FenceHook {
         let Some(text) = msg.query_text() else { return };
         // A simple Query destroys the unnamed statement.
         self.statements.remove(&b""[..]);
+        self.admitted.boundary(inject.settled_status());
         if !self.settings_aware
             && self.policy.require_token_tables.is_empty()
             && !contains_ignore_case(text, b"fencing")
         {
+            if !self.admitted.fences.is_empty() {
+                // Nothing to check, but the statements may end the transaction.
+                for range in split_statements(text) {
+                    self.admitted.statement(classify(&text[range]).kind);
+                }
+            }
             return;
         }
         let mut rewritten: Option<Vec<u8>> = None;
@@ -361,9 +464,10 @@ impl FenceHook {
     }
 
     fn on_bind(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
-        let Some((_portal, statement)) = msg.bind_names() else {
+        let Some((portal, statement)) = msg.bind_names() else {
             return;
         };
+        self.admitted.bind(portal);
         // A name the proxy does not know (prepared with SQL PREPARE, or before a lost
         // track): treat it as a statement that may write, with no annotation.
         let analysis = self

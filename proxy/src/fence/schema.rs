@@ -10,6 +10,11 @@
 //!   `t < H`, updates nothing and the check raises 55Z01. The lock is held until the
 //!   client's transaction ends, and the update commits or rolls back with the client's
 //!   write (G3: check and write are one transaction).
+//! - The common case skips the upsert: `_try_admit` locks the existing row `FOR UPDATE SKIP
+//!   LOCKED` (the same exclusive row lock, taken on the latest committed version) and
+//!   updates it only when `t > H`, so a holder that keeps presenting its token writes no new
+//!   row version and opens no subtransaction. A missing or busy row falls back to the upsert
+//!   inside the waiting loop below.
 //! - Under READ COMMITTED, ON CONFLICT DO UPDATE always sees the latest committed row after
 //!   waiting for its lock. So a holder with token t waits for any transaction that admitted
 //!   a token on the same resource, then compares against the committed H. An older holder's
@@ -32,7 +37,7 @@
 //!   never an admission of a stale token.
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction.
 pub const INSTALL: &str = r#"
@@ -95,6 +100,35 @@ BEGIN
     ON CONFLICT (resource) DO UPDATE SET token = excluded.token, updated_at = now()
     WHERE f.token <= excluded.token;
     RETURN FOUND;
+END
+$fn$;
+
+-- The fast path of the check: publishes the token, then locks the resource's row without
+-- waiting (SKIP LOCKED; under READ COMMITTED the lock lands on the latest committed
+-- version) and raises H only when p_token is higher, so a holder presenting the same
+-- token again writes no new row version. Returns H as locked (p_token when raised), or
+-- NULL when the row is missing or locked by another transaction: the caller then takes
+-- the waiting path (`_admit`). Plain plpgsql, so its plans are cached for the session.
+CREATE OR REPLACE FUNCTION fencegate._try_admit(p_resource text, p_token bigint)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    h bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4),
+            pg_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
+                                         ((p_token & 4294967295) - 2147483648)::int4);
+    SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF h < p_token THEN
+        UPDATE fencegate.fence SET token = p_token, updated_at = now()
+        WHERE resource = p_resource;
+        RETURN p_token;
+    END IF;
+    RETURN h;
 END
 $fn$;
 
@@ -161,7 +195,10 @@ BEGIN
     IF pg_catalog.strpos(memo, key) > 0 THEN
         RETURN p_token;
     END IF;
-    IF p_grace_ms > 0 THEN
+    current := fencegate._try_admit(p_resource, p_token);
+    IF current IS NOT NULL THEN
+        admitted := current <= p_token;
+    ELSIF p_grace_ms > 0 THEN
         LOOP
             BEGIN
                 PERFORM pg_catalog.set_config('lock_timeout', p_grace_ms || 'ms', true);
@@ -305,7 +342,7 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '1')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '2')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 "#;
 

@@ -63,6 +63,7 @@ pub struct Injector<'a> {
     pub(super) abort: &'a mut Option<String>,
     pub(super) replacement: &'a mut Option<(Bytes, Rewrite)>,
     pub(super) status: TxStatus,
+    pub(super) awaiting_ready: bool,
     pub(super) desynchronized: bool,
 }
 
@@ -71,6 +72,15 @@ impl Injector<'_> {
     /// messages already forwarded may still be in flight).
     pub fn status(&self) -> TxStatus {
         self.status
+    }
+
+    /// The transaction status where the client's message will run, when the proxy knows
+    /// it: the last ReadyForQuery's, provided none still to come may report another.
+    /// `None` while a Query or an executing round already sent is unanswered (the client's
+    /// message may run in a transaction that ReadyForQuery has not reported yet), and once
+    /// reply tracking is lost.
+    pub fn settled_status(&self) -> Option<TxStatus> {
+        (!self.awaiting_ready && !self.desynchronized).then_some(self.status)
     }
 
     /// Queues one complete frontend message (see `protocol::build`) to go to the server

@@ -218,6 +218,7 @@ impl Relay {
                     abort: &mut abort,
                     replacement: &mut replacement,
                     status: self.tracker.status(),
+                    awaiting_ready: self.tracker.awaiting_ready(),
                     desynchronized: self.tracker.desync().is_some(),
                 };
                 hook.before_client_message(&msg, &mut injector);

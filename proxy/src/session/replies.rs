@@ -124,6 +124,9 @@ struct Entry {
     action: Action,
     /// For a rewritten Query: the inserted statements whose results are hidden.
     hidden: Option<Box<HiddenStatements>>,
+    /// Its ReadyForQuery may report another transaction status than the last one: a
+    /// Query or FunctionCall, or a Sync ending a round that executed something.
+    may_change_status: bool,
 }
 
 impl Entry {
@@ -132,6 +135,7 @@ impl Entry {
             expect,
             action,
             hidden: None,
+            may_change_status: matches!(expect, Expect::UntilReady),
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct ReplyTracker {
     copy_in: bool,
     status: TxStatus,
     desync: Option<Desync>,
+    /// An Execute was sent since the last Sync.
+    round_executes: bool,
 }
 
 impl ReplyTracker {
@@ -170,6 +176,14 @@ impl ReplyTracker {
     /// Transaction status as of the last ReadyForQuery the server sent.
     pub fn status(&self) -> TxStatus {
         self.status
+    }
+
+    /// True when a ReadyForQuery still to come may report another transaction status than
+    /// [`Self::status`]: one owed for a Query, a FunctionCall, or a Sync ending a round with
+    /// an Execute. (A round of only Parse, Bind, Describe and Close can fail, leaving a
+    /// transaction block failed, but cannot begin or end a transaction.)
+    pub fn awaiting_ready(&self) -> bool {
+        self.queue.iter().any(|e| e.may_change_status)
     }
 
     /// True when no reply is outstanding.
@@ -201,9 +215,17 @@ impl ReplyTracker {
                 // A malformed Describe draws an error, which ends any entry.
                 _ => Expect::DescribePortal,
             },
-            fe::EXECUTE => Expect::Execute,
+            fe::EXECUTE => {
+                self.round_executes = true;
+                Expect::Execute
+            }
             fe::SYNC if self.copy_in => return,
-            fe::SYNC => Expect::Sync,
+            fe::SYNC => {
+                let mut entry = Entry::new(Expect::Sync, action);
+                entry.may_change_status = std::mem::take(&mut self.round_executes);
+                self.queue.push_back(entry);
+                return;
+            }
             fe::COPY_DONE | fe::COPY_FAIL if self.copy_in => {
                 self.copy_in = false;
                 return;

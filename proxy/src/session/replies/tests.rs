@@ -325,3 +325,32 @@ fn error_positions_map_back_to_the_clients_text() {
     assert_eq!(t.original_position(9), None);
     assert_eq!(t.original_position(14), Some(8));
 }
+
+#[test]
+fn only_replies_that_may_change_the_transaction_status_unsettle_it() {
+    let mut t = ReplyTracker::default();
+    assert!(!t.awaiting_ready());
+    // A round that prepares or closes but executes nothing cannot begin or end a
+    // transaction.
+    for tag in [b'P', b'D', b'C', b'S'] {
+        fwd(&mut t, tag);
+    }
+    assert!(!t.awaiting_ready());
+    // A round that executes can.
+    for tag in [b'B', b'E'] {
+        fwd(&mut t, tag);
+    }
+    assert!(!t.awaiting_ready(), "the round has not ended yet");
+    fwd(&mut t, b'S');
+    assert!(t.awaiting_ready());
+    assert_eq!(server(&mut t, "1n3Z2CZ"), "1n3Z2CZ");
+    assert!(t.desync().is_none());
+    assert!(!t.awaiting_ready());
+    // Query and FunctionCall always can.
+    for tag in [b'Q', b'F'] {
+        fwd(&mut t, tag);
+        assert!(t.awaiting_ready());
+        assert_eq!(server(&mut t, "CZ"), "CZ");
+        assert!(!t.awaiting_ready());
+    }
+}
