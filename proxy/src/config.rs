@@ -99,9 +99,9 @@ pub struct Config {
     /// Tables that may only be written by statements carrying a token (unqualified names,
     /// matched case-insensitively); a write without one is rejected with 55Z02.
     pub require_token_tables: Vec<String>,
-    /// Threads that run sessions: 1 runs everything on one thread (no cross-thread
-    /// wake-ups), N > 1 a work-stealing pool of N, 0 one per CPU. Default 1 (see the
-    /// README's performance section for the measurements behind it).
+    /// Threads that run sessions, each a single-threaded event loop that keeps its
+    /// sessions (see [`crate::workers`]): 1 runs everything on one thread, 0 one per CPU.
+    /// Default 1 (see the README's performance section for the measurements behind it).
     pub worker_threads: usize,
 }
 
@@ -175,6 +175,9 @@ impl Config {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
+        }
+        if self.worker_threads > 1024 {
+            return invalid("worker_threads must be at most 1024 (0 means one per CPU)");
         }
         if self.max_message_size < MAX_STARTUP_PACKET {
             return invalid("max_message_size must be at least 10000 bytes");

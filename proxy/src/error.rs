@@ -64,4 +64,7 @@ pub enum ServerError {
     /// Accepting connections failed.
     #[error("accept: {0}")]
     Accept(#[source] io::Error),
+    /// The session threads could not be started.
+    #[error("starting session threads: {0}")]
+    Workers(#[source] io::Error),
 }

@@ -6,6 +6,7 @@
 //! - [`error`]: error types; each says which side (client, upstream, internal) failed.
 //! - [`pgtemp`]: throwaway PostgreSQL clusters from the installed binaries (demo, tests).
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
+//! - [`workers`]: the session threads, one single-threaded runtime each.
 //! - [`protocol`]: sans-IO message handling: frame splitting with length checks, typed views
 //!   of the few messages the proxy must look inside, and builders for what it sends itself.
 //! - [`fence`]: fencing-token extraction and statement classification (sans-IO).
@@ -29,3 +30,4 @@ pub mod session;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

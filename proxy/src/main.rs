@@ -175,22 +175,13 @@ fn migrate(url: &str) -> anyhow::Result<()> {
     })
 }
 
-/// The runtime `serve` runs on: one thread, or a work-stealing pool (`worker_threads`).
-fn serve_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if worker_threads == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 1 {
-        builder.worker_threads(worker_threads);
-    }
-    builder.enable_all().build()
-}
-
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = serve_runtime(config.worker_threads).context("starting the async runtime")?;
+    // Accepting and signals on this thread; sessions here too with one worker thread, or on
+    // their own threads (see `fencegate::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

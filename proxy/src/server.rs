@@ -8,13 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::session::hook::HookFactory;
 use crate::session::{self, Shared};
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 /// Serves clients from `listener` until `shutdown` is cancelled, then drains.
 pub async fn run(
@@ -29,11 +29,12 @@ pub async fn run(
         hooks,
         config: config.clone(),
     });
+    let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let sessions = TaskTracker::new();
     let stop_sessions = CancellationToken::new();
     tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
-        upstream = %config.upstream, "fencegate serving");
+        upstream = %config.upstream, threads = workers.len(), "fencegate serving");
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -59,13 +60,10 @@ pub async fn run(
         // Every log line of a session (a rejection included) names the client's address;
         // the span is at ERROR level so that it shows whatever level is logged.
         let span = tracing::error_span!("session", client = %peer);
-        sessions.spawn(
-            async move {
-                session::serve(tcp, shared, drain, stop).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        workers.spawn(&sessions, async move {
+            session::serve(tcp, shared, drain, stop, span).await;
+            drop(permit);
+        });
     }
     drop(listener);
     sessions.close();
@@ -77,5 +75,6 @@ pub async fn run(
         stop_sessions.cancel();
         sessions.wait().await;
     }
+    workers.shutdown().await;
     Ok(())
 }

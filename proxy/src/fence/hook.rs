@@ -355,7 +355,9 @@ impl FenceHook {
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some(text) = msg.query_text() else { return };
         // A simple Query destroys the unnamed statement.
-        self.statements.remove(&b""[..]);
+        if !self.statements.is_empty() {
+            self.statements.remove(&b""[..]);
+        }
         self.admitted.boundary(inject.settled_status());
         if !self.settings_aware
             && self.policy.require_token_tables.is_empty()

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use self::conn::Conn;
 use self::handshake::{fatal, Opening};
@@ -54,15 +55,20 @@ pub struct Shared {
 /// client ends only its own session.
 ///
 /// `drain` asks the session to close at its next quiescent point (no transaction open);
-/// `stop` closes it at once.
+/// `stop` closes it at once. `span` is entered wherever the session logs: for the whole
+/// opening exchange, and afterwards only around the relay's rare log lines, so that the
+/// steady state does not pay for entering it at every wake-up.
 pub async fn serve(
     tcp: TcpStream,
     shared: Arc<Shared>,
     drain: CancellationToken,
     stop: CancellationToken,
+    span: Span,
 ) {
     let _ = crate::stream::tune_socket(&tcp);
-    match run(tcp, &shared, &drain, &stop).await {
+    let ended = run(tcp, &shared, &drain, &stop, &span).await;
+    let _entered = span.enter();
+    match ended {
         Ok(()) => tracing::debug!("session closed"),
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {
             tracing::debug!(error = %e, "client connection ended")
@@ -76,7 +82,7 @@ pub async fn serve(
 
 /// Negotiation, upstream connection and authentication; `None` when the exchange ended
 /// without a session (a cancel request, a failed login, a client that left).
-async fn open(tcp: TcpStream, shared: &Shared) -> Result<Option<Relay>, SessionError> {
+async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Relay>, SessionError> {
     let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
     let (mut client, opening) = tokio::time::timeout(STARTUP_TIMEOUT, negotiation)
         .await
@@ -105,7 +111,7 @@ async fn open(tcp: TcpStream, shared: &Shared) -> Result<Option<Relay>, SessionE
     };
     let hook = shared.hooks.session_hook(&startup);
     let max = shared.config.max_message_size;
-    Ok(Some(Relay::new(client, server, status, hook, max)))
+    Ok(Some(Relay::new(client, server, status, hook, max, span)))
 }
 
 async fn run(
@@ -113,10 +119,11 @@ async fn run(
     shared: &Shared,
     drain: &CancellationToken,
     stop: &CancellationToken,
+    span: &Span,
 ) -> Result<(), SessionError> {
     // A session still opening when shutdown begins has no transaction to finish: close it.
     let mut relay = tokio::select! {
-        opened = open(tcp, shared) => match opened? {
+        opened = open(tcp, shared, span.clone()).instrument(span.clone()) => match opened? {
             Some(relay) => relay,
             None => return Ok(()),
         },

@@ -61,6 +61,9 @@ pub struct Relay {
     /// The client sent Terminate: the server closing next is the normal end.
     terminated: bool,
     draining: bool,
+    /// The session's log span, entered only around the relay's own log lines.
+    span: tracing::Span,
+    desync_reported: bool,
 }
 
 impl Relay {
@@ -71,6 +74,7 @@ impl Relay {
         status: TxStatus,
         hook: Option<Box<dyn SessionHook>>,
         max_message: usize,
+        span: tracing::Span,
     ) -> Self {
         Relay {
             client,
@@ -86,6 +90,8 @@ impl Relay {
             fatal_forwarded: false,
             terminated: false,
             draining: false,
+            span,
+            desync_reported: false,
         }
     }
 
@@ -279,8 +285,18 @@ impl Relay {
             }
             let body = &self.server.rbuf[run + HEADER_LEN..run + info.total_len];
             let route = self.tracker.server_message(info.tag, body);
+            if !self.desync_reported {
+                if let Some(desync) = self.tracker.desync() {
+                    self.desync_reported = true;
+                    self.span.in_scope(|| {
+                        tracing::warn!(%desync, "reply tracking lost; relaying without injection")
+                    });
+                }
+            }
             let reworded = match (route, self.hook.as_mut()) {
-                (Route::InjectedError, Some(hook)) => hook.injected_error(body),
+                (Route::InjectedError, Some(hook)) => {
+                    self.span.in_scope(|| hook.injected_error(body))
+                }
                 _ => None,
             };
             // A syntax error in a rewritten Query is raised before anything runs, while

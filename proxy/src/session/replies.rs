@@ -344,7 +344,6 @@ impl ReplyTracker {
             }
             Ok(false) => {}
             Err(desync) => {
-                tracing::warn!(%desync, "reply tracking lost; relaying without injection");
                 self.desync = Some(desync);
                 self.queue.clear();
                 return Route::Forward;
