@@ -21,7 +21,6 @@
 //! proxy also remembers which checks it sent in the current transaction and does not send
 //! the same one again while it knows the transaction continues (see [`Admitted`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,9 +29,9 @@ use super::cache::HighWaterCache;
 use super::classify::{classify, Kind};
 use super::contains_ignore_case;
 use super::plan::{Analysis, Decision, FencePolicy};
+use super::prepared::{PreparedStatements, StatementOp};
 use super::schema::MISSING_SCHEMA_STATES;
-use super::sql::split_statements;
-use super::sql::{Lexer, Token};
+use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
 use super::Fence;
 use crate::protocol::backend::{error_field, TxStatus};
@@ -87,7 +86,7 @@ impl HookFactory for FenceHooks {
             cache: self.cache.clone(),
             database,
             settings_aware,
-            statements: HashMap::new(),
+            prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
         }))
     }
@@ -147,7 +146,7 @@ pub struct FenceHook {
     /// costs little, missing one that is set would be unsafe).
     settings_aware: bool,
     /// What each prepared statement's text says, by statement name.
-    statements: HashMap<Vec<u8>, Arc<Analysis>>,
+    prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
 }
@@ -231,7 +230,10 @@ impl Admitted {
 impl SessionHook for FenceHook {
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         match msg.tag {
-            fe::QUERY => self.on_query(msg, inject),
+            fe::QUERY => {
+                self.on_query(msg, inject);
+                self.prepared.round_ended();
+            }
             fe::PARSE => self.on_parse(msg),
             fe::BIND => self.on_bind(msg, inject),
             fe::CLOSE => self.on_close(msg),
@@ -240,10 +242,17 @@ impl SessionHook for FenceHook {
                     self.admitted.execute(portal);
                 }
             }
-            fe::SYNC => self.admitted.boundary(inject.settled_status()),
+            fe::SYNC => {
+                self.admitted.boundary(inject.settled_status());
+                self.prepared.round_ended();
+            }
             fe::FUNCTION_CALL => self.admitted.forget(),
             _ => {}
         }
+    }
+
+    fn client_outcome(&mut self, completed: bool) {
+        self.prepared.answered(completed);
     }
 
     fn injected_error(&mut self, body: &[u8]) -> Option<Bytes> {
@@ -304,10 +313,15 @@ impl FenceHook {
 
     /// The SQL to put in front of a statement, if any. `atomic`: the statement will run in a
     /// context where it cannot COMMIT midway (a transaction block, or a multi-statement
-    /// Query, which is what a rewritten Query is).
-    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Option<String> {
+    /// Query, which is what a rewritten Query is). `unsplittable`: the statement has a `;`
+    /// inside (a rule action list, a routine body, or text the splitter may have joined
+    /// wrongly), so a check in front of it might not cover all of it.
+    fn decide(&mut self, analysis: &Analysis, atomic: bool, unsplittable: bool) -> Option<String> {
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
+        if unsplittable {
+            self.admitted.forget();
+        }
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
         if self.encoding == ClientEncoding::Other && decision.needs_injection() {
             // The lexer cannot find quotes reliably in encodings whose second bytes may be
@@ -320,7 +334,21 @@ impl FenceHook {
             const REASON: &str = "a CALL or DO carrying a fencing token must run inside BEGIN ... COMMIT: outside a transaction block it may commit midway, releasing the fence";
             decision = match decision {
                 Decision::Check(_) => Decision::Invalid(REASON.into()),
-                Decision::CheckSettings { .. } => Decision::RefuseIfToken(REASON.into()),
+                Decision::CheckSettings { required: true } => Decision::Invalid(REASON.into()),
+                Decision::CheckSettings { required: false } => {
+                    Decision::RefuseIfToken(REASON.into())
+                }
+                other => other,
+            };
+        }
+        if unsplittable {
+            const REASON: &str = "a statement with a semicolon inside (a rule action list or a routine body) cannot be fenced: send it without a token";
+            decision = match decision {
+                Decision::Check(_) => Decision::Invalid(REASON.into()),
+                Decision::CheckSettings { required: true } => Decision::Invalid(REASON.into()),
+                Decision::CheckSettings { required: false } => {
+                    Decision::RefuseIfToken(REASON.into())
+                }
                 other => other,
             };
         }
@@ -354,10 +382,6 @@ impl FenceHook {
 
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some(text) = msg.query_text() else { return };
-        // A simple Query destroys the unnamed statement.
-        if !self.statements.is_empty() {
-            self.statements.remove(&b""[..]);
-        }
         self.admitted.boundary(inject.settled_status());
         if !self.settings_aware
             && self.policy.require_token_tables.is_empty()
@@ -366,7 +390,11 @@ impl FenceHook {
             if !self.admitted.fences.is_empty() {
                 // Nothing to check, but the statements may end the transaction.
                 for range in split_statements(text) {
-                    self.admitted.statement(classify(&text[range]).kind);
+                    let statement = &text[range];
+                    if has_inner_semicolon(statement) {
+                        self.admitted.forget();
+                    }
+                    self.admitted.statement(classify(statement).kind);
                 }
             }
             return;
@@ -375,9 +403,9 @@ impl FenceHook {
         let mut rewrite = Rewrite::default();
         let (mut copied, mut chars) = (0, 0u32);
         for (index, range) in split_statements(text).into_iter().enumerate() {
-            let analysis = self.analyze(&text[range.clone()]);
-            self.note_deallocation(&analysis, &text[range.clone()]);
-            let Some(sql) = self.decide(&analysis, true) else {
+            let statement = &text[range.clone()];
+            let analysis = self.analyze(statement);
+            let Some(sql) = self.decide(&analysis, true, has_inner_semicolon(statement)) else {
                 continue;
             };
             if rewritten
@@ -424,45 +452,23 @@ impl FenceHook {
     }
 
     fn on_parse(&mut self, msg: &FrontendMessage<'_>) {
-        let Some((name, sql)) = msg.parse() else {
-            return;
+        let op = match msg.parse() {
+            Some((name, sql)) => {
+                let analysis = self.analyze(sql);
+                self.note_settings(&analysis);
+                StatementOp::Parse(name.to_vec(), Arc::new(analysis))
+            }
+            None => StatementOp::Other,
         };
-        let analysis = self.analyze(sql);
-        self.note_settings(&analysis);
-        // A second Parse of an existing named statement fails on the server, which keeps
-        // the first: so does the proxy (the unnamed statement is always replaced).
-        if name.is_empty() || !self.statements.contains_key(name) {
-            self.statements.insert(name.to_vec(), Arc::new(analysis));
-        }
+        self.prepared.sent(op);
     }
 
-    /// SQL `DEALLOCATE` and `DISCARD ALL` drop protocol-level prepared statements too.
-    fn note_deallocation(&mut self, analysis: &Analysis, statement: &[u8]) {
-        if analysis.class.kind != Kind::Control {
-            return;
-        }
-        let words: Vec<Vec<u8>> = Lexer::new(statement)
-            .filter_map(|t| match t {
-                Token::Word(w) => Some(w.to_ascii_lowercase()),
-                Token::QuotedIdent(w) => Some(w.to_vec()),
-                _ => None,
-            })
-            .take(3)
-            .collect();
-        match words
-            .iter()
-            .map(Vec::as_slice)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            [b"discard", b"all", ..]
-            | [b"deallocate", b"all", ..]
-            | [b"deallocate", b"prepare", b"all"] => self.statements.clear(),
-            [b"deallocate", b"prepare", name] | [b"deallocate", name, ..] => {
-                self.statements.remove(*name);
-            }
-            _ => {}
-        }
+    fn on_close(&mut self, msg: &FrontendMessage<'_>) {
+        let op = match msg.target() {
+            Some(Target::Statement(name)) => StatementOp::Close(name.to_vec()),
+            _ => StatementOp::Other,
+        };
+        self.prepared.sent(op);
     }
 
     fn on_bind(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
@@ -470,35 +476,31 @@ impl FenceHook {
             return;
         };
         self.admitted.bind(portal);
-        // A name the proxy does not know (prepared with SQL PREPARE, or before a lost
-        // track): treat it as a statement that may write, with no annotation.
-        let analysis = self
-            .statements
-            .get(statement)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Analysis::unknown()));
         let atomic = inject.status() == TxStatus::InBlock;
-        let Some(sql) = self.decide(&analysis, atomic) else {
-            return;
-        };
-        let messages = [
-            build::close_statement(CHECK_NAME),
-            build::close_portal(CHECK_NAME),
-            build::parse(CHECK_NAME, &sql),
-            build::bind(CHECK_NAME, CHECK_NAME, &[]),
-            build::execute(CHECK_NAME),
-        ];
-        for message in messages {
-            if inject.send(message, Action::Check).is_err() {
-                inject.abort_session(TRACKING_LOST);
-                return;
+        // Usually one text; several when an earlier round's Parse or Close of this name is
+        // still unanswered, and then each is checked.
+        let mut checks = Vec::new();
+        for analysis in self.prepared.candidates(statement) {
+            if let Some(sql) = self.decide(&analysis, atomic, false) {
+                if !checks.contains(&sql) {
+                    checks.push(sql);
+                }
             }
         }
-    }
-
-    fn on_close(&mut self, msg: &FrontendMessage<'_>) {
-        if let Some(Target::Statement(name)) = msg.target() {
-            self.statements.remove(name);
+        for sql in checks {
+            let messages = [
+                build::close_statement(CHECK_NAME),
+                build::close_portal(CHECK_NAME),
+                build::parse(CHECK_NAME, &sql),
+                build::bind(CHECK_NAME, CHECK_NAME, &[]),
+                build::execute(CHECK_NAME),
+            ];
+            for message in messages {
+                if inject.send(message, Action::Check).is_err() {
+                    inject.abort_session(TRACKING_LOST);
+                    return;
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`schema`]: the `fencegate` schema that `migrate` installs (the authority).
 //! - [`migrate`]: installing the schema (`fencegate migrate`).
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
+//! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
 //! - [`stats`]: counters shared by all sessions.
 
 pub mod annotation;
@@ -19,6 +20,7 @@ pub mod classify;
 pub mod hook;
 pub mod migrate;
 pub mod plan;
+pub mod prepared;
 pub mod schema;
 pub mod sql;
 pub mod stats;

@@ -200,8 +200,11 @@ impl<'a> Iterator for Lexer<'a> {
 
 /// Splits a Query string into statements: byte ranges without the terminating `;`.
 ///
-/// Semicolons inside parentheses (a CREATE RULE action list) and inside `BEGIN ATOMIC ...
-/// END` bodies do not end a statement. A segment with nothing but comments (a sqlcommenter
+/// Semicolons inside parentheses (a CREATE RULE action list) and inside the `BEGIN ATOMIC
+/// ... END` body of a `CREATE [OR REPLACE] FUNCTION|PROCEDURE` do not end a statement. That
+/// last rule is a heuristic, as it is in psql (a body selecting a column named `begin`
+/// fools both), so callers must not trust a range with a `;` inside (see
+/// [`has_inner_semicolon`]). A segment with nothing but comments (a sqlcommenter
 /// tag written after the final `;`) belongs to the statement before it, since PostgreSQL
 /// skips such segments; one before any statement is dropped, like an empty statement.
 pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
@@ -210,8 +213,10 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
     let mut start = 0;
     let mut has_tokens = false;
     let mut has_comments = false;
-    let mut first_create = false;
+    let mut routine = false;
+    let mut head: [&[u8]; 4] = [b""; 4];
     let mut prev: Option<Token<'_>> = None;
+    let mut before_prev_dot = false;
     let mut atomic_depth = 0usize;
     let mut parens = 0usize;
     let mut token_index = 0;
@@ -228,8 +233,10 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
                 start = lexer.offset();
                 has_tokens = false;
                 has_comments = false;
-                first_create = false;
+                routine = false;
+                head = [b""; 4];
                 prev = None;
+                before_prev_dot = false;
                 token_index = 0;
                 continue;
             }
@@ -242,13 +249,23 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
             _ => {}
         }
         has_tokens = true;
-        if token_index == 0 {
-            first_create = tok.is_word("create");
+        if token_index < head.len() {
+            head[token_index] = match tok {
+                Token::Word(w) => w,
+                _ => b"",
+            };
+            let word = |i: usize, w: &str| head[i].eq_ignore_ascii_case(w.as_bytes());
+            let kind = |i: usize| word(i, "function") || word(i, "procedure");
+            routine =
+                word(0, "create") && (kind(1) || (word(1, "or") && word(2, "replace") && kind(3)));
         }
         token_index += 1;
-        if first_create {
+        if routine {
             let after_dot = prev == Some(Token::Punct(b'.'));
-            let opens_body = prev.is_some_and(|p| p.is_word("begin")) && tok.is_word("atomic");
+            let opens_body = atomic_depth == 0
+                && !before_prev_dot
+                && prev.is_some_and(|p| p.is_word("begin"))
+                && tok.is_word("atomic");
             let opens_block =
                 atomic_depth > 0 && !after_dot && (tok.is_word("begin") || tok.is_word("case"));
             if opens_body || opens_block {
@@ -257,6 +274,7 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
                 atomic_depth -= 1;
             }
         }
+        before_prev_dot = prev == Some(Token::Punct(b'.'));
         prev = Some(tok);
     }
     if has_tokens {
@@ -265,6 +283,13 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
         last.end = sql.len();
     }
     out
+}
+
+/// True when a statement (a range from [`split_statements`]) has a `;` inside it, outside
+/// quotes and comments: a rule action list or a routine body, or text the splitter may have
+/// joined wrongly.
+pub fn has_inner_semicolon(statement: &[u8]) -> bool {
+    Lexer::new(statement).any(|t| t == Token::Punct(b';'))
 }
 
 #[cfg(test)]

@@ -33,6 +33,12 @@ pub trait SessionHook: Send + 'static {
     fn injected_error(&mut self, _body: &[u8]) -> Option<Bytes> {
         None
     }
+
+    /// Called once for every Parse and every Close the client sent, in the order sent, when
+    /// the server's answer is known: `true` when the server completed it (ParseComplete,
+    /// CloseComplete), `false` when it failed or was skipped after an earlier error. Not
+    /// called once reply tracking is lost.
+    fn client_outcome(&mut self, _completed: bool) {}
 }
 
 /// The default: plain relaying, no hook.

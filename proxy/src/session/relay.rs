@@ -76,12 +76,16 @@ impl Relay {
         max_message: usize,
         span: tracing::Span,
     ) -> Self {
+        let mut tracker = ReplyTracker::new(status);
+        if hook.is_some() {
+            tracker.report_outcomes();
+        }
         Relay {
             client,
             server,
             to_client: Outbox::default(),
             to_server: Outbox::default(),
-            tracker: ReplyTracker::new(status),
+            tracker,
             hook,
             injected: Vec::new(),
             max_message,
@@ -291,6 +295,11 @@ impl Relay {
                     self.span.in_scope(|| {
                         tracing::warn!(%desync, "reply tracking lost; relaying without injection")
                     });
+                }
+            }
+            if let Some(hook) = self.hook.as_mut() {
+                while let Some(completed) = self.tracker.take_outcome() {
+                    hook.client_outcome(completed);
                 }
             }
             let reworded = match (route, self.hook.as_mut()) {

@@ -127,6 +127,9 @@ struct Entry {
     /// Its ReadyForQuery may report another transaction status than the last one: a
     /// Query or FunctionCall, or a Sync ending a round that executed something.
     may_change_status: bool,
+    /// The client's own Parse or Close: its outcome is reported (see
+    /// [`ReplyTracker::take_outcome`]).
+    report: bool,
 }
 
 impl Entry {
@@ -136,6 +139,7 @@ impl Entry {
             action,
             hidden: None,
             may_change_status: matches!(expect, Expect::UntilReady),
+            report: false,
         }
     }
 }
@@ -162,6 +166,12 @@ pub struct ReplyTracker {
     desync: Option<Desync>,
     /// An Execute was sent since the last Sync.
     round_executes: bool,
+    /// Outcomes of the client's Parse and Close messages not yet taken, when wanted.
+    outcomes: VecDeque<bool>,
+    report_outcomes: bool,
+    /// A COPY FROM STDIN started since the last ReadyForQuery: the server swallowed Syncs
+    /// the client sent meanwhile, so rounds did not end where the client's Syncs were.
+    copy_since_ready: bool,
 }
 
 impl ReplyTracker {
@@ -171,6 +181,12 @@ impl ReplyTracker {
             status,
             ..Default::default()
         }
+    }
+
+    /// Keeps the outcomes of the client's Parse and Close messages for
+    /// [`Self::take_outcome`] (off by default: nobody would take them).
+    pub fn report_outcomes(&mut self) {
+        self.report_outcomes = true;
     }
 
     /// Transaction status as of the last ReadyForQuery the server sent.
@@ -183,7 +199,14 @@ impl ReplyTracker {
     /// an Execute. (A round of only Parse, Bind, Describe and Close can fail, leaving a
     /// transaction block failed, but cannot begin or end a transaction.)
     pub fn awaiting_ready(&self) -> bool {
-        self.queue.iter().any(|e| e.may_change_status)
+        self.copy_in || self.copy_since_ready || self.queue.iter().any(|e| e.may_change_status)
+    }
+
+    /// The outcome of the client's oldest Parse or Close whose answer has come and was not
+    /// taken yet: `true` when the server completed it, `false` when it failed or was
+    /// skipped.
+    pub fn take_outcome(&mut self) -> Option<bool> {
+        self.outcomes.pop_front()
     }
 
     /// True when no reply is outstanding.
@@ -233,7 +256,11 @@ impl ReplyTracker {
             fe::COPY_DONE | fe::COPY_FAIL => Expect::CopyEnd,
             _ => return,
         };
-        self.queue.push_back(Entry::new(expect, action));
+        let mut entry = Entry::new(expect, action);
+        entry.report = self.report_outcomes
+            && matches!(expect, Expect::Parse | Expect::Close)
+            && entry.action == Action::Forward;
+        self.queue.push_back(entry);
     }
 
     /// Records a Query the proxy rewrote by inserting statements of its own: the client
@@ -340,7 +367,11 @@ impl ReplyTracker {
         }
         match self.step(expect, tag, body) {
             Ok(true) => {
-                self.queue.pop_front();
+                if let Some(entry) = self.queue.pop_front() {
+                    if entry.report {
+                        self.outcomes.push_back(tag != be::ERROR_RESPONSE);
+                    }
+                }
             }
             Ok(false) => {}
             Err(desync) => {
@@ -369,6 +400,7 @@ impl ReplyTracker {
             (UntilReady | Sync, be::READY_FOR_QUERY) => {
                 self.status = TxStatus::from_ready_body(body).unwrap_or(self.status);
                 self.copy_in = false;
+                self.copy_since_ready = false;
                 self.discarding = false;
                 Ok(true)
             }
@@ -398,6 +430,7 @@ impl ReplyTracker {
     /// The server entered COPY FROM STDIN: Syncs the client sent after the COPY and before
     /// its CopyDone/CopyFail are swallowed by the server.
     fn start_copy_in(&mut self) {
+        self.copy_since_ready = true;
         let mut i = 1;
         while i < self.queue.len() {
             match self.queue[i].expect {
@@ -431,6 +464,9 @@ impl ReplyTracker {
         while let Some(head) = self.queue.front() {
             if head.expect == Expect::Sync {
                 break;
+            }
+            if head.report {
+                self.outcomes.push_back(false);
             }
             self.queue.pop_front();
         }

@@ -126,3 +126,21 @@ fn rule_action_lists_and_dotted_end_do_not_split() {
     let body = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT r.end FROM rng r; SELECT 1; END";
     assert_eq!(split(&format!("{body}; SELECT 2")), [body, "SELECT 2"]);
 }
+
+#[test]
+fn begin_atomic_only_opens_a_body_in_a_routine_definition() {
+    // A column named `begin` followed by an alias `atomic` in another CREATE.
+    let sql =
+        "CREATE TEMP TABLE x AS SELECT s.begin atomic FROM (SELECT 1 AS begin) s; COMMIT; BEGIN";
+    assert_eq!(split(sql).len(), 3, "{:?}", split(sql));
+    let sql = "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END; COMMIT";
+    assert_eq!(split(sql).len(), 2, "{:?}", split(sql));
+}
+
+#[test]
+fn inner_semicolons_are_reported() {
+    assert!(has_inner_semicolon(
+        b"CREATE RULE r AS ON INSERT TO t DO ALSO (SELECT 1; SELECT 2)"
+    ));
+    assert!(!has_inner_semicolon(b"SELECT ';' /* ; */ -- ;\n"));
+}
