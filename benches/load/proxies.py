@@ -36,7 +36,9 @@ def migrate(binary, cluster):
         raise RuntimeError(f"fencegate migrate failed: {out.stderr.strip()}")
 
 
-FENCEGATE_FLAGS = ["--max-connections", "1100"]
+# Extra `fencegate serve` flags from the environment, e.g.
+# FENCEGATE_BENCH_FLAGS="--worker-threads 2" to measure another runtime shape.
+FENCEGATE_FLAGS = ["--max-connections", "1100", *os.environ.get("FENCEGATE_BENCH_FLAGS", "").split()]
 
 
 def start_fencegate(procs_, binary, cluster, label="fencegate"):

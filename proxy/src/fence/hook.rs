@@ -314,8 +314,8 @@ impl FenceHook {
     /// The SQL to put in front of a statement, if any. `atomic`: the statement will run in a
     /// context where it cannot COMMIT midway (a transaction block, or a multi-statement
     /// Query, which is what a rewritten Query is). `unsplittable`: the statement has a `;`
-    /// inside (a rule action list, a routine body, or text the splitter may have joined
-    /// wrongly), so a check in front of it might not cover all of it.
+    /// inside (a rule action list, a routine body): the memo is dropped, should the text
+    /// hold more than the splitter saw.
     fn decide(&mut self, analysis: &Analysis, atomic: bool, unsplittable: bool) -> Option<String> {
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
@@ -332,17 +332,6 @@ impl FenceHook {
         }
         if analysis.class.kind == Kind::Procedure && !atomic {
             const REASON: &str = "a CALL or DO carrying a fencing token must run inside BEGIN ... COMMIT: outside a transaction block it may commit midway, releasing the fence";
-            decision = match decision {
-                Decision::Check(_) => Decision::Invalid(REASON.into()),
-                Decision::CheckSettings { required: true } => Decision::Invalid(REASON.into()),
-                Decision::CheckSettings { required: false } => {
-                    Decision::RefuseIfToken(REASON.into())
-                }
-                other => other,
-            };
-        }
-        if unsplittable {
-            const REASON: &str = "a statement with a semicolon inside (a rule action list or a routine body) cannot be fenced: send it without a token";
             decision = match decision {
                 Decision::Check(_) => Decision::Invalid(REASON.into()),
                 Decision::CheckSettings { required: true } => Decision::Invalid(REASON.into()),

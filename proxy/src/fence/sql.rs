@@ -201,10 +201,9 @@ impl<'a> Iterator for Lexer<'a> {
 /// Splits a Query string into statements: byte ranges without the terminating `;`.
 ///
 /// Semicolons inside parentheses (a CREATE RULE action list) and inside the `BEGIN ATOMIC
-/// ... END` body of a `CREATE [OR REPLACE] FUNCTION|PROCEDURE` do not end a statement. That
-/// last rule is a heuristic, as it is in psql (a body selecting a column named `begin`
-/// fools both), so callers must not trust a range with a `;` inside (see
-/// [`has_inner_semicolon`]). A segment with nothing but comments (a sqlcommenter
+/// ... END` body of a `CREATE [OR REPLACE] FUNCTION|PROCEDURE` do not end a statement. In a
+/// body, as in PostgreSQL's grammar, only `CASE ... END` nests (psql also counts `BEGIN`,
+/// which a column named `begin` then fools); `case` and `end` after `.` or `AS` are names. A segment with nothing but comments (a sqlcommenter
 /// tag written after the final `;`) belongs to the statement before it, since PostgreSQL
 /// skips such segments; one before any statement is dropped, like an empty statement.
 pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
@@ -266,11 +265,10 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
                 && !before_prev_dot
                 && prev.is_some_and(|p| p.is_word("begin"))
                 && tok.is_word("atomic");
-            let opens_block =
-                atomic_depth > 0 && !after_dot && (tok.is_word("begin") || tok.is_word("case"));
-            if opens_body || opens_block {
+            let keyword = atomic_depth > 0 && !after_dot && !prev.is_some_and(|p| p.is_word("as"));
+            if opens_body || (keyword && tok.is_word("case")) {
                 atomic_depth += 1;
-            } else if atomic_depth > 0 && !after_dot && tok.is_word("end") {
+            } else if keyword && tok.is_word("end") {
                 atomic_depth -= 1;
             }
         }
@@ -286,10 +284,19 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
 }
 
 /// True when a statement (a range from [`split_statements`]) has a `;` inside it, outside
-/// quotes and comments: a rule action list or a routine body, or text the splitter may have
-/// joined wrongly.
+/// quotes and comments, with more than comments after it: a rule action list or a routine
+/// body (or text the splitter joined wrongly).
 pub fn has_inner_semicolon(statement: &[u8]) -> bool {
-    Lexer::new(statement).any(|t| t == Token::Punct(b';'))
+    let mut semicolon = false;
+    for token in Lexer::new(statement) {
+        match token {
+            Token::Punct(b';') => semicolon = true,
+            Token::Comment(_) => {}
+            _ if semicolon => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -135,6 +135,11 @@ fn begin_atomic_only_opens_a_body_in_a_routine_definition() {
     assert_eq!(split(sql).len(), 3, "{:?}", split(sql));
     let sql = "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END; COMMIT";
     assert_eq!(split(sql).len(), 2, "{:?}", split(sql));
+    // Inside a body only CASE ... END nests; `begin` is a name, and so are `case` and
+    // `end` after `.` or AS.
+    let sql = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT begin FROM t; \
+               SELECT CASE WHEN true THEN 1 END AS end, r.case FROM r; END; COMMIT; BEGIN";
+    assert_eq!(split(sql).len(), 3, "{:?}", split(sql));
 }
 
 #[test]
@@ -143,4 +148,7 @@ fn inner_semicolons_are_reported() {
         b"CREATE RULE r AS ON INSERT TO t DO ALSO (SELECT 1; SELECT 2)"
     ));
     assert!(!has_inner_semicolon(b"SELECT ';' /* ; */ -- ;\n"));
+    assert!(!has_inner_semicolon(
+        b"UPDATE t SET v = 1; /* trailing tag */"
+    ));
 }
