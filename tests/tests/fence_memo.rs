@@ -24,7 +24,7 @@ use std::time::Duration;
 use fencegate::fence::stats::FenceStats;
 use fencegate::protocol::backend::error_field;
 use fencegate_tests::cluster::TRUST_USER;
-use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, STALE};
+use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
 use fencegate_tests::wire::{self, msg, Message, WireClient};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -1100,6 +1100,158 @@ async fn g1_a_discarded_parse_leaves_the_unnamed_statement_checked() {
         [STALE],
         "G1 violated: the unnamed statement (a write with token 1) ran unchecked after B \
          committed token 2, the proxy took the discarded Parse for it: {:?}",
+        wire::render(&replies)
+    );
+    assert_eq!(note(&env).await, "B");
+}
+
+/// G1 through COPY and the record of prepared statements: a Sync sent during COPY FROM STDIN
+/// is swallowed only while the server is still copying when it reads it. Here a CopyData
+/// fails first, so the server ends the COPY with an error and answers that Sync; the Parse
+/// of `s` (a write with token 1) that follows the CopyDone then completes on the server. The
+/// proxy must not count that Parse as skipped, or A's later Bind of `s` runs unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g1_a_sync_answered_after_a_failed_copy_leaves_the_next_parse_counted() {
+    let env = FenceEnv::new("memo_g1_copy_fail_sync", SETUP).await;
+    let r = "copy-fail-sync";
+    let (mut a, _) =
+        WireClient::connect(env.fp.endpoint().addr, TRUST_USER, &env.db).expect("A logs in");
+    let start = [
+        msg::parse("", "COPY t (id) FROM STDIN"),
+        msg::bind("", "", &[]),
+        msg::execute("", 0),
+        msg::sync(),
+    ]
+    .concat();
+    a.send(&start).expect("A: COPY, Sync");
+    let replies = read_until_tag(&mut a, b'G', "A: COPY FROM STDIN");
+    assert!(
+        error_codes(&replies).is_empty(),
+        "{:?}",
+        wire::render(&replies)
+    );
+    // The bad row fails the COPY before the server reads the Sync behind it.
+    let rest = [
+        frame(b'd', b"not a number\n"),
+        msg::sync(),
+        frame(b'c', &[]),
+        msg::parse("s", &write(r, 1, "STALE")),
+        msg::sync(),
+    ]
+    .concat();
+    a.send(&rest)
+        .expect("A: bad CopyData, Sync, CopyDone, Parse s, Sync");
+    let replies = a.read_until_ready(2).expect("A: failed COPY, Parse s");
+    assert_eq!(
+        error_codes(&replies),
+        ["22P02"],
+        "{:?}",
+        wire::render(&replies)
+    );
+    assert!(
+        tags(&replies).contains('1'),
+        "Parse s completed on the server: {:?}",
+        wire::render(&replies)
+    );
+    newer_holder_commits(&env, r).await;
+    // The proxy cannot know which of those Syncs the server answered: it must either check
+    // the Bind (55Z01) or, having lost track of the replies, end the session rather than let
+    // the statement run unchecked.
+    a.send(&[msg::bind("", "s", &[]), msg::execute("", 0), msg::sync()].concat())
+        .expect("A: Bind/Execute s");
+    let mut replies = Vec::new();
+    while let Ok(message) = a.read_message() {
+        let ready = message.0 == b'Z';
+        replies.push(message);
+        if ready {
+            break;
+        }
+    }
+    let codes = error_codes(&replies);
+    assert!(
+        codes.first().map(String::as_str) == Some(STALE)
+            || codes.iter().any(|c| c == "XX000"),
+        "G1 violated: A's prepared write with token 1 ran unchecked after B committed token 2: {:?}",
+        wire::render(&replies)
+    );
+    assert_eq!(note(&env).await, "B");
+}
+
+/// G1 for a DO that commits midway, through the extended protocol: the COMMIT bound earlier
+/// in the same round ends A's block, so the DO (carrying token 1) runs outside a transaction
+/// block, where it may COMMIT and release the fence, and must be refused (55Z02), although
+/// the last ReadyForQuery still said "in a block". Otherwise: A's DO is checked, commits,
+/// waits (here on an advisory lock), B commits token 2 without waiting, and A's update with
+/// token 1 commits after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g1_a_do_after_a_commit_in_the_same_round_is_refused() {
+    let env = FenceEnv::new("memo_g1_do_after_commit", SETUP).await;
+    let r = "do-after-commit";
+    const KEY: i64 = 7_204_311;
+    let (mut a, _) =
+        WireClient::connect(env.fp.endpoint().addr, TRUST_USER, &env.db).expect("A logs in");
+    let replies = raw_round(&mut a, &msg::query("SELECT pg_backend_pid()"), 1, "A: pid");
+    let pid: i32 = replies
+        .iter()
+        .find(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(&body[6..]).parse().unwrap())
+        .expect("A's pid");
+    raw_round(&mut a, &msg::query("BEGIN"), 1, "A: BEGIN");
+    env.monitor
+        .client()
+        .execute("SELECT pg_advisory_lock($1)", &[&KEY])
+        .await
+        .expect("monitor takes the advisory lock");
+    let body = format!(
+        "DO $$BEGIN COMMIT; PERFORM pg_advisory_lock({KEY}); \
+         UPDATE t SET note = note || 'STALE' WHERE id = 1; END$$ {}",
+        comment(r, 1)
+    );
+    let round = [
+        msg::parse("", "COMMIT"),
+        msg::bind("", "", &[]),
+        msg::execute("", 0),
+        msg::parse("", &body),
+        msg::bind("", "", &[]),
+        msg::execute("", 0),
+        msg::sync(),
+    ]
+    .concat();
+    a.send(&round).expect("A: COMMIT, DO with token 1, Sync");
+    // Either A's DO waits for the advisory lock (it ran) or A is idle (it was refused).
+    let waiting = eventually("A's DO waits or A is idle", || async {
+        let row = env
+            .monitor
+            .client()
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false), state = 'idle' \
+                 FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .expect("read pg_stat_activity");
+        let (waiting, idle): (bool, bool) = (row.get(0), row.get(1));
+        (waiting || idle).then_some(waiting)
+    })
+    .await;
+    if waiting {
+        newer_holder_commits(&env, r).await;
+    }
+    env.monitor
+        .client()
+        .execute("SELECT pg_advisory_unlock($1)", &[&KEY])
+        .await
+        .expect("monitor releases the advisory lock");
+    let replies = a.read_until_ready(1).expect("A: COMMIT, DO");
+    if !waiting {
+        newer_holder_commits(&env, r).await;
+    }
+    assert_eq!(
+        error_codes(&replies),
+        ["55Z02"],
+        "G1 violated: A's DO with token 1 ran outside a transaction block (committed \
+         midway; B committed token 2 meanwhile: {waiting}); note {:?}: {:?}",
+        note(&env).await,
         wire::render(&replies)
     );
     assert_eq!(note(&env).await, "B");

@@ -465,7 +465,9 @@ impl FenceHook {
             return;
         };
         self.admitted.bind(portal);
-        let atomic = inject.status() == TxStatus::InBlock;
+        // In a transaction block for sure: the last ReadyForQuery said so, none still to
+        // come may say otherwise, and nothing sent since may have ended the block.
+        let atomic = inject.settled_status() == Some(TxStatus::InBlock) && !self.admitted.unsure;
         // Usually one text; several when an earlier round's Parse or Close of this name is
         // still unanswered, and then each is checked.
         let mut checks = Vec::new();

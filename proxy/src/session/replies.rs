@@ -130,6 +130,9 @@ struct Entry {
     /// The client's own Parse or Close: its outcome is reported (see
     /// [`ReplyTracker::take_outcome`]).
     report: bool,
+    /// A Sync the client sent after CopyData: swallowed if the COPY it follows is still
+    /// running when the server reads it, answered if the COPY already failed.
+    after_copy_data: bool,
 }
 
 impl Entry {
@@ -140,6 +143,7 @@ impl Entry {
             hidden: None,
             may_change_status: matches!(expect, Expect::UntilReady),
             report: false,
+            after_copy_data: false,
         }
     }
 }
@@ -169,6 +173,13 @@ pub struct ReplyTracker {
     /// Outcomes of the client's Parse and Close messages not yet taken, when wanted.
     outcomes: VecDeque<bool>,
     report_outcomes: bool,
+    /// The client sent CopyData since its last Execute or Query.
+    copy_data_sent: bool,
+    /// A COPY FROM STDIN is running on the server (from CopyInResponse to its end).
+    copy_running: bool,
+    /// Syncs sent after CopyData were taken as swallowed by the running COPY: right if it
+    /// succeeds, not knowable if it fails (the server answers those it had not read yet).
+    copy_syncs_uncertain: bool,
     /// A COPY FROM STDIN started since the last ReadyForQuery: the server swallowed Syncs
     /// the client sent meanwhile, so rounds did not end where the client's Syncs were.
     copy_since_ready: bool,
@@ -229,7 +240,14 @@ impl ReplyTracker {
             return;
         }
         let expect = match msg.tag {
-            fe::QUERY | fe::FUNCTION_CALL => Expect::UntilReady,
+            fe::QUERY | fe::FUNCTION_CALL => {
+                self.copy_data_sent = false;
+                Expect::UntilReady
+            }
+            fe::COPY_DATA => {
+                self.copy_data_sent = true;
+                return;
+            }
             fe::PARSE => Expect::Parse,
             fe::BIND => Expect::Bind,
             fe::CLOSE => Expect::Close,
@@ -240,12 +258,17 @@ impl ReplyTracker {
             },
             fe::EXECUTE => {
                 self.round_executes = true;
+                self.copy_data_sent = false;
                 Expect::Execute
             }
-            fe::SYNC if self.copy_in => return,
+            fe::SYNC if self.copy_in => {
+                self.copy_syncs_uncertain |= self.copy_data_sent;
+                return;
+            }
             fe::SYNC => {
                 let mut entry = Entry::new(Expect::Sync, action);
                 entry.may_change_status = std::mem::take(&mut self.round_executes);
+                entry.after_copy_data = self.copy_data_sent;
                 self.queue.push_back(entry);
                 return;
             }
@@ -340,8 +363,15 @@ impl ReplyTracker {
             self.skip_discarded();
         }
         let Some(head) = self.queue.front_mut() else {
-            // Unsolicited: a FATAL on shutdown, a notice, or a reply to a message we did
-            // not track. The client sees it.
+            // Unsolicited: a FATAL (shutdown, a timeout) or a notice reaches the client.
+            // Anything else answers a message the proxy did not count: tracking is lost.
+            let fatal = tag == be::ERROR_RESPONSE && be::is_fatal(body);
+            if tag != be::NOTICE_RESPONSE && !fatal {
+                self.desync = Some(Desync {
+                    got: tag as char,
+                    expected: "nothing (no reply outstanding)".into(),
+                });
+            }
             return Route::Forward;
         };
         let expect = head.expect;
@@ -387,6 +417,19 @@ impl ReplyTracker {
     fn step(&mut self, expect: Expect, tag: u8, body: &[u8]) -> Result<bool, Desync> {
         use Expect::*;
         let extended = !matches!(expect, UntilReady | Sync);
+        if self.copy_running
+            && matches!(tag, be::ERROR_RESPONSE | be::COMMAND_COMPLETE)
+            && matches!(expect, UntilReady | Execute)
+        {
+            self.copy_running = false;
+            if std::mem::take(&mut self.copy_syncs_uncertain) && tag == be::ERROR_RESPONSE {
+                return Err(Desync {
+                    got: 'E',
+                    expected: "a COPY to succeed (a Sync sent amid its data may be answered)"
+                        .into(),
+                });
+            }
+        }
         match (expect, tag) {
             (_, be::ERROR_RESPONSE) if extended => {
                 self.copy_in = false;
@@ -431,10 +474,12 @@ impl ReplyTracker {
     /// its CopyDone/CopyFail are swallowed by the server.
     fn start_copy_in(&mut self) {
         self.copy_since_ready = true;
+        self.copy_running = true;
         let mut i = 1;
         while i < self.queue.len() {
             match self.queue[i].expect {
                 Expect::Sync => {
+                    self.copy_syncs_uncertain |= self.queue[i].after_copy_data;
                     self.queue.remove(i);
                 }
                 Expect::CopyEnd => {
