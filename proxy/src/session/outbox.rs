@@ -52,13 +52,19 @@ impl Outbox {
     ) -> Poll<std::io::Result<bool>> {
         let mut progressed = false;
         while self.len > 0 {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, segment) in slices.iter_mut().zip(self.segments.iter()) {
-                *slot = IoSlice::new(segment);
-                count += 1;
-            }
-            let written = match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+            let attempt = if self.segments.len() == 1 {
+                // The usual case (one reply, one forwarded run): a plain write.
+                Pin::new(&mut *stream).poll_write(cx, &self.segments[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, segment) in slices.iter_mut().zip(self.segments.iter()) {
+                    *slot = IoSlice::new(segment);
+                    count += 1;
+                }
+                Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
+            };
+            let written = match attempt {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
