@@ -262,3 +262,56 @@ async fn rule_and_function_bodies_are_not_rewritten() {
         .unwrap();
     assert!(!body.contains("fencegate"), "{body}");
 }
+
+/// Under REPEATABLE READ and SERIALIZABLE the transaction's snapshot may predate a newer
+/// holder's commit: a check must not compare against the H it shows. A check whose
+/// snapshot is older than the fence row fails (40001, serialization failure, or 55Z01),
+/// whatever token it carries, and nothing of it is written (the write here touches no row
+/// the newer holder wrote, so only the check can stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_older_than_the_fence_row_admits_no_token() {
+    let env = at_ten("review_isolation").await;
+    for (level, token) in [
+        ("REPEATABLE READ", 10),
+        ("REPEATABLE READ", 12),
+        ("SERIALIZABLE", 10),
+    ] {
+        let older = env.client().await;
+        older
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL {level}; SELECT count(*) FROM jobs"
+            ))
+            .await
+            .unwrap();
+        // A newer holder commits after the snapshot was taken.
+        let newer_token = env.monitor.high_water("job:7").await.unwrap_or(10) + 1;
+        env.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE jobs SET v = v || 'n' WHERE id = 7 {}",
+                comment("job:7", newer_token)
+            ))
+            .await
+            .unwrap();
+        let result = older
+            .batch_execute(&format!(
+                "INSERT INTO audit VALUES ('OLD') {}",
+                comment("job:7", token)
+            ))
+            .await;
+        let err = result.expect_err(&format!(
+            "{level}, token {token}: a check in a snapshot older than H={newer_token} admitted it"
+        ));
+        let code = err.as_db_error().map(|e| e.code().code().to_string());
+        assert!(
+            matches!(code.as_deref(), Some("40001") | Some("55Z01")),
+            "{level}, token {token}: {err:?}"
+        );
+        older.batch_execute("ROLLBACK").await.unwrap();
+    }
+    let stale = env
+        .monitor
+        .text("SELECT count(*)::text FROM audit WHERE note = 'OLD'")
+        .await;
+    assert_eq!(stale.as_deref(), Some("0"));
+}

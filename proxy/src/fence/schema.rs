@@ -3,41 +3,45 @@
 //!
 //! # Locking design (why G1-G4 and G6 hold)
 //! - `fencegate.fence(resource, token)` holds the high-water mark H of every resource.
+//! - Holders of one resource are serialised by the resource's lock: an exclusive
+//!   transaction-level advisory lock keyed by a 64-bit hash of the resource name
+//!   (`pg_advisory_xact_lock(hashtextextended(resource, 7405))`, the single-bigint key
+//!   space, apart from the two-int4 keys the published tokens use). Every path that reads
+//!   or raises H for a check takes it first and keeps it until the transaction ends.
 //! - `fencegate.check(r, t)` runs inside the client's own transaction, before the client's
-//!   statement. It does `INSERT ... ON CONFLICT (resource) DO UPDATE SET token = t WHERE
-//!   token <= t`: one statement that takes the row's exclusive lock directly (no share lock
-//!   to upgrade, so two new holders cannot deadlock) and either raises H to t or, when
-//!   `t < H`, updates nothing and the check raises 55Z01. The lock is held until the
-//!   client's transaction ends, and the update commits or rolls back with the client's
-//!   write (G3: check and write are one transaction).
-//! - The common case skips the upsert: `_try_admit` locks the existing row `FOR UPDATE SKIP
-//!   LOCKED` (the same exclusive row lock, taken on the latest committed version) and
-//!   updates it only when `t > H`, so a holder that keeps presenting its token writes no new
-//!   row version and opens no subtransaction. A missing or busy row falls back to the upsert
-//!   inside the waiting loop below.
-//! - Under READ COMMITTED, ON CONFLICT DO UPDATE always sees the latest committed row after
-//!   waiting for its lock. So a holder with token t waits for any transaction that admitted
-//!   a token on the same resource, then compares against the committed H. An older holder's
-//!   transaction therefore either committed before a newer holder's first admitted
-//!   statement, or fails (G2); once t' has committed, t < t' can never be admitted (G1),
-//!   after restarts too, because H is an ordinary durable row; every proxy instance uses
-//!   the same row (G4); and the newer holder's first statement, a read included, takes the
-//!   lock and raises H (G6).
+//!   statement. With the lock held it reads H (under READ COMMITTED a fresh snapshot, which
+//!   shows every earlier holder's commit, because a holder releases the lock only after its
+//!   commit is visible), rejects `t < H` with 55Z01, and writes the row only when `t > H`
+//!   (or inserts it, the first time). The update commits or rolls back with the client's
+//!   write (G3: check and write are one transaction). A holder presenting the same token
+//!   again writes nothing: no row version, no WAL.
+//! - So a holder with token t waits for any open transaction that admitted a token on the
+//!   same resource, then compares against the committed H. An older holder's transaction
+//!   therefore either committed before a newer holder's first admitted statement, or fails
+//!   (G2); once t' has committed, t < t' can never be admitted (G1), after restarts too,
+//!   because H is an ordinary durable row; every proxy instance uses the same lock and row
+//!   (G4); and the newer holder's first statement, a read included, takes the lock and
+//!   raises H (G6).
+//! - The fast path (`_try_admit`) takes the lock without waiting; when another transaction
+//!   holds it, or the row does not exist yet, the check falls back to `_admit`, which waits
+//!   for the lock inside the preemption loop below and upserts the row.
 //! - A transaction checks each (resource, token) once: the check records it in the
 //!   transaction-local setting `fencegate.checked`, which ROLLBACK TO SAVEPOINT undoes
-//!   together with the row lock it stands for.
-//! - Preemption: a check waits at most the grace period for the row lock (`lock_timeout`
-//!   inside the check). Each check first publishes its token as two transaction-level
-//!   advisory locks keyed by the resource (visible in `pg_locks` at once, before commit);
-//!   when the wait times out, the check terminates the sessions whose published tokens for
-//!   that resource are all older than its own, and waits again. Holders of the same or a
-//!   newer token are never ended.
-//! - Under REPEATABLE READ or SERIALIZABLE, a check that meets a row updated after its
-//!   snapshot fails with 40001 (serialization failure) instead of waiting: still a rejection,
-//!   never an admission of a stale token.
+//!   together with the lock it stands for (advisory locks taken in a rolled-back
+//!   subtransaction are released).
+//! - Preemption: a check waits at most the grace period for the lock (`lock_timeout`
+//!   inside the check). Each check first publishes its token as two shared
+//!   transaction-level advisory locks keyed by the resource (visible in `pg_locks` at once,
+//!   before commit); when the wait times out, the check terminates the sessions whose
+//!   published tokens for that resource are all older than its own, and waits again.
+//!   Holders of the same or a newer token are never ended.
+//! - Under REPEATABLE READ or SERIALIZABLE the snapshot may predate the last holder's
+//!   commit, so the check also locks the row (`FOR UPDATE`, or the upsert): a row updated
+//!   after the snapshot fails with 40001 (serialization failure), still a rejection, never
+//!   an admission of a stale token.
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction.
 pub const INSTALL: &str = r#"
@@ -89,13 +93,15 @@ RETURNS bigint LANGUAGE sql STABLE AS $fn$
             WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
 $fn$;
 
--- Raises H(p_resource) to p_token unless it is higher; true when admitted. Holds the row
--- lock until the end of the caller's transaction.
+-- Raises H(p_resource) to p_token unless it is higher; true when admitted. Waits for the
+-- resource's lock (bounded by lock_timeout), which it then holds until the end of the
+-- caller's transaction, together with the row lock of the upsert.
 CREATE OR REPLACE FUNCTION fencegate._admit(p_resource text, p_token bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     PERFORM fencegate._publish(p_resource, p_token);
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_resource, 7405));
     INSERT INTO fencegate.fence AS f (resource, token) VALUES (p_resource, p_token)
     ON CONFLICT (resource) DO UPDATE SET token = excluded.token, updated_at = now()
     WHERE f.token <= excluded.token;
@@ -103,12 +109,13 @@ BEGIN
 END
 $fn$;
 
--- The fast path of the check: publishes the token, then locks the resource's row without
--- waiting (SKIP LOCKED; under READ COMMITTED the lock lands on the latest committed
--- version) and raises H only when p_token is higher, so a holder presenting the same
--- token again writes no new row version. Returns H as locked (p_token when raised), or
--- NULL when the row is missing or locked by another transaction: the caller then takes
--- the waiting path (`_admit`). Plain plpgsql, so its plans are cached for the session.
+-- The fast path of the check: publishes the token, takes the resource's lock without
+-- waiting, reads H and raises it only when p_token is higher, so a holder presenting the
+-- same token again writes nothing at all. Under REPEATABLE READ or SERIALIZABLE it also
+-- locks the row, so that a row changed after the snapshot raises 40001 instead of being
+-- read stale. Returns H (p_token when raised), or NULL when the row is missing or another
+-- transaction holds the resource: the caller then takes the waiting path (`_admit`).
+-- Plain plpgsql, so its plans are cached for the session.
 CREATE OR REPLACE FUNCTION fencegate._try_admit(p_resource text, p_token bigint)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -118,8 +125,17 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4),
             pg_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
                                          ((p_token & 4294967295) - 2147483648)::int4);
-    SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource
-    FOR UPDATE SKIP LOCKED;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended(p_resource, 7405)) THEN
+        RETURN NULL;
+    END IF;
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        -- A new snapshot, taken with the lock held: every holder that could have raised H
+        -- held this lock until its commit was visible.
+        SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource;
+    ELSE
+        SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource
+        FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -342,7 +358,7 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '2')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '3')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 "#;
 
