@@ -28,12 +28,12 @@ use bytes::Bytes;
 use super::cache::HighWaterCache;
 use super::classify::{classify, Kind};
 use super::contains_ignore_case;
+use super::memo::Admitted;
 use super::plan::{Analysis, Decision, FencePolicy};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
-use super::Fence;
 use crate::protocol::backend::{error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
@@ -149,82 +149,6 @@ pub struct FenceHook {
     prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
-}
-
-/// The (resource, token) checks this session sent in its current transaction, so that the
-/// next statement with the same token does not carry the check again. The check holds the
-/// fence row's lock until the transaction ends, and a failed check aborts the transaction,
-/// so a check sent earlier in the same transaction covers every later statement, unless
-/// the transaction ended or rolled back to a savepoint in between.
-///
-/// The memo is kept only while the proxy is sure the transaction continues:
-/// - it is dropped at every statement that may end, begin or partly roll back a
-///   transaction (transaction control, SET and the like, CALL/DO, statements that commit
-///   on their own), and the next boundary drops it too;
-/// - at a boundary (the start of a Query, a Sync), it survives only into a transaction
-///   block that the last ReadyForQuery reported, with no ReadyForQuery still to come;
-/// - an Execute of a portal other than the one bound last in the same round (which may be a
-///   COMMIT bound earlier) drops it, and so does a FunctionCall (it may end an implicit
-///   transaction).
-///
-/// PostgreSQL keeps its own record of the same thing (`fencegate.checked`), so a check the
-/// proxy does send again is still cheap and correct.
-#[derive(Debug, Default)]
-struct Admitted {
-    fences: Vec<Fence>,
-    /// A statement that may change the transaction was sent since the last boundary.
-    unsure: bool,
-    /// The portal of the client's last Bind, when that Bind came after the last boundary.
-    last_portal: Vec<u8>,
-    bound_this_round: bool,
-}
-
-impl Admitted {
-    fn contains(&self, fence: &Fence) -> bool {
-        self.fences.contains(fence)
-    }
-
-    fn record(&mut self, fence: &Fence) {
-        if !self.contains(fence) {
-            self.fences.push(fence.clone());
-        }
-    }
-
-    fn forget(&mut self) {
-        self.fences.clear();
-        self.unsure = true;
-    }
-
-    /// Before a statement of this kind is sent.
-    fn statement(&mut self, kind: Kind) {
-        if matches!(
-            kind,
-            Kind::Control | Kind::Procedure | Kind::NonTransactional | Kind::Prepare
-        ) {
-            self.forget();
-        }
-    }
-
-    /// At the start of a Query or at a Sync, where an implicit transaction ends.
-    fn boundary(&mut self, settled_status: Option<TxStatus>) {
-        if self.unsure || settled_status != Some(TxStatus::InBlock) {
-            self.fences.clear();
-        }
-        self.unsure = false;
-        self.bound_this_round = false;
-    }
-
-    fn bind(&mut self, portal: &[u8]) {
-        self.last_portal.clear();
-        self.last_portal.extend_from_slice(portal);
-        self.bound_this_round = true;
-    }
-
-    fn execute(&mut self, portal: &[u8]) {
-        if !self.bound_this_round || portal != self.last_portal.as_slice() {
-            self.forget();
-        }
-    }
 }
 
 impl SessionHook for FenceHook {

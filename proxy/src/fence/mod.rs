@@ -12,12 +12,14 @@
 //! - [`migrate`]: installing the schema (`fencegate migrate`).
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
 //! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
+//! - [`memo`]: the checks a session already sent in its current transaction.
 //! - [`stats`]: counters shared by all sessions.
 
 pub mod annotation;
 pub mod cache;
 pub mod classify;
 pub mod hook;
+pub mod memo;
 pub mod migrate;
 pub mod plan;
 pub mod prepared;

@@ -1,0 +1,137 @@
+//! The proxy's record of the checks it sent in the session's current transaction, and the
+//! rules for when the transaction may have ended (see [`Admitted`]).
+
+use super::classify::Kind;
+use super::Fence;
+use crate::protocol::backend::TxStatus;
+
+/// The (resource, token) checks this session sent in its current transaction, so that the
+/// next statement with the same token does not carry the check again. The check holds the
+/// resource's lock until the transaction ends, and a failed check aborts the transaction,
+/// so a check sent earlier in the same transaction covers every later statement, unless
+/// the transaction ended or rolled back to a savepoint in between.
+///
+/// The memo is kept only while the proxy is sure the transaction continues:
+/// - it is dropped at every statement that may end, begin or partly roll back a
+///   transaction (transaction control, SET and the like, CALL/DO, statements that commit
+///   on their own), and the next boundary drops it too;
+/// - at a boundary (the start of a Query, a Sync), it survives only into a transaction
+///   block that the last ReadyForQuery reported, with no ReadyForQuery still to come;
+/// - an Execute of a portal other than the one bound last in the same round (which may be a
+///   COMMIT bound earlier) drops it, and so does a FunctionCall (it may end an implicit
+///   transaction).
+///
+/// PostgreSQL keeps its own record of the same thing (`fencegate.checked`), so a check the
+/// proxy does send again is still cheap and correct.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub(super) fences: Vec<Fence>,
+    /// A statement that may change the transaction was sent since the last boundary.
+    pub(super) unsure: bool,
+    /// The portal of the client's last Bind, when that Bind came after the last boundary.
+    last_portal: Vec<u8>,
+    bound_this_round: bool,
+}
+
+impl Admitted {
+    /// A check for `fence` was sent in the current transaction.
+    pub fn contains(&self, fence: &Fence) -> bool {
+        self.fences.contains(fence)
+    }
+
+    /// A check for `fence` is being sent.
+    pub fn record(&mut self, fence: &Fence) {
+        if !self.contains(fence) {
+            self.fences.push(fence.clone());
+        }
+    }
+
+    /// The transaction may have ended: forget everything, and do not trust the next boundary.
+    pub fn forget(&mut self) {
+        self.fences.clear();
+        self.unsure = true;
+    }
+
+    /// Before a statement of this kind is sent.
+    pub fn statement(&mut self, kind: Kind) {
+        if matches!(
+            kind,
+            Kind::Control | Kind::Procedure | Kind::NonTransactional | Kind::Prepare
+        ) {
+            self.forget();
+        }
+    }
+
+    /// At the start of a Query or at a Sync, where an implicit transaction ends.
+    pub fn boundary(&mut self, settled_status: Option<TxStatus>) {
+        if self.unsure || settled_status != Some(TxStatus::InBlock) {
+            self.fences.clear();
+        }
+        self.unsure = false;
+        self.bound_this_round = false;
+    }
+
+    /// The client bound `portal`.
+    pub fn bind(&mut self, portal: &[u8]) {
+        self.last_portal.clear();
+        self.last_portal.extend_from_slice(portal);
+        self.bound_this_round = true;
+    }
+
+    /// The client executes `portal`.
+    pub fn execute(&mut self, portal: &[u8]) {
+        if !self.bound_this_round || portal != self.last_portal.as_slice() {
+            self.forget();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(token: i64) -> Fence {
+        Fence {
+            resource: "r".into(),
+            token,
+        }
+    }
+
+    #[test]
+    fn a_block_keeps_the_record_across_boundaries_it_is_sure_of() {
+        let mut m = Admitted::default();
+        m.boundary(Some(TxStatus::InBlock));
+        m.record(&fence(1));
+        m.statement(Kind::Write);
+        m.boundary(Some(TxStatus::InBlock));
+        assert!(m.contains(&fence(1)));
+        assert!(!m.contains(&fence(2)));
+        // Outside a block, with a reply still owed, or after transaction control: gone.
+        for status in [Some(TxStatus::Idle), None] {
+            m.record(&fence(1));
+            m.boundary(status);
+            assert!(!m.contains(&fence(1)), "{status:?}");
+        }
+        m.record(&fence(1));
+        m.statement(Kind::Control);
+        assert!(!m.contains(&fence(1)));
+        m.record(&fence(1));
+        m.boundary(Some(TxStatus::InBlock));
+        assert!(!m.contains(&fence(1)), "the round had a control statement");
+    }
+
+    #[test]
+    fn only_the_portal_just_bound_may_execute_without_doubt() {
+        let mut m = Admitted::default();
+        m.bind(b"p");
+        m.record(&fence(1));
+        m.execute(b"p");
+        assert!(m.contains(&fence(1)));
+        m.execute(b"other");
+        assert!(!m.contains(&fence(1)));
+        m.boundary(Some(TxStatus::InBlock));
+        m.record(&fence(1));
+        m.execute(b"p");
+        assert!(!m.contains(&fence(1)), "bound in an earlier round");
+    }
+}
