@@ -347,7 +347,7 @@ async fn g3_rollback_to_savepoint_undoes_the_check_and_its_lock() {
         "ROLLBACK TO SAVEPOINT reverted H inside the transaction"
     );
 
-    // The fence row lock went with the savepoint: B (token 4) is not blocked by A.
+    // The resource's lock went with the savepoint: B (token 4) is not blocked by A.
     let b_write = within("B's write (not blocked by the rolled-back check)", async {
         b.execute(&write_job(4, "B"), &[]).await
     })
