@@ -160,6 +160,23 @@ async fn assert_checks(env: &FenceEnv, what: &str, before: i64, expected: i64) {
     );
 }
 
+/// Runs `statements` as separate Queries on `client` (`what`) and asserts that PostgreSQL ran
+/// `expected` checks for them (`checks_what`).
+async fn queries_run_checks(
+    env: &FenceEnv,
+    client: &Client,
+    statements: &[String],
+    what: &str,
+    checks_what: &str,
+    expected: i64,
+) {
+    flush(client).await;
+    let before = check_calls(env).await;
+    queries(client, statements, what).await;
+    flush(client).await;
+    assert_checks(env, checks_what, before, expected).await;
+}
+
 /// Appends `mark` to row 1 of `t`, carrying (`resource`, `token`).
 fn write(resource: &str, token: i64, mark: &str) -> String {
     format!(
@@ -198,10 +215,9 @@ async fn queries(client: &Client, statements: &[String], what: &str) {
 async fn a_block_of_separate_queries_checks_its_token_once() {
     let env = counting_env("memo_block_queries").await;
     let c = session(&env).await;
-    flush(&c).await;
-    let before = check_calls(&env).await;
     let r = "block-queries";
-    queries(
+    queries_run_checks(
+        &env,
         &c,
         &[
             "BEGIN".into(),
@@ -211,13 +227,7 @@ async fn a_block_of_separate_queries_checks_its_token_once() {
             "COMMIT".into(),
         ],
         "block of separate Queries",
-    )
-    .await;
-    flush(&c).await;
-    assert_checks(
-        &env,
         "BEGIN; UPDATE; UPDATE; SELECT; COMMIT as separate Queries, same token",
-        before,
         1,
     )
     .await;
@@ -251,20 +261,13 @@ async fn a_block_in_one_query_string_checks_its_token_once() {
 async fn autocommit_queries_are_each_checked() {
     let env = counting_env("memo_autocommit").await;
     let c = session(&env).await;
-    flush(&c).await;
-    let before = check_calls(&env).await;
     let r = "autocommit";
-    queries(
+    queries_run_checks(
+        &env,
         &c,
         &[write(r, 1, "a"), write(r, 1, "b"), write(r, 1, "c")],
         "autocommit Queries",
-    )
-    .await;
-    flush(&c).await;
-    assert_checks(
-        &env,
         "three autocommit UPDATEs, each its own transaction",
-        before,
         3,
     )
     .await;
@@ -340,10 +343,9 @@ async fn savepoints_drop_the_memo() {
     let env = counting_env("memo_savepoints").await;
     let c = session(&env).await;
 
-    flush(&c).await;
-    let before = check_calls(&env).await;
     let r = "savepoints";
-    queries(
+    queries_run_checks(
+        &env,
         &c,
         &[
             "BEGIN".into(),
@@ -355,13 +357,7 @@ async fn savepoints_drop_the_memo() {
             "COMMIT".into(),
         ],
         "savepoints, separate Queries",
-    )
-    .await;
-    flush(&c).await;
-    assert_checks(
-        &env,
         "UPDATE; SAVEPOINT s; UPDATE; ROLLBACK TO s; UPDATE in a block, separate Queries",
-        before,
         3,
     )
     .await;

@@ -237,15 +237,10 @@ impl FenceHook {
 
     /// The SQL to put in front of a statement, if any. `atomic`: the statement will run in a
     /// context where it cannot COMMIT midway (a transaction block, or a multi-statement
-    /// Query, which is what a rewritten Query is). `unsplittable`: the statement has a `;`
-    /// inside (a rule action list, a routine body): the memo is dropped, should the text
-    /// hold more than the splitter saw.
-    fn decide(&mut self, analysis: &Analysis, atomic: bool, unsplittable: bool) -> Option<String> {
+    /// Query, which is what a rewritten Query is).
+    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Option<String> {
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
-        if unsplittable {
-            self.admitted.forget();
-        }
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
         if self.encoding == ClientEncoding::Other && decision.needs_injection() {
             // The lexer cannot find quotes reliably in encodings whose second bytes may be
@@ -300,7 +295,7 @@ impl FenceHook {
             && self.policy.require_token_tables.is_empty()
             && !contains_ignore_case(text, b"fencing")
         {
-            if !self.admitted.fences.is_empty() {
+            if !self.admitted.is_empty() {
                 // Nothing to check, but the statements may end the transaction.
                 for range in split_statements(text) {
                     let statement = &text[range];
@@ -318,7 +313,12 @@ impl FenceHook {
         for (index, range) in split_statements(text).into_iter().enumerate() {
             let statement = &text[range.clone()];
             let analysis = self.analyze(statement);
-            let Some(sql) = self.decide(&analysis, true, has_inner_semicolon(statement)) else {
+            if has_inner_semicolon(statement) {
+                // A rule action list or routine body: should the text hold more than the
+                // splitter saw, do not trust the memo past it.
+                self.admitted.forget();
+            }
+            let Some(sql) = self.decide(&analysis, true) else {
                 continue;
             };
             if rewritten
@@ -391,12 +391,13 @@ impl FenceHook {
         self.admitted.bind(portal);
         // In a transaction block for sure: the last ReadyForQuery said so, none still to
         // come may say otherwise, and nothing sent since may have ended the block.
-        let atomic = inject.settled_status() == Some(TxStatus::InBlock) && !self.admitted.unsure;
+        let atomic =
+            inject.settled_status() == Some(TxStatus::InBlock) && !self.admitted.is_unsure();
         // Usually one text; several when an earlier round's Parse or Close of this name is
         // still unanswered, and then each is checked.
         let mut checks = Vec::new();
         for analysis in self.prepared.candidates(statement) {
-            if let Some(sql) = self.decide(&analysis, atomic, false) {
+            if let Some(sql) = self.decide(&analysis, atomic) {
                 if !checks.contains(&sql) {
                     checks.push(sql);
                 }

@@ -25,15 +25,25 @@ use crate::protocol::backend::TxStatus;
 /// proxy does send again is still cheap and correct.
 #[derive(Debug, Default)]
 pub struct Admitted {
-    pub(super) fences: Vec<Fence>,
+    fences: Vec<Fence>,
     /// A statement that may change the transaction was sent since the last boundary.
-    pub(super) unsure: bool,
+    unsure: bool,
     /// The portal of the client's last Bind, when that Bind came after the last boundary.
     last_portal: Vec<u8>,
     bound_this_round: bool,
 }
 
 impl Admitted {
+    /// No check is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.fences.is_empty()
+    }
+
+    /// A statement sent since the last boundary may have ended the transaction block.
+    pub fn is_unsure(&self) -> bool {
+        self.unsure
+    }
+
     /// A check for `fence` was sent in the current transaction.
     pub fn contains(&self, fence: &Fence) -> bool {
         self.fences.contains(fence)

@@ -99,10 +99,7 @@ impl PreparedStatements {
         let mut out = vec![self.confirmed.get(name).cloned().unwrap_or_else(unknown)];
         for (_, op) in ops() {
             let candidate = state(op);
-            if !out
-                .iter()
-                .any(|c| Arc::ptr_eq(c, &candidate) || **c == *candidate)
-            {
+            if !out.iter().any(|c| **c == *candidate) {
                 out.push(candidate);
             }
         }

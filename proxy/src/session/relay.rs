@@ -289,19 +289,6 @@ impl Relay {
             }
             let body = &self.server.rbuf[run + HEADER_LEN..run + info.total_len];
             let route = self.tracker.server_message(info.tag, body);
-            if !self.desync_reported {
-                if let Some(desync) = self.tracker.desync() {
-                    self.desync_reported = true;
-                    self.span.in_scope(|| {
-                        tracing::warn!(%desync, "reply tracking lost; relaying without injection")
-                    });
-                }
-            }
-            if let Some(hook) = self.hook.as_mut() {
-                while let Some(completed) = self.tracker.take_outcome() {
-                    hook.client_outcome(completed);
-                }
-            }
             let reworded = match (route, self.hook.as_mut()) {
                 (Route::InjectedError, Some(hook)) => {
                     self.span.in_scope(|| hook.injected_error(body))
@@ -333,6 +320,21 @@ impl Relay {
             }
         }
         self.to_client.push(take(&mut self.server.rbuf, run));
+        // Once per read, not per message: what the replies told about the client's own
+        // Parse and Close messages, and a loss of tracking.
+        if let Some(hook) = self.hook.as_mut() {
+            while let Some(completed) = self.tracker.take_outcome() {
+                hook.client_outcome(completed);
+            }
+        }
+        if !self.desync_reported {
+            if let Some(desync) = self.tracker.desync() {
+                self.desync_reported = true;
+                self.span.in_scope(
+                    || tracing::warn!(%desync, "reply tracking lost; relaying without injection"),
+                );
+            }
+        }
         Ok(())
     }
 

@@ -210,7 +210,7 @@ impl ReplyTracker {
     /// an Execute. (A round of only Parse, Bind, Describe and Close can fail, leaving a
     /// transaction block failed, but cannot begin or end a transaction.)
     pub fn awaiting_ready(&self) -> bool {
-        self.copy_in || self.copy_since_ready || self.queue.iter().any(|e| e.may_change_status)
+        self.copy_since_ready || self.queue.iter().any(|e| e.may_change_status)
     }
 
     /// The outcome of the client's oldest Parse or Close whose answer has come and was not
