@@ -6,6 +6,10 @@
 //! that names either fencing key is an annotation; one that is malformed is an error the
 //! client must see (SQLSTATE 55Z02), not something to skip silently.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
+
 use super::sql::{Lexer, Token};
 use super::Fence;
 
@@ -41,6 +45,10 @@ pub enum AnnotationError {
 
 /// Finds the fencing annotation of one statement, if any.
 pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
+    if !contains_fencing_key(statement) {
+        // No comment can name a key the whole text lacks: skip the lexer.
+        return Ok(None);
+    }
     let mut found: Option<Fence> = None;
     for token in Lexer::new(statement) {
         let Token::Comment(text) = token else {
@@ -59,7 +67,10 @@ pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
 }
 
 fn contains_fencing_key(text: &[u8]) -> bool {
-    text.windows(b"fencing_".len()).any(|w| w == b"fencing_")
+    // Built once: building a finder costs more than searching a statement.
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"fencing_"));
+    FINDER.find(text).is_some()
 }
 
 /// Parses `k1='v1',k2='v2'` and builds the fence from the fencing keys.

@@ -44,79 +44,145 @@ const WRITE_WORDS: &[&str] = &[
     "insert", "update", "delete", "merge", "into", "share", "truncate", "nextval", "setval",
 ];
 
-/// Classifies one statement (no terminating `;`).
+/// Classifies one statement (no terminating `;`). Runs on every statement of a fenced
+/// session, so it lexes once and allocates nothing unless the text mentions `fencing`.
 pub fn classify(statement: &[u8]) -> Class {
-    let tokens: Vec<Token<'_>> = Lexer::new(statement)
-        .filter(|t| !matches!(t, Token::Comment(_)))
-        .collect();
-    let words: Vec<&[u8]> = tokens
-        .iter()
-        .filter_map(|t| match t {
-            Token::Word(w) => Some(*w),
-            _ => None,
-        })
-        .collect();
-    let word = |i: usize| {
-        words
-            .get(i)
-            .map(|w| w.to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    let has = |kw: &str| words.iter().any(|w| w.eq_ignore_ascii_case(kw.as_bytes()));
-    let first = word(0);
-    let kind = match first.as_slice() {
-        b"prepare" if word(1) != b"transaction" => Kind::Prepare,
-        b"begin" | b"start" | b"commit" | b"end" | b"rollback" | b"abort" | b"savepoint"
-        | b"release" | b"set" | b"reset" | b"show" | b"discard" | b"deallocate" | b"prepare"
-        | b"listen" | b"unlisten" => Kind::Control,
-        b"vacuum" => Kind::NonTransactional,
-        b"cluster" if words.len() == 1 || (words.len() == 2 && word(1) == b"verbose") => {
-            Kind::NonTransactional
+    let mut words = Words::default();
+    let mut settings = SettingsScan::default();
+    for token in Lexer::new(statement) {
+        if let Token::Comment(_) = token {
+            continue;
         }
-        b"reindex" if matches!(word(1).as_slice(), b"schema" | b"database" | b"system") => {
-            Kind::NonTransactional
+        if let Token::Word(w) = token {
+            words.note(w);
         }
-        b"create" | b"drop" | b"reindex" | b"alter"
-            if has("concurrently")
-                || matches!(
-                    word(1).as_slice(),
-                    b"database" | b"tablespace" | b"system" | b"subscription"
-                ) =>
-        {
-            Kind::NonTransactional
-        }
-        b"call" | b"do" => Kind::Procedure,
-        b"select" | b"values" | b"table" | b"with" | b"fetch" | b"move" | b"explain"
-            if !WRITE_WORDS.iter().any(|w| has(w)) && !has("analyze") =>
-        {
-            Kind::Read
-        }
-        b"copy" if has("to") && !has("from") => Kind::Read,
-        _ => Kind::Write,
+        settings.note(token);
+    }
+    let w = |i: usize, kw: &str| words.first[i].eq_ignore_ascii_case(kw.as_bytes());
+    let first_is = |kws: &[&str]| kws.iter().any(|kw| w(0, kw));
+    let kind = if w(0, "prepare") && !w(1, "transaction") {
+        Kind::Prepare
+    } else if first_is(&[
+        "begin",
+        "start",
+        "commit",
+        "end",
+        "rollback",
+        "abort",
+        "savepoint",
+        "release",
+        "set",
+        "reset",
+        "show",
+        "discard",
+        "deallocate",
+        "prepare",
+        "listen",
+        "unlisten",
+    ]) {
+        Kind::Control
+    } else if w(0, "vacuum")
+        || (w(0, "cluster") && (words.count == 1 || (words.count == 2 && w(1, "verbose"))))
+        || (w(0, "reindex") && (w(1, "schema") || w(1, "database") || w(1, "system")))
+        || (first_is(&["create", "drop", "reindex", "alter"])
+            && (words.concurrently
+                || w(1, "database")
+                || w(1, "tablespace")
+                || w(1, "system")
+                || w(1, "subscription")))
+    {
+        Kind::NonTransactional
+    } else if first_is(&["call", "do"]) {
+        Kind::Procedure
+    } else if (first_is(&[
+        "select", "values", "table", "with", "fetch", "move", "explain",
+    ]) && !words.writes
+        && !words.analyze)
+        || (w(0, "copy") && words.to && !words.from)
+    {
+        Kind::Read
+    } else {
+        Kind::Write
     };
     Class {
         kind,
-        touches_settings: sets_fencing_setting(&tokens),
+        touches_settings: settings.literal || (w(0, "set") && settings.dotted),
     }
 }
 
-/// True when the statement may set a fencing setting: `SET [LOCAL|SESSION] fencing.x`
-/// (any spelling PostgreSQL accepts: quoted parts, spaces around the dot), or a call
-/// naming `fencing.` in a string literal (`set_config('fencing.token', ...)`).
-fn sets_fencing_setting(tokens: &[Token<'_>]) -> bool {
-    let is_fencing = |t: &Token<'_>| match t {
-        Token::Word(w) => w.eq_ignore_ascii_case(b"fencing"),
-        Token::QuotedIdent(w) => *w == b"fencing",
-        _ => false,
-    };
-    let literal = tokens
-        .iter()
-        .any(|t| matches!(t, Token::Literal(l) if contains_ignore_case(l, b"fencing.")));
-    let dotted = tokens
-        .windows(2)
-        .any(|w| is_fencing(&w[0]) && w[1] == Token::Punct(b'.'));
-    let first_is_set = tokens.first().is_some_and(|t| t.is_word("set"));
-    literal || (first_is_set && dotted)
+/// What [`classify`] needs to know of a statement's words (comments and quoted text not
+/// included).
+#[derive(Default)]
+struct Words<'a> {
+    /// The first two words (empty when there are fewer).
+    first: [&'a [u8]; 2],
+    /// How many words.
+    count: usize,
+    /// One of [`WRITE_WORDS`] appears.
+    writes: bool,
+    analyze: bool,
+    concurrently: bool,
+    to: bool,
+    from: bool,
+}
+
+impl<'a> Words<'a> {
+    fn note(&mut self, word: &'a [u8]) {
+        if self.count < self.first.len() {
+            self.first[self.count] = word;
+        }
+        self.count += 1;
+        let is = |kw: &str| word.eq_ignore_ascii_case(kw.as_bytes());
+        match word.len() {
+            2 => {
+                self.to |= is("to");
+            }
+            4 => {
+                self.from |= is("from");
+            }
+            7 => {
+                self.analyze |= is("analyze");
+            }
+            12 => {
+                self.concurrently |= is("concurrently");
+            }
+            _ => {}
+        }
+        if !self.writes && WRITE_WORDS.iter().any(|kw| is(kw)) {
+            self.writes = true;
+        }
+    }
+}
+
+/// Whether a statement may set a fencing setting: `SET [LOCAL|SESSION] fencing.x` (any
+/// spelling PostgreSQL accepts: quoted parts, spaces around the dot), or a call naming
+/// `fencing.` in a string literal (`set_config('fencing.token', ...)`). Fed the
+/// statement's tokens without comments, in order.
+#[derive(Default)]
+struct SettingsScan {
+    /// The previous token was `fencing` (a word in any case, or the quoted identifier).
+    after_fencing: bool,
+    /// `fencing` followed by `.` somewhere (a SET of `fencing.*` when the first word is SET).
+    dotted: bool,
+    /// A string literal mentions `fencing.`.
+    literal: bool,
+}
+
+impl SettingsScan {
+    fn note(&mut self, token: Token<'_>) {
+        match token {
+            Token::Punct(b'.') if self.after_fencing => self.dotted = true,
+            Token::Literal(l) if !self.literal => {
+                self.literal = contains_ignore_case(l, b"fencing.");
+            }
+            _ => {}
+        }
+        self.after_fencing = match token {
+            Token::Word(w) => w.eq_ignore_ascii_case(b"fencing"),
+            Token::QuotedIdent(w) => w == b"fencing",
+            _ => false,
+        };
+    }
 }
 
 #[cfg(test)]

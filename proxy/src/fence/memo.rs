@@ -21,8 +21,8 @@ use crate::protocol::backend::TxStatus;
 ///   COMMIT bound earlier) drops it, and so does a FunctionCall (it may end an implicit
 ///   transaction).
 ///
-/// PostgreSQL keeps its own record of the same thing (`fencegate.checked`), so a check the
-/// proxy does send again is still cheap and correct.
+/// A check the proxy does send again is still correct, and costs PostgreSQL only the fast
+/// path (the transaction holds the locks already and reads H equal to the token).
 #[derive(Debug, Default)]
 pub struct Admitted {
     fences: Vec<Fence>,

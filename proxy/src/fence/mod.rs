@@ -64,10 +64,18 @@ pub fn parse_token(text: &[u8]) -> Option<i64> {
 
 /// Finds `needle` (lower-case ASCII) in `hay`, ignoring ASCII case.
 pub(crate) fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len()
-        && hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    // Runs on every Query: jump between candidate first bytes with memchr instead of
+    // comparing a window at every offset.
+    let last_start = match hay.len().checked_sub(needle.len()) {
+        Some(n) => n,
+        None => return false,
+    };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay)
+        .take_while(|&at| at <= last_start)
+        .any(|at| hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
 }
 
 #[cfg(test)]

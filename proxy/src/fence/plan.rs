@@ -171,8 +171,8 @@ impl FencePolicy {
         match decision {
             Decision::Pass => None,
             Decision::Check(fence) => Some(format!(
-                "SELECT fencegate.check(pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8'), {}, {})",
-                hex(fence.resource.as_bytes()),
+                "SELECT fencegate.check({}, {}, {})",
+                text_expr(&fence.resource),
                 fence.token,
                 self.grace_ms
             )),
@@ -194,10 +194,7 @@ impl FencePolicy {
                 ascii_literal(reason)
             )),
             Decision::Stale { fence, current } => {
-                let resource = format!(
-                    "pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8')",
-                    hex(fence.resource.as_bytes())
-                );
+                let resource = text_expr(&fence.resource);
                 let token = fence.token;
                 Some(format!(
                     "DO $fencegate$BEGIN RAISE EXCEPTION USING ERRCODE = '55Z01', \
@@ -215,8 +212,21 @@ impl FencePolicy {
 pub const STALE_HINT: &str =
     "The lock was taken over by a newer holder. Do not retry: stop working on this resource.";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A SQL expression for `text` that reads the same in every client encoding, with
+/// `standard_conforming_strings` on or off, and inside a `$fencegate$` DO block: a plain
+/// literal when the text is printable ASCII without quote, backslash or dollar (the usual
+/// resource name, and the cheapest for PostgreSQL to parse and plan), else its UTF-8 bytes
+/// in hex, decoded by the server.
+fn text_expr(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'\'' | b'\\' | b'$'));
+    if plain {
+        format!("'{text}'")
+    } else {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
+    }
 }
 
 /// Printable ASCII with quotes doubled and `$` dropped, for a string literal inside the
@@ -238,6 +248,23 @@ fn ascii_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_are_plain_literals_only_when_that_reads_the_same_everywhere() {
+        assert_eq!(text_expr("jobs:42 (eu-west/1)"), "'jobs:42 (eu-west/1)'");
+        for odd in ["it's", "a\\b", "$x$", "caf\u{e9}", "tab\there"] {
+            let expr = text_expr(odd);
+            assert!(
+                expr.starts_with("pg_catalog.convert_from("),
+                "{odd:?} -> {expr}"
+            );
+            assert!(expr.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+        }
+        assert_eq!(
+            text_expr("it's"),
+            "pg_catalog.convert_from(pg_catalog.decode('69742773', 'hex'), 'UTF8')"
+        );
+    }
 
     fn policy() -> FencePolicy {
         FencePolicy {

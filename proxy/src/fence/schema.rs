@@ -22,13 +22,15 @@
 //!   because H is an ordinary durable row; every proxy instance uses the same lock and row
 //!   (G4); and the newer holder's first statement, a read included, takes the lock and
 //!   raises H (G6).
-//! - The fast path (`_try_admit`) takes the lock without waiting; when another transaction
-//!   holds it, or the row does not exist yet, the check falls back to `_admit`, which waits
-//!   for the lock inside the preemption loop below and upserts the row.
-//! - A transaction checks each (resource, token) once: the check records it in the
-//!   transaction-local setting `fencegate.checked`, which ROLLBACK TO SAVEPOINT undoes
-//!   together with the lock it stands for (advisory locks taken in a rolled-back
-//!   subtransaction are released).
+//! - The fast path (inside `check`) takes the lock without waiting; when another
+//!   transaction holds it, or the row does not exist yet, the check falls back to `_admit`,
+//!   which waits for the lock inside the preemption loop below and upserts the row.
+//! - Checking the same (resource, token) again in one transaction is correct and cheap: the
+//!   locks are the transaction's already, and H reads as the token. The proxy sends a check
+//!   once per transaction (`super::memo`), so PostgreSQL keeps no record of its own; it
+//!   only notes in the transaction-local setting `fencegate.raised` which resources this
+//!   transaction raised, to word a later rejection (ROLLBACK TO SAVEPOINT undoes the note
+//!   together with the raise and the lock).
 //! - Preemption: a check waits at most the grace period for the lock (`lock_timeout`
 //!   inside the check). Each check first publishes its token as two shared
 //!   transaction-level advisory locks keyed by the resource (visible in `pg_locks` at once,
@@ -41,7 +43,7 @@
 //!   an admission of a stale token.
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction.
 pub const INSTALL: &str = r#"
@@ -93,6 +95,17 @@ RETURNS bigint LANGUAGE sql STABLE AS $fn$
             WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
 $fn$;
 
+-- Notes in the transaction-local setting `fencegate.raised` that this transaction raised
+-- H(p_resource), so that a later stale token in the same transaction is reported as such
+-- (the row then holds this transaction's uncommitted value). Rolled back with a savepoint
+-- together with the raise itself. Runs only when H rises, so its cost does not matter.
+CREATE OR REPLACE FUNCTION fencegate._raised(p_resource text)
+RETURNS void LANGUAGE sql AS $fn$
+    SELECT pg_catalog.set_config('fencegate.raised',
+        COALESCE(NULLIF(pg_catalog.current_setting('fencegate.raised', true), ''), ';')
+        || pg_catalog.encode(pg_catalog.convert_to(p_resource, 'UTF8'), 'hex') || ';', true)
+$fn$;
+
 -- Raises H(p_resource) to p_token unless it is higher; true when admitted. Waits for the
 -- resource's lock (bounded by lock_timeout), which it then holds until the end of the
 -- caller's transaction, together with the row lock of the upsert.
@@ -109,44 +122,8 @@ BEGIN
 END
 $fn$;
 
--- The fast path of the check: publishes the token, takes the resource's lock without
--- waiting, reads H and raises it only when p_token is higher, so a holder presenting the
--- same token again writes nothing at all. Under REPEATABLE READ or SERIALIZABLE it also
--- locks the row, so that a row changed after the snapshot raises 40001 instead of being
--- read stale. Returns H (p_token when raised), or NULL when the row is missing or another
--- transaction holds the resource: the caller then takes the waiting path (`_admit`).
--- Plain plpgsql, so its plans are cached for the session.
-CREATE OR REPLACE FUNCTION fencegate._try_admit(p_resource text, p_token bigint)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    h bigint;
-BEGIN
-    PERFORM pg_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4),
-            pg_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
-                                         ((p_token & 4294967295) - 2147483648)::int4);
-    IF NOT pg_try_advisory_xact_lock(hashtextextended(p_resource, 7405)) THEN
-        RETURN NULL;
-    END IF;
-    IF current_setting('transaction_isolation') = 'read committed' THEN
-        -- A new snapshot, taken with the lock held: every holder that could have raised H
-        -- held this lock until its commit was visible.
-        SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource;
-    ELSE
-        SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource
-        FOR UPDATE;
-    END IF;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF h < p_token THEN
-        UPDATE fencegate.fence SET token = p_token, updated_at = now()
-        WHERE resource = p_resource;
-        RETURN p_token;
-    END IF;
-    RETURN h;
-END
-$fn$;
+-- Version 3's fast path, folded into check() since version 4.
+DROP FUNCTION IF EXISTS fencegate._try_admit(text, bigint);
 
 -- Ends the sessions whose published tokens for p_resource are all older than p_token.
 CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
@@ -183,43 +160,64 @@ $fn$;
 -- The check: admits (p_resource, p_token) in the caller's transaction or raises 55Z01.
 -- p_grace_ms bounds the wait behind an older holder's open transaction before that
 -- transaction is ended (0: wait as long as the session's own lock_timeout allows).
+--
+-- The fast path is one condition and one SELECT, so that PL/pgSQL sets up few expressions
+-- per transaction: publish the token, take the resource's lock without waiting, read H in
+-- a fresh snapshot, and return when the token equals H (a repeated check writes nothing)
+-- or raise H when the token is higher. Everything else (a bad argument, a busy resource, a
+-- missing row, a stale token) takes the slow path below.
 CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
                                            p_grace_ms int4 DEFAULT 5000)
-RETURNS bigint LANGUAGE plpgsql AS $fn$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
 DECLARE
-    memo text := COALESCE(pg_catalog.current_setting('fencegate.checked', true), '');
-    key text;
-    own boolean;
+    h bigint;
     admitted boolean;
-    current bigint;
-    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+    saved_timeout text;
 BEGIN
-    IF p_resource IS NULL OR pg_catalog.octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
+    IF octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
+       AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4)
+       AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
+                                            ((p_token & 4294967295) - 2147483648)::int4)
+       AND pg_try_advisory_xact_lock(hashtextextended(p_resource, 7405)) THEN
+        IF current_setting('transaction_isolation') = 'read committed' THEN
+            -- A new snapshot, taken with the lock held: every holder that could have
+            -- raised H held this lock until its commit was visible.
+            SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource;
+        ELSE
+            SELECT f.token INTO h FROM fencegate.fence f WHERE f.resource = p_resource
+            FOR UPDATE;
+        END IF;
+        IF h = p_token THEN
+            RETURN p_token;
+        ELSIF h < p_token THEN
+            UPDATE fencegate.fence SET token = p_token, updated_at = now()
+            WHERE resource = p_resource;
+            PERFORM fencegate._raised(p_resource);
+            RETURN p_token;
+        END IF;
+    END IF;
+
+    IF p_resource IS NULL OR octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
         RAISE EXCEPTION USING ERRCODE = '55Z02',
-            MESSAGE = pg_catalog.format('invalid fencing annotation: resource must be 1 to 256 bytes, got %s',
-                COALESCE(pg_catalog.octet_length(p_resource)::text || ' bytes', 'none'));
+            MESSAGE = format('invalid fencing annotation: resource must be 1 to 256 bytes, got %s',
+                COALESCE(octet_length(p_resource)::text || ' bytes', 'none'));
     END IF;
     IF p_token IS NULL OR p_token < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '55Z02',
-            MESSAGE = pg_catalog.format('invalid fencing annotation: token must be a non-negative integer, got %s',
+            MESSAGE = format('invalid fencing annotation: token must be a non-negative integer, got %s',
                 COALESCE(p_token::text, 'none'));
     END IF;
-    -- Hex keeps entries unambiguous whatever the resource contains.
-    key := ';' || pg_catalog.encode(pg_catalog.convert_to(p_resource, 'UTF8'), 'hex') || '=';
-    own := pg_catalog.strpos(memo, key) > 0;
-    key := key || p_token || ';';
-    IF pg_catalog.strpos(memo, key) > 0 THEN
-        RETURN p_token;
-    END IF;
-    current := fencegate._try_admit(p_resource, p_token);
-    IF current IS NOT NULL THEN
-        admitted := current <= p_token;
+    IF h IS NOT NULL THEN
+        -- Read with the lock held, so H is settled: the token is stale.
+        admitted := false;
     ELSIF p_grace_ms > 0 THEN
+        saved_timeout := current_setting('lock_timeout');
         LOOP
             BEGIN
-                PERFORM pg_catalog.set_config('lock_timeout', p_grace_ms || 'ms', true);
+                PERFORM set_config('lock_timeout', p_grace_ms || 'ms', true);
                 admitted := fencegate._admit(p_resource, p_token);
-                PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
+                PERFORM set_config('lock_timeout', saved_timeout, true);
                 EXIT;
             EXCEPTION WHEN lock_not_available THEN
                 PERFORM fencegate._preempt(p_resource, p_token);
@@ -228,27 +226,27 @@ BEGIN
     ELSE
         admitted := fencegate._admit(p_resource, p_token);
     END IF;
-    IF NOT admitted THEN
-        current := fencegate.high_water(p_resource);
-        IF own THEN
-            -- This transaction itself admitted a newer token: the row's value is not
-            -- committed, so it is not reported as the current token.
-            RAISE EXCEPTION USING ERRCODE = '55Z01',
-                MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: token %s was admitted earlier in this transaction',
-                    p_token, pg_catalog.quote_literal(p_resource), current),
-                DETAIL = pg_catalog.format('presented_token=%s resource=%s', p_token, p_resource),
-                HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
-        END IF;
+    IF admitted THEN
+        PERFORM fencegate._raised(p_resource);
+        RETURN p_token;
+    END IF;
+    h := fencegate.high_water(p_resource);
+    IF strpos(COALESCE(current_setting('fencegate.raised', true), ''),
+              ';' || encode(convert_to(p_resource, 'UTF8'), 'hex') || ';') > 0 THEN
+        -- This transaction itself raised H: the row's value is not committed, so it is
+        -- not reported as the current token.
         RAISE EXCEPTION USING ERRCODE = '55Z01',
-            MESSAGE = pg_catalog.format('stale fencing token %s for resource %s: the current token is %s',
-                p_token, pg_catalog.quote_literal(p_resource), current),
-            DETAIL = pg_catalog.format('presented_token=%s current_token=%s resource=%s',
-                p_token, current, p_resource),
+            MESSAGE = format('stale fencing token %s for resource %s: token %s was admitted earlier in this transaction',
+                p_token, quote_literal(p_resource), h),
+            DETAIL = format('presented_token=%s resource=%s', p_token, p_resource),
             HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
     END IF;
-    PERFORM pg_catalog.set_config('fencegate.checked',
-        CASE WHEN memo = '' THEN key ELSE memo || pg_catalog.substr(key, 2) END, true);
-    RETURN p_token;
+    RAISE EXCEPTION USING ERRCODE = '55Z01',
+        MESSAGE = format('stale fencing token %s for resource %s: the current token is %s',
+            p_token, quote_literal(p_resource), h),
+        DETAIL = format('presented_token=%s current_token=%s resource=%s',
+            p_token, h, p_resource),
+        HINT = 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
 END
 $fn$;
 
@@ -358,7 +356,7 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '3')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '4')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 "#;
 

@@ -39,12 +39,30 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b')
 }
 
+/// Byte classes for identifiers, as a table: the lexer runs over every fenced statement.
+const IDENT_START: u8 = 1;
+const IDENT_CONT: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80 {
+            table[b] = IDENT_START | IDENT_CONT;
+        } else if byte.is_ascii_digit() || byte == b'$' {
+            table[b] = IDENT_CONT;
+        }
+        b += 1;
+    }
+    table
+};
+
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & IDENT_START != 0
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & IDENT_CONT != 0
 }
 
 /// Iterates over the tokens of `sql` (whitespace skipped). Unterminated quotes and comments
@@ -80,18 +98,21 @@ impl<'a> Lexer<'a> {
     fn quoted(&mut self, start: usize, quote: u8, backslash: bool) -> &'a [u8] {
         let mut i = start;
         while i < self.sql.len() {
-            let b = self.sql[i];
-            if backslash && b == b'\\' {
-                i += 2;
-            } else if b == quote {
-                if self.sql.get(i + 1) == Some(&quote) {
-                    i += 2;
-                } else {
-                    self.pos = i + 1;
-                    return &self.sql[start..i];
-                }
+            // Jump to the next byte that matters (memchr: quoted text can be long).
+            let next = if backslash {
+                memchr::memchr2(quote, b'\\', &self.sql[i..])
             } else {
-                i += 1;
+                memchr::memchr(quote, &self.sql[i..])
+            };
+            let Some(offset) = next else { break };
+            i += offset;
+            if self.sql[i] != quote {
+                i += 2; // a backslash and the byte it escapes
+            } else if self.sql.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                self.pos = i + 1;
+                return &self.sql[start..i];
             }
         }
         self.pos = self.sql.len();
@@ -101,7 +122,8 @@ impl<'a> Lexer<'a> {
     fn block_comment(&mut self) -> &'a [u8] {
         let start = self.pos + 2;
         let (mut i, mut depth) = (start, 1usize);
-        while i < self.sql.len() {
+        while let Some(offset) = memchr::memchr2(b'/', b'*', self.sql.get(i..).unwrap_or(&[])) {
+            i += offset;
             match (self.sql[i], self.sql.get(i + 1)) {
                 (b'/', Some(b'*')) => {
                     depth += 1;
@@ -148,9 +170,7 @@ impl<'a> Iterator for Lexer<'a> {
         let token = match (b, next) {
             (b'-', Some(b'-')) => {
                 // PostgreSQL ends a `--` comment at a newline or a carriage return.
-                let end = self.sql[start..]
-                    .iter()
-                    .position(|&b| b == b'\n' || b == b'\r')
+                let end = memchr::memchr2(b'\n', b'\r', &self.sql[start..])
                     .map_or(self.sql.len(), |p| start + p);
                 self.pos = (end + 1).min(self.sql.len());
                 Token::Comment(&self.sql[start + 2..end])
@@ -287,6 +307,9 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
 /// quotes and comments, with more than comments after it: a rule action list or a routine
 /// body (or text the splitter joined wrongly).
 pub fn has_inner_semicolon(statement: &[u8]) -> bool {
+    if memchr::memchr(b';', statement).is_none() {
+        return false;
+    }
     let mut semicolon = false;
     for token in Lexer::new(statement) {
         match token {
