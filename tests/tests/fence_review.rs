@@ -2,7 +2,8 @@
 //! identifiers, an annotation after the final `;`, `--` comments ended by a carriage return,
 //! CALL outside a transaction block in the extended protocol, annotations in SQL PREPARE, a
 //! second Parse of a named statement, the high-water cache and uncommitted values, memo
-//! keys that collide, and DDL bodies the statement splitter must not rewrite.
+//! keys that collide, DDL bodies the statement splitter must not rewrite, and the wording of
+//! a rejection after the same transaction raised the token itself.
 
 use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv};
 
@@ -314,4 +315,53 @@ async fn a_snapshot_older_than_the_fence_row_admits_no_token() {
         .text("SELECT count(*)::text FROM audit WHERE note = 'OLD'")
         .await;
     assert_eq!(stale.as_deref(), Some("0"));
+}
+
+/// A transaction that raised H itself and then presents an older token is told that its own
+/// newer token came first (the row holds its uncommitted value, which is not "the current
+/// token"). Rolled back to a savepoint, the raise, its note and the lock are gone together,
+/// and the older token is admitted against the committed H.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_below_one_this_transaction_raised_is_rejected_until_a_savepoint_undoes_the_raise()
+{
+    let env = at_ten("own_raise").await;
+    let c = env.client().await;
+    let append = |s: &str, token: i64| {
+        format!(
+            "UPDATE jobs SET v = v || '{s}' WHERE id = 7 {}",
+            comment("job:7", token)
+        )
+    };
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&append("a", 12)).await.unwrap();
+    let err = expect_code(c.batch_execute(&append("b", 11)).await, "55Z01");
+    assert_eq!(
+        err.message(),
+        "stale fencing token 11 for resource 'job:7': token 12 was admitted earlier in this transaction"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(env.monitor.high_water("job:7").await, Some(10));
+
+    c.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    c.batch_execute(&append("c", 12)).await.unwrap();
+    c.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    c.batch_execute(&append("d", 11)).await.unwrap();
+    // 11 raised H again in this transaction, and a 9 is told so.
+    let err = expect_code(c.batch_execute(&append("e", 9)).await, "55Z01");
+    assert!(
+        err.message()
+            .ends_with("token 11 was admitted earlier in this transaction"),
+        "{}",
+        err.message()
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(value(&env).await, "");
+    assert_eq!(env.monitor.high_water("job:7").await, Some(10));
+
+    c.batch_execute(&append("f", 9))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let err = expect_code(c.batch_execute(&append("g", 9)).await, "55Z01");
+    assert_stale(&err, "job:7", 9, 10);
 }
