@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
         .sql(
             &FencePolicy::default()
                 .decide(common::annotated(common::SELECT_ONLY).as_bytes(), false),
+            true,
         )
         .unwrap();
     let check_msgs: Vec<Vec<u8>> = [

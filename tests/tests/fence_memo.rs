@@ -10,8 +10,9 @@
 //!
 //! Covered: simple Queries one by one, a multi-statement Query, autocommit and pipelined
 //! Queries, savepoints, tokio-postgres' extended protocol in and out of transactions and
-//! pipelined, several resources in one transaction, `COMMIT AND CHAIN`. Safety (G1): a
-//! token rolled back to a savepoint is checked again; a COMMIT in a portal bound before the
+//! pipelined, several resources in one transaction, `COMMIT AND CHAIN`, and settings
+//! (`SET LOCAL fencing.*`, admitted once per transaction by `check_settings` itself).
+//! Safety (G1): a token, or settings, rolled back to a savepoint are checked again; a COMMIT in a portal bound before the
 //! last boundary, or a FunctionCall ending an implicit transaction, leaves no memo behind
 //! that would let a stale writer through in the next transaction; neither does a COMMIT
 //! before a Sync that COPY FROM STDIN swallowed, a COMMIT after a look-alike of `BEGIN
@@ -1251,4 +1252,83 @@ async fn g1_a_do_after_a_commit_in_the_same_round_is_refused() {
         wire::render(&replies)
     );
     assert_eq!(note(&env).await, "B");
+}
+
+/// Settings: every data statement of a session with `SET LOCAL fencing.*` is preceded by
+/// `fencegate.check_settings`, which admits the same settings only once per transaction
+/// (it notes them in the transaction); the next transaction checks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_admitted_once_per_transaction() {
+    let env = counting_env("memo_settings").await;
+    let client = session(&env).await;
+    let block = |token: i64| -> Vec<String> {
+        let mut statements = vec![
+            "BEGIN".to_string(),
+            "SET LOCAL fencing.resource = 'settings-once'".to_string(),
+            format!("SET LOCAL fencing.token = {token}"),
+        ];
+        for mark in ["a", "b", "c", "d", "e"] {
+            statements.push(format!("UPDATE t SET note = note || '{mark}' WHERE id = 1"));
+        }
+        statements.push("SELECT note FROM t WHERE id = 1".into());
+        statements.push("COMMIT".into());
+        statements
+    };
+    queries_run_checks(
+        &env,
+        &client,
+        &block(3),
+        "a SET LOCAL block of six data statements",
+        "one transaction with the same settings throughout",
+        1,
+    )
+    .await;
+    queries_run_checks(
+        &env,
+        &client,
+        &block(3),
+        "the same block again",
+        "a new transaction checks again",
+        1,
+    )
+    .await;
+    assert_eq!(env.monitor.high_water("settings-once").await, Some(3));
+    assert_eq!(note(&env).await, "abcdeabcde");
+}
+
+/// G1 with settings and a savepoint: A's settings, admitted inside a savepoint that is
+/// then rolled back, hold nothing (the note that they were admitted is rolled back with the
+/// lock); B commits token 2 without waiting; A's next statement under the same settings is
+/// checked again and rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g1_settings_admitted_in_a_rolled_back_savepoint_are_checked_again() {
+    let env = FenceEnv::new("memo_g1_settings_sp", SETUP).await;
+    let r = "settings-sp";
+    let a = env.client().await;
+    let b = env.client().await;
+    queries(
+        &a,
+        &[
+            "BEGIN".into(),
+            format!("SET LOCAL fencing.resource = '{r}'"),
+            "SET LOCAL fencing.token = 1".into(),
+            "SAVEPOINT s".into(),
+            "UPDATE t SET note = note || 'A1' WHERE id = 1".into(),
+            "ROLLBACK TO SAVEPOINT s".into(),
+        ],
+        "A: settings, a write inside a savepoint, rolled back",
+    )
+    .await;
+    tokio::time::timeout(NO_WAIT, b.batch_execute(&write(r, 2, "B2")))
+        .await
+        .unwrap_or_else(|_| panic!("B waited {NO_WAIT:?} behind a lock A rolled back"))
+        .expect("B's write with token 2");
+    let err = expect_code(
+        a.batch_execute("UPDATE t SET note = note || 'A2' WHERE id = 1")
+            .await,
+        STALE,
+    );
+    assert_stale(&err, r, 1, 2);
+    a.batch_execute("ROLLBACK").await.expect("A: ROLLBACK");
+    assert_eq!(note(&env).await, "B2");
 }

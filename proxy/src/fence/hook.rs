@@ -14,7 +14,8 @@
 //!   or the client would read data from before that commit. If the check fails, the server
 //!   skips the client's messages up to Sync and the client sees the error.
 //! - Settings (`SET [LOCAL] fencing.*`, startup options): once a session may have them, each
-//!   data statement without an annotation is preceded by `fencegate.check_settings`, and
+//!   data statement without an annotation is preceded by `fencegate.check_settings` (in a
+//!   DO block, with a probe after it, until the database is known to have the schema), and
 //!   PostgreSQL itself resolves SET LOCAL > SET > startup, RESET, DISCARD and rollbacks.
 //!
 //! The check records what it admitted in the transaction, so repeating it is cheap; the
@@ -24,12 +25,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dashmap::DashSet;
 
 use super::cache::HighWaterCache;
 use super::classify::{classify, Kind};
 use super::contains_ignore_case;
 use super::memo::Admitted;
-use super::plan::{Analysis, Decision, FencePolicy};
+use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::{has_inner_semicolon, split_statements};
@@ -54,6 +56,7 @@ pub struct FenceHooks {
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
     cache: Arc<HighWaterCache>,
+    schemas: Arc<DashSet<String>>,
 }
 
 impl FenceHooks {
@@ -63,6 +66,7 @@ impl FenceHooks {
             policy: Arc::new(policy),
             stats,
             cache: Arc::new(HighWaterCache::default()),
+            schemas: Arc::new(DashSet::new()),
         }
     }
 }
@@ -84,6 +88,9 @@ impl HookFactory for FenceHooks {
             policy: self.policy.clone(),
             stats: self.stats.clone(),
             cache: self.cache.clone(),
+            schema_known: self.schemas.contains(&database),
+            schemas: self.schemas.clone(),
+            probe: false,
             database,
             settings_aware,
             prepared: PreparedStatements::default(),
@@ -141,6 +148,13 @@ pub struct FenceHook {
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
     cache: Arc<HighWaterCache>,
+    /// Databases known to have the schema (shared by all sessions).
+    schemas: Arc<DashSet<String>>,
+    /// This session's database is known to have the schema: a row came back from the
+    /// proxy's own statements, which only return rows when it is there.
+    schema_known: bool,
+    /// The last decision checked settings in the DO form: send [`SCHEMA_PROBE`] after it.
+    probe: bool,
     database: String,
     /// The session may have fencing settings (sticky: checking settings that are unset
     /// costs little, missing one that is set would be unsafe).
@@ -179,6 +193,13 @@ impl SessionHook for FenceHook {
         self.prepared.answered(completed);
     }
 
+    fn injected_row(&mut self, _body: &[u8]) {
+        if !self.schema_known {
+            self.schema_known = true;
+            self.schemas.insert(self.database.clone());
+        }
+    }
+
     fn injected_error(&mut self, body: &[u8]) -> Option<Bytes> {
         let code = error_field(body, b'C').unwrap_or_default();
         let message = String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default());
@@ -198,6 +219,8 @@ impl SessionHook for FenceHook {
             }
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
+                self.schema_known = false;
+                self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
                 Some(error_response(
                     Severity::Error,
@@ -285,7 +308,18 @@ impl FenceHook {
         if let Decision::Check(fence) = &decision {
             self.admitted.record(fence);
         }
-        self.policy.sql(&decision)
+        self.probe = matches!(decision, Decision::CheckSettings { .. }) && !self.schema_known;
+        self.policy.sql(&decision, self.schema_known)
+    }
+
+    /// The statements to put in front of a statement: [`FenceHook::decide`]'s, then the
+    /// schema probe when that asked for one.
+    fn decide_all(&mut self, analysis: &Analysis, atomic: bool) -> Vec<String> {
+        let mut out: Vec<String> = self.decide(analysis, atomic).into_iter().collect();
+        if std::mem::take(&mut self.probe) {
+            out.push(SCHEMA_PROBE.to_string());
+        }
+        out
     }
 
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
@@ -318,9 +352,10 @@ impl FenceHook {
                 // splitter saw, do not trust the memo past it.
                 self.admitted.forget();
             }
-            let Some(sql) = self.decide(&analysis, true) else {
+            let sqls = self.decide_all(&analysis, true);
+            if sqls.is_empty() {
                 continue;
-            };
+            }
             if rewritten
                 .as_ref()
                 .is_some_and(|out| out.len() > MAX_REWRITE)
@@ -330,7 +365,7 @@ impl FenceHook {
                 let refuse = Decision::Invalid(format!(
                     "a Query that needs fencing checks may be at most {MAX_REWRITE} bytes once checked; split it"
                 ));
-                let sql = self.policy.sql(&refuse).unwrap_or_default();
+                let sql = self.policy.sql(&refuse, false).unwrap_or_default();
                 let _ =
                     inject.replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default());
                 return;
@@ -338,16 +373,18 @@ impl FenceHook {
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
             let before = &text[copied..range.start];
             out.extend_from_slice(before);
-            out.extend_from_slice(sql.as_bytes());
-            out.push(b';');
             chars += self.encoding.chars(before);
-            rewrite.insertions.push(Insertion {
-                at: chars + 1,
-                len: sql.len() as u32 + 1,
-            });
-            chars += sql.len() as u32 + 1;
+            for sql in sqls {
+                out.extend_from_slice(sql.as_bytes());
+                out.push(b';');
+                rewrite.insertions.push(Insertion {
+                    at: chars + 1,
+                    len: sql.len() as u32 + 1,
+                });
+                chars += sql.len() as u32 + 1;
+                rewrite.hidden.push((index + rewrite.hidden.len()) as u32);
+            }
             copied = range.start;
-            rewrite.hidden.push((index + rewrite.hidden.len()) as u32);
         }
         if !self.encoding.counts_chars() {
             // Positions cannot be mapped back without knowing the characters: leave them.
@@ -397,7 +434,7 @@ impl FenceHook {
         // still unanswered, and then each is checked.
         let mut checks = Vec::new();
         for analysis in self.prepared.candidates(statement) {
-            if let Some(sql) = self.decide(&analysis, atomic) {
+            for sql in self.decide_all(&analysis, atomic) {
                 if !checks.contains(&sql) {
                     checks.push(sql);
                 }

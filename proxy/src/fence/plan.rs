@@ -166,14 +166,20 @@ impl FencePolicy {
     }
 
     /// The SQL statement (ASCII only, so valid in every client encoding) that carries out a
-    /// decision, or `None` for [`Decision::Pass`].
-    pub fn sql(&self, decision: &Decision) -> Option<String> {
+    /// decision, or `None` for [`Decision::Pass`]. `schema_known`: the database is known to
+    /// have the schema's `check_settings` (see [`SCHEMA_PROBE`]), so settings are checked
+    /// with a plain SELECT rather than a DO block that PostgreSQL compiles every time.
+    pub fn sql(&self, decision: &Decision, schema_known: bool) -> Option<String> {
         match decision {
             Decision::Pass => None,
             Decision::Check(fence) => Some(format!(
                 "SELECT fencegate.check({}, {}, {})",
                 text_expr(&fence.resource),
                 fence.token,
+                self.grace_ms
+            )),
+            Decision::CheckSettings { required } if schema_known => Some(format!(
+                "SELECT fencegate.check_settings({}, {required})",
                 self.grace_ms
             )),
             // A DO block, so that the function is only looked up when a token is set: a
@@ -207,6 +213,12 @@ impl FencePolicy {
         }
     }
 }
+
+/// A statement the proxy sends after a settings check in the DO form while it does not yet
+/// know whether the database has the schema: it returns a row (hidden, like every reply to
+/// the proxy's own statements) only when `fencegate.check_settings` exists. Any row from
+/// the proxy's own statements proves the same, since all that return rows call the schema.
+pub const SCHEMA_PROBE: &str = "SELECT 1 WHERE pg_catalog.to_regprocedure('fencegate.check_settings(integer,boolean)') IS NOT NULL";
 
 /// The hint of every 55Z01 rejection (the same text as the schema's check raises).
 pub const STALE_HINT: &str =
@@ -338,19 +350,28 @@ mod tests {
     fn sql_is_ascii_and_escaped() {
         let p = policy();
         let sql = p
-            .sql(&Decision::Check(Fence {
-                resource: "été'; --".into(),
-                token: 7,
-            }))
+            .sql(
+                &Decision::Check(Fence {
+                    resource: "été'; --".into(),
+                    token: 7,
+                }),
+                false,
+            )
             .unwrap();
         assert!(sql.is_ascii());
         assert!(sql.contains("'c3a974c3a9273b202d2d'"), "{sql}");
         let sql = p
-            .sql(&Decision::Invalid("bad 'x' $fencegate$ é".into()))
+            .sql(&Decision::Invalid("bad 'x' $fencegate$ é".into()), false)
             .unwrap();
         assert!(sql.is_ascii());
         assert!(sql.contains("bad ''x'' fencegate ?"), "{sql}");
-        assert_eq!(p.sql(&Decision::Pass), None);
+        assert_eq!(p.sql(&Decision::Pass, true), None);
+        let settings = Decision::CheckSettings { required: false };
+        assert!(p.sql(&settings, false).unwrap().starts_with("DO "));
+        assert_eq!(
+            p.sql(&settings, true).unwrap(),
+            "SELECT fencegate.check_settings(5000, false)"
+        );
         let stale = Decision::Stale {
             fence: Fence {
                 resource: "é".into(),
@@ -358,7 +379,7 @@ mod tests {
             },
             current: 9,
         };
-        let sql = p.sql(&stale).unwrap();
+        let sql = p.sql(&stale, true).unwrap();
         assert!(
             sql.is_ascii() && sql.contains("'55Z01'") && sql.contains("'c3a9'"),
             "{sql}"

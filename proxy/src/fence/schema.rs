@@ -252,14 +252,22 @@ $fn$;
 
 -- The check for tokens given as settings (SET [LOCAL] fencing.resource / fencing.token,
 -- or startup options): PostgreSQL resolves SET LOCAL > SET > startup, RESET, DISCARD and
--- rollbacks itself. Returns NULL when no token is in effect.
+-- rollbacks itself. Returns NULL when no token is in effect. The proxy calls it before
+-- every data statement of a session that may have settings, so it remembers the settings
+-- it admitted in the transaction-local `fencegate.settings_admitted` and returns at once
+-- while they are unchanged (ROLLBACK TO SAVEPOINT undoes the note with the admission).
 CREATE OR REPLACE FUNCTION fencegate.check_settings(p_grace_ms int4 DEFAULT 5000,
                                                     p_required boolean DEFAULT false)
 RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
     r text := NULLIF(pg_catalog.current_setting('fencing.resource', true), '');
     t text := NULLIF(pg_catalog.current_setting('fencing.token', true), '');
+    admitted bigint;
 BEGIN
+    IF pg_catalog.current_setting('fencegate.settings_admitted', true)
+       = pg_catalog.octet_length(r) || ':' || r || '=' || t THEN
+        RETURN t::bigint;
+    END IF;
     IF t IS NULL THEN
         IF p_required THEN
             RAISE EXCEPTION USING ERRCODE = '55Z02',
@@ -276,7 +284,10 @@ BEGIN
             MESSAGE = pg_catalog.format('invalid fencing annotation: fencing.token must be an integer from 0 to 9223372036854775807, got %s',
                 pg_catalog.quote_literal(t));
     END IF;
-    RETURN fencegate.check(r, t::bigint, p_grace_ms);
+    admitted := fencegate.check(r, t::bigint, p_grace_ms);
+    PERFORM pg_catalog.set_config('fencegate.settings_admitted',
+        pg_catalog.octet_length(r) || ':' || r || '=' || t, true);
+    RETURN admitted;
 END
 $fn$;
 

@@ -39,6 +39,10 @@ pub trait SessionHook: Send + 'static {
     /// CloseComplete), `false` when it failed or was skipped after an earlier error. Not
     /// called once reply tracking is lost.
     fn client_outcome(&mut self, _completed: bool) {}
+
+    /// Sees each DataRow that the hook's own injected work returned (hidden from the
+    /// client), as it arrives.
+    fn injected_row(&mut self, _body: &[u8]) {}
 }
 
 /// The default: plain relaying, no hook.

@@ -293,6 +293,10 @@ impl Relay {
                 (Route::InjectedError, Some(hook)) => {
                     self.span.in_scope(|| hook.injected_error(body))
                 }
+                (Route::Drop, Some(hook)) if info.tag == be::DATA_ROW => {
+                    hook.injected_row(body);
+                    None
+                }
                 _ => None,
             };
             // A syntax error in a rewritten Query is raised before anything runs, while
