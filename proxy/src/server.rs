@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::session::hook::HookFactory;
+use crate::session::signals::Signals;
 use crate::session::{self, Shared};
 use crate::upstream::Upstream;
 use crate::workers::Workers;
@@ -28,11 +29,11 @@ pub async fn run(
         tls: crate::tls::acceptor(&config)?,
         hooks,
         config: config.clone(),
+        signals: Arc::new(Signals::default()),
     });
     let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let sessions = TaskTracker::new();
-    let stop_sessions = CancellationToken::new();
     tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
         upstream = %config.upstream, threads = workers.len(), "fencegate serving");
     loop {
@@ -56,23 +57,23 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let shared = shared.clone();
-        let (drain, stop) = (shutdown.clone(), stop_sessions.clone());
         // Every log line of a session (a rejection included) names the client's address;
         // the span is at ERROR level so that it shows whatever level is logged.
         let span = tracing::error_span!("session", client = %peer);
         workers.spawn(&sessions, async move {
-            session::serve(tcp, shared, drain, stop, span).await;
+            session::serve(tcp, shared, span).await;
             drop(permit);
         });
     }
     drop(listener);
+    shared.signals.drain();
     sessions.close();
     tracing::info!(open = sessions.len(), grace = ?config.shutdown_grace, "shutting down");
     if tokio::time::timeout(config.shutdown_grace, sessions.wait())
         .await
         .is_err()
     {
-        stop_sessions.cancel();
+        shared.signals.stop();
         sessions.wait().await;
     }
     workers.shutdown().await;

@@ -1,5 +1,5 @@
-//! Faults: malformed and hostile input, unreachable and dying servers, vanishing clients, and
-//! TLS negotiation. Each test names the behaviour it checks and fails when it breaks: a bad
+//! Faults: malformed and hostile input, unreachable and dying servers, vanishing clients, TLS
+//! negotiation, and shutdown. Each test names the behaviour it checks and fails when it breaks: a bad
 //! peer gets a FATAL ErrorResponse (where the protocol allows one) and a closed connection,
 //! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
 //! server backend is left behind.
@@ -705,4 +705,79 @@ async fn clients_stuck_in_startup_do_not_block_shutdown() {
         ["Silent: Ok(())", "Halfway: Ok(())", "NoPassword: Ok(())"],
         "proxy shutdown with a client stuck in startup"
     );
+}
+
+/// Graceful shutdown (`shutdown_grace`): an idle session is closed at once with one FATAL
+/// 57P01; a session inside a transaction keeps working until it ends the transaction and is
+/// closed then, with the same FATAL; one still inside a transaction when the grace runs out
+/// is closed at that point; and `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_sessions_at_once_and_busy_ones_after_their_transaction() {
+    const GRACE: Duration = Duration::from_secs(8);
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::start(
+        cluster.port(),
+        |c| c.shutdown_grace = GRACE,
+        Arc::new(NoHooks),
+    );
+    let (mut idle, _) = WireClient::connect(proxy.addr(), TRUST_USER, "postgres").unwrap();
+    let (mut busy, _) = WireClient::connect(proxy.addr(), TRUST_USER, "postgres").unwrap();
+    let (mut stuck, _) = WireClient::connect(proxy.addr(), TRUST_USER, "postgres").unwrap();
+    for (client, what) in [(&mut busy, "busy"), (&mut stuck, "stuck")] {
+        client.send(&msg::query("BEGIN")).unwrap();
+        let replies = client.read_until_ready(1).unwrap();
+        assert!(
+            replies.iter().any(|(tag, _)| *tag == b'Z'),
+            "{what}: {replies:?}"
+        );
+    }
+
+    let started = Instant::now();
+    proxy.shutdown_token().cancel();
+    let got = tokio::task::spawn_blocking(move || idle.read_to_close())
+        .await
+        .unwrap();
+    assert_one_fatal(&got, &["57P01"], "idle session at shutdown");
+    assert!(
+        started.elapsed() < GRACE,
+        "the idle session was only closed when the grace ran out"
+    );
+
+    let (busy_replies, busy_closed) = tokio::task::spawn_blocking(move || {
+        busy.send(&msg::query("SELECT 41 + 1; COMMIT")).unwrap();
+        let replies = busy.read_until_ready(1).unwrap();
+        (replies, busy.read_to_close())
+    })
+    .await
+    .unwrap();
+    let rendered = format!("{busy_replies:?}");
+    assert!(
+        busy_replies.iter().any(|(tag, _)| *tag == b'D')
+            && busy_replies
+                .iter()
+                .any(|(tag, body)| *tag == b'C' && body.starts_with(b"COMMIT")),
+        "the transaction open at shutdown must be able to finish: {rendered}"
+    );
+    assert_one_fatal(&busy_closed, &["57P01"], "busy session after its COMMIT");
+    assert!(
+        started.elapsed() < GRACE,
+        "the busy session waited for the grace"
+    );
+
+    let stuck_closed = tokio::task::spawn_blocking(move || stuck.read_to_close())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= GRACE,
+        "a session inside a transaction was closed before the grace ran out"
+    );
+    assert_one_fatal(
+        &stuck_closed,
+        &["57P01"],
+        "session still in a transaction at the end of the grace",
+    );
+    let stopped = tokio::task::spawn_blocking(move || proxy.stop())
+        .await
+        .unwrap();
+    assert_eq!(stopped, Ok(()));
 }

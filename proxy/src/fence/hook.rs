@@ -95,6 +95,7 @@ impl HookFactory for FenceHooks {
             settings_aware,
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
+            last_parse: None,
         }))
     }
 }
@@ -163,6 +164,8 @@ pub struct FenceHook {
     prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
+    /// The text and analysis of the last Parse (reused when the next Parse is the same).
+    last_parse: Option<(Vec<u8>, Arc<Analysis>)>,
 }
 
 impl SessionHook for FenceHook {
@@ -404,9 +407,22 @@ impl FenceHook {
     fn on_parse(&mut self, msg: &FrontendMessage<'_>) {
         let op = match msg.parse() {
             Some((name, sql)) => {
-                let analysis = self.analyze(sql);
+                let analysis = match &self.last_parse {
+                    // Drivers parse the same text again and again (the unnamed statement).
+                    Some((text, analysis)) if text.as_slice() == sql => analysis.clone(),
+                    _ => {
+                        let analysis = Arc::new(self.analyze(sql));
+                        let (text, last) = self
+                            .last_parse
+                            .get_or_insert_with(|| (Vec::new(), analysis.clone()));
+                        text.clear();
+                        text.extend_from_slice(sql);
+                        *last = analysis.clone();
+                        analysis
+                    }
+                };
                 self.note_settings(&analysis);
-                StatementOp::Parse(name.to_vec(), Arc::new(analysis))
+                StatementOp::Parse(name.to_vec(), analysis)
             }
             None => StatementOp::Other,
         };

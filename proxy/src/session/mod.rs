@@ -17,18 +17,21 @@ pub mod hook;
 pub mod outbox;
 pub mod relay;
 pub mod replies;
+pub mod signals;
 
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use self::conn::Conn;
 use self::handshake::{fatal, Opening};
 use self::hook::HookFactory;
 use self::relay::{End, Relay};
+use self::signals::Signals;
 use crate::config::Config;
 use crate::error::SessionError;
 use crate::upstream::Upstream;
@@ -49,24 +52,21 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Makes the per-session hook.
     pub hooks: Arc<dyn HookFactory>,
+    /// Shutdown signals for the sessions.
+    pub signals: Arc<Signals>,
 }
 
 /// Serves one client connection to the end. Errors are logged here, not returned: a broken
 /// client ends only its own session.
 ///
-/// `drain` asks the session to close at its next quiescent point (no transaction open);
-/// `stop` closes it at once. `span` is entered wherever the session logs: for the whole
-/// opening exchange, and afterwards only around the relay's rare log lines, so that the
-/// steady state does not pay for entering it at every wake-up.
-pub async fn serve(
-    tcp: TcpStream,
-    shared: Arc<Shared>,
-    drain: CancellationToken,
-    stop: CancellationToken,
-    span: Span,
-) {
+/// The server's [`Signals`] end it: "drain" closes a session still opening at once and an
+/// open one at its next quiescent point (no transaction open), "stop" closes it at once.
+/// `span` is entered wherever the session logs: for the whole opening exchange, and
+/// afterwards only around the relay's rare log lines, so that the steady state does not
+/// pay for entering it at every wake-up.
+pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, span: Span) {
     let _ = crate::stream::tune_socket(&tcp);
-    let ended = run(tcp, &shared, &drain, &stop, &span).await;
+    let ended = run(tcp, &shared, &span).await;
     let _entered = span.enter();
     match ended {
         Ok(()) => tracing::debug!("session closed"),
@@ -114,28 +114,26 @@ async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Rela
     Ok(Some(Relay::new(client, server, status, hook, max, span)))
 }
 
-async fn run(
-    tcp: TcpStream,
-    shared: &Shared,
-    drain: &CancellationToken,
-    stop: &CancellationToken,
-    span: &Span,
-) -> Result<(), SessionError> {
+async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), SessionError> {
+    let mut signals = shared.signals.subscribe();
     // A session still opening when shutdown begins has no transaction to finish: close it.
-    let mut relay = tokio::select! {
-        opened = open(tcp, shared, span.clone()).instrument(span.clone()) => match opened? {
+    let opening = open(tcp, shared, span.clone()).instrument(span.clone());
+    let mut opening = std::pin::pin!(opening);
+    let opened = poll_fn(|cx| {
+        if signals.poll(cx).drain {
+            return Poll::Ready(None);
+        }
+        opening.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    let mut relay = match opened {
+        None => return Ok(()),
+        Some(opened) => match opened? {
             Some(relay) => relay,
             None => return Ok(()),
         },
-        () = drain.cancelled() => return Ok(()),
     };
-    let ended = loop {
-        tokio::select! {
-            ended = relay.run() => break ended,
-            () = drain.cancelled(), if !relay.is_draining() => relay.start_draining(),
-            () = stop.cancelled() => break Ok(End::Drained),
-        }
-    };
+    let ended = relay.run(&mut signals).await;
     let (sqlstate, err) = match ended {
         Ok(
             End::ClientClosed

@@ -18,6 +18,7 @@ use super::conn::Conn;
 use super::hook::{Injector, SessionHook};
 use super::outbox::Outbox;
 use super::replies::{Action, ReplyTracker, Route};
+use super::signals::Subscription;
 use crate::config::MAX_SERVER_MESSAGE;
 use crate::error::SessionError;
 use crate::protocol::backend::{self as be, TxStatus};
@@ -66,6 +67,15 @@ pub struct Relay {
     desync_reported: bool,
 }
 
+/// Which directions of a session said Pending during one [`Relay::poll_run`].
+#[derive(Default)]
+struct Pending {
+    client_read: bool,
+    server_read: bool,
+    client_write: bool,
+    server_write: bool,
+}
+
 impl Relay {
     /// Starts relaying after authentication; `status` is from the first ReadyForQuery.
     pub fn new(
@@ -99,17 +109,6 @@ impl Relay {
         }
     }
 
-    /// Asks the relay to end at the next point where the session is quiescent: no
-    /// transaction open, no reply outstanding, nothing buffered either way.
-    pub fn start_draining(&mut self) {
-        self.draining = true;
-    }
-
-    /// True once [`Relay::start_draining`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.draining
-    }
-
     fn is_quiescent(&self) -> bool {
         self.tracker.is_idle()
             && self.tracker.status() == TxStatus::Idle
@@ -119,13 +118,22 @@ impl Relay {
             && self.server.rbuf.is_empty()
     }
 
-    /// Relays until one side closes or fails. Cancel-safe: all state lives in `self`.
-    pub async fn run(&mut self) -> Result<End, SessionError> {
+    /// Relays until one side closes or fails, or `signals` end the session: "stop" at
+    /// once, "drain" at the first moment no transaction is open and nothing is in flight.
+    pub async fn run(&mut self, signals: &mut Subscription) -> Result<End, SessionError> {
         if !self.client.rbuf.is_empty() {
             // Messages the client pipelined behind authentication.
             self.on_client_bytes()?;
         }
-        poll_fn(|cx| self.poll_run(cx)).await
+        poll_fn(|cx| {
+            let raised = signals.poll(cx);
+            if raised.stop {
+                return Poll::Ready(Ok(End::Drained));
+            }
+            self.draining |= raised.drain;
+            self.poll_run(cx)
+        })
+        .await
     }
 
     /// Sends the client everything queued and then a FATAL ErrorResponse, as last words
@@ -144,17 +152,25 @@ impl Relay {
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, SessionError>> {
+        // Once a socket said Pending, its waker is registered and nothing can change before
+        // this task is woken again: polling it again in this call would only cost tokio's
+        // readiness bookkeeping (the larger part of the proxy's own CPU per round trip).
+        let mut pending = Pending::default();
         loop {
             let mut progress = false;
-            match self.to_server.poll_write(&mut self.server.stream, cx) {
-                Poll::Ready(Ok(p)) => progress |= p,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
-                Poll::Pending => {}
+            if !pending.server_write {
+                match self.to_server.poll_write(&mut self.server.stream, cx) {
+                    Poll::Ready(Ok(p)) => progress |= p,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                    Poll::Pending => pending.server_write = true,
+                }
             }
-            match self.to_client.poll_write(&mut self.client.stream, cx) {
-                Poll::Ready(Ok(p)) => progress |= p,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
-                Poll::Pending => {}
+            if !pending.client_write {
+                match self.to_client.poll_write(&mut self.client.stream, cx) {
+                    Poll::Ready(Ok(p)) => progress |= p,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                    Poll::Pending => pending.client_write = true,
+                }
             }
             if self.client_eof && self.to_server.is_empty() {
                 return Poll::Ready(Ok(End::ClientClosed));
@@ -169,7 +185,7 @@ impl Relay {
                 };
                 return Poll::Ready(Ok(end));
             }
-            if !self.client_eof && self.to_server.len() < HIGH_WATER {
+            if !self.client_eof && !pending.client_read && self.to_server.len() < HIGH_WATER {
                 self.client.reserve_for_read();
                 match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                     Poll::Ready(Ok(0)) => {
@@ -181,10 +197,10 @@ impl Relay {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => pending.client_read = true,
                 }
             }
-            if !self.server_eof && self.to_client.len() < HIGH_WATER {
+            if !self.server_eof && !pending.server_read && self.to_client.len() < HIGH_WATER {
                 self.server.reserve_for_read();
                 match poll_read_buf(Pin::new(&mut self.server.stream), cx, &mut self.server.rbuf) {
                     Poll::Ready(Ok(0)) => {
@@ -196,7 +212,7 @@ impl Relay {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => pending.server_read = true,
                 }
             }
             if !progress {
