@@ -42,6 +42,9 @@ impl StatementOp {
 /// The session's prepared statements: confirmed ones, and operations awaiting answers.
 #[derive(Debug, Default)]
 pub struct PreparedStatements {
+    /// The unnamed statement, apart: drivers re-parse it for every statement, so it is kept
+    /// out of the map (no hashing, no key allocation per round trip).
+    unnamed: Option<Arc<Analysis>>,
     confirmed: HashMap<Vec<u8>, Arc<Analysis>>,
     /// Sent, unanswered, oldest first, with the round each was sent in.
     pending: VecDeque<(u64, StatementOp)>,
@@ -69,6 +72,8 @@ impl PreparedStatements {
             return;
         }
         match op {
+            StatementOp::Parse(name, analysis) if name.is_empty() => self.unnamed = Some(analysis),
+            StatementOp::Close(name) if name.is_empty() => self.unnamed = None,
             StatementOp::Parse(name, analysis) => {
                 self.confirmed.insert(name, analysis);
             }
@@ -96,7 +101,12 @@ impl PreparedStatements {
         if let Some((_, op)) = ops().rev().find(|(round, _)| *round == self.round) {
             return vec![state(op)];
         }
-        let mut out = vec![self.confirmed.get(name).cloned().unwrap_or_else(unknown)];
+        let confirmed = if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.confirmed.get(name)
+        };
+        let mut out = vec![confirmed.cloned().unwrap_or_else(unknown)];
         for (_, op) in ops() {
             let candidate = state(op);
             if !out.iter().any(|c| **c == *candidate) {
@@ -180,5 +190,32 @@ mod tests {
         p.answered(true);
         p.answered(true);
         assert_eq!(texts(&p, ""), [(*second).clone()]);
+    }
+
+    #[test]
+    fn the_unnamed_statement_follows_the_same_rules() {
+        let mut p = PreparedStatements::default();
+        let write = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
+        p.sent(StatementOp::Parse(Vec::new(), write.clone()));
+        p.round_ended();
+        p.answered(true);
+        assert_eq!(texts(&p, ""), [(*write).clone()]);
+        assert_eq!(
+            texts(&p, "s"),
+            [Analysis::unknown()],
+            "named ones are apart"
+        );
+        p.sent(StatementOp::Parse(Vec::new(), analysis("COMMIT")));
+        p.round_ended();
+        p.answered(false);
+        assert_eq!(
+            texts(&p, ""),
+            [(*write).clone()],
+            "a failed Parse changes nothing"
+        );
+        p.sent(StatementOp::Close(Vec::new()));
+        p.round_ended();
+        p.answered(true);
+        assert_eq!(texts(&p, ""), [Analysis::unknown()]);
     }
 }
