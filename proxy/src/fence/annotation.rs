@@ -49,11 +49,24 @@ pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
         // No comment can name a key the whole text lacks: skip the lexer.
         return Ok(None);
     }
+    from_comments(Lexer::new(statement).filter_map(|token| match token {
+        Token::Comment(text) => Some(text),
+        _ => None,
+    }))
+}
+
+/// True when `text` names a fencing key anywhere: without that, no comment in it is an
+/// annotation.
+pub fn mentions_key(text: &[u8]) -> bool {
+    contains_fencing_key(text)
+}
+
+/// The fencing annotation among a statement's comments (their texts, in order), if any.
+pub fn from_comments<'a>(
+    comments: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Fence>, AnnotationError> {
     let mut found: Option<Fence> = None;
-    for token in Lexer::new(statement) {
-        let Token::Comment(text) = token else {
-            continue;
-        };
+    for text in comments {
         if !contains_fencing_key(text) {
             continue;
         }

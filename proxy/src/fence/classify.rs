@@ -47,10 +47,20 @@ const WRITE_WORDS: &[&str] = &[
 /// Classifies one statement (no terminating `;`). Runs on every statement of a fenced
 /// session, so it lexes once and allocates nothing unless the text mentions `fencing`.
 pub fn classify(statement: &[u8]) -> Class {
+    classify_noting_comments(statement, |_| {})
+}
+
+/// [`classify`], handing each comment's text to `on_comment` on the way, so that a caller
+/// that also needs the comments (the annotation) lexes the statement once.
+pub fn classify_noting_comments<'a>(
+    statement: &'a [u8],
+    mut on_comment: impl FnMut(&'a [u8]),
+) -> Class {
     let mut words = Words::default();
     let mut settings = SettingsScan::default();
     for token in Lexer::new(statement) {
-        if let Token::Comment(_) = token {
+        if let Token::Comment(text) = token {
+            on_comment(text);
             continue;
         }
         if let Token::Word(w) = token {

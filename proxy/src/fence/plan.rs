@@ -1,7 +1,7 @@
 //! The decision for one statement, and the SQL the proxy sends to carry it out.
 
 use super::annotation::{self, AnnotationError};
-use super::classify::{classify, Class, Kind};
+use super::classify::{classify_noting_comments, Class, Kind};
 use super::sql::{Lexer, Token};
 use super::Fence;
 
@@ -95,10 +95,21 @@ impl Analysis {
 impl FencePolicy {
     /// Reads what matters from a statement's text.
     pub fn analyze(&self, statement: &[u8]) -> Analysis {
-        let class = classify(statement);
+        // One lexer pass for both: the comments are kept only when the text names a key.
+        let annotated = annotation::mentions_key(statement);
+        let mut comments = Vec::new();
+        let class = classify_noting_comments(statement, |text| {
+            if annotated {
+                comments.push(text);
+            }
+        });
         Analysis {
             class,
-            annotation: annotation::find(statement),
+            annotation: if annotated {
+                annotation::from_comments(comments)
+            } else {
+                Ok(None)
+            },
             requires_token: class.kind == Kind::Write && self.requires_token(statement),
         }
     }
