@@ -27,7 +27,7 @@ use fencegate::protocol::backend::error_field;
 use fencegate_tests::cluster::TRUST_USER;
 use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
 use fencegate_tests::wire::{self, msg, Message, WireClient};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, ToStatement};
 
 const SETUP: &str = "
 CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL DEFAULT '');
@@ -176,6 +176,31 @@ async fn queries_run_checks(
     queries(client, statements, what).await;
     flush(client).await;
     assert_checks(env, checks_what, before, expected).await;
+}
+
+/// Runs each of `statements` (an UPDATE of one row) with tokio-postgres' extended protocol
+/// inside one transaction on `client` and asserts that PostgreSQL ran `expected` checks
+/// for them (`what`).
+async fn extended_transaction_runs_checks<S: ToStatement + ?Sized>(
+    env: &FenceEnv,
+    client: &mut Client,
+    statements: &[&S],
+    what: &str,
+    expected: i64,
+) {
+    flush(client).await;
+    let before = check_calls(env).await;
+    let tx = client.transaction().await.expect("BEGIN");
+    for (i, statement) in statements.iter().enumerate() {
+        let n = tx
+            .execute(*statement, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: extended UPDATE {i}: {e}"));
+        assert_eq!(n, 1);
+    }
+    tx.commit().await.expect("COMMIT");
+    flush(client).await;
+    assert_checks(env, what, before, expected).await;
 }
 
 /// Appends `mark` to row 1 of `t`, carrying (`resource`, `token`).
@@ -391,22 +416,12 @@ async fn extended_protocol_in_a_transaction_checks_its_token_once() {
         .prepare(&write(r, 1, "x"))
         .await
         .expect("prepare the UPDATE");
-    flush(&c).await;
-    let before = check_calls(&env).await;
-    let tx = c.transaction().await.expect("BEGIN");
-    for i in 0..3 {
-        let n = tx
-            .execute(&statement, &[])
-            .await
-            .unwrap_or_else(|e| panic!("extended UPDATE {i} in a transaction: {e}"));
-        assert_eq!(n, 1);
-    }
-    tx.commit().await.expect("COMMIT");
-    flush(&c).await;
-    assert_checks(
+    let statements = [&statement, &statement, &statement];
+    extended_transaction_runs_checks(
         &env,
+        &mut c,
+        &statements,
         "one prepared UPDATE executed three times in one transaction, same token",
-        before,
         1,
     )
     .await;
@@ -421,23 +436,14 @@ async fn extended_protocol_in_a_transaction_checks_its_token_once() {
 async fn extended_protocol_statements_prepared_per_call_in_a_transaction_check_their_token_once() {
     let env = counting_env("memo_ext_block_str").await;
     let mut c = session(&env).await;
-    flush(&c).await;
-    let before = check_calls(&env).await;
     let r = "ext-block-str";
-    let tx = c.transaction().await.expect("BEGIN");
-    for mark in ["a", "b", "c"] {
-        let n = tx
-            .execute(&write(r, 1, mark), &[])
-            .await
-            .unwrap_or_else(|e| panic!("extended UPDATE {mark} in a transaction: {e}"));
-        assert_eq!(n, 1);
-    }
-    tx.commit().await.expect("COMMIT");
-    flush(&c).await;
-    assert_checks(
+    let writes = ["a", "b", "c"].map(|mark| write(r, 1, mark));
+    let statements: Vec<&String> = writes.iter().collect();
+    extended_transaction_runs_checks(
         &env,
+        &mut c,
+        &statements,
         "three tokio-postgres execute(&str) UPDATEs in one transaction, same token",
-        before,
         1,
     )
     .await;

@@ -45,7 +45,7 @@ pub enum AnnotationError {
 
 /// Finds the fencing annotation of one statement, if any.
 pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
-    if !contains_fencing_key(statement) {
+    if !mentions_key(statement) {
         // No comment can name a key the whole text lacks: skip the lexer.
         return Ok(None);
     }
@@ -55,19 +55,13 @@ pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
     }))
 }
 
-/// True when `text` names a fencing key anywhere: without that, no comment in it is an
-/// annotation.
-pub fn mentions_key(text: &[u8]) -> bool {
-    contains_fencing_key(text)
-}
-
 /// The fencing annotation among a statement's comments (their texts, in order), if any.
 pub fn from_comments<'a>(
     comments: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<Fence>, AnnotationError> {
     let mut found: Option<Fence> = None;
     for text in comments {
-        if !contains_fencing_key(text) {
+        if !mentions_key(text) {
             continue;
         }
         let fence = parse_comment(text)?;
@@ -79,7 +73,9 @@ pub fn from_comments<'a>(
     Ok(found)
 }
 
-fn contains_fencing_key(text: &[u8]) -> bool {
+/// True when `text` names a fencing key anywhere: without that, no comment in it is an
+/// annotation.
+pub fn mentions_key(text: &[u8]) -> bool {
     // Built once: building a finder costs more than searching a statement.
     static FINDER: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"fencing_"));

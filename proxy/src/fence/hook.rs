@@ -90,7 +90,6 @@ impl HookFactory for FenceHooks {
             cache: self.cache.clone(),
             schema_known: self.schemas.contains(&database),
             schemas: self.schemas.clone(),
-            probe: false,
             database,
             settings_aware,
             prepared: PreparedStatements::default(),
@@ -154,8 +153,6 @@ pub struct FenceHook {
     /// This session's database is known to have the schema: a row came back from the
     /// proxy's own statements, which only return rows when it is there.
     schema_known: bool,
-    /// The last decision checked settings in the DO form: send [`SCHEMA_PROBE`] after it.
-    probe: bool,
     database: String,
     /// The session may have fencing settings (sticky: checking settings that are unset
     /// costs little, missing one that is set would be unsafe).
@@ -261,10 +258,11 @@ impl FenceHook {
         }
     }
 
-    /// The SQL to put in front of a statement, if any. `atomic`: the statement will run in a
-    /// context where it cannot COMMIT midway (a transaction block, or a multi-statement
-    /// Query, which is what a rewritten Query is).
-    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Option<String> {
+    /// The statements to put in front of a statement (none, one, or a settings check in the
+    /// DO form followed by [`SCHEMA_PROBE`]). `atomic`: the statement will run in a context
+    /// where it cannot COMMIT midway (a transaction block, or a multi-statement Query, which
+    /// is what a rewritten Query is).
+    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Vec<String> {
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
@@ -288,7 +286,7 @@ impl FenceHook {
         }
         if let Decision::Check(fence) = &decision {
             if self.admitted.contains(fence) {
-                return None;
+                return Vec::new();
             }
             match self.cache.get(&self.database, &fence.resource) {
                 Some(current) if current > fence.token => {
@@ -301,7 +299,7 @@ impl FenceHook {
             }
         }
         match &decision {
-            Decision::Pass => return None,
+            Decision::Pass => return Vec::new(),
             Decision::Invalid(reason) => tracing::debug!(%reason, "rejecting statement"),
             Decision::RefuseIfToken(_)
             | Decision::Stale { .. }
@@ -311,15 +309,12 @@ impl FenceHook {
         if let Decision::Check(fence) = &decision {
             self.admitted.record(fence);
         }
-        self.probe = matches!(decision, Decision::CheckSettings { .. }) && !self.schema_known;
-        self.policy.sql(&decision, self.schema_known)
-    }
-
-    /// The statements to put in front of a statement: [`FenceHook::decide`]'s, then the
-    /// schema probe when that asked for one.
-    fn decide_all(&mut self, analysis: &Analysis, atomic: bool) -> Vec<String> {
-        let mut out: Vec<String> = self.decide(analysis, atomic).into_iter().collect();
-        if std::mem::take(&mut self.probe) {
+        let mut out: Vec<String> = self
+            .policy
+            .sql(&decision, self.schema_known)
+            .into_iter()
+            .collect();
+        if matches!(decision, Decision::CheckSettings { .. }) && !self.schema_known {
             out.push(SCHEMA_PROBE.to_string());
         }
         out
@@ -355,7 +350,7 @@ impl FenceHook {
                 // splitter saw, do not trust the memo past it.
                 self.admitted.forget();
             }
-            let sqls = self.decide_all(&analysis, true);
+            let sqls = self.decide(&analysis, true);
             if sqls.is_empty() {
                 continue;
             }
@@ -412,12 +407,7 @@ impl FenceHook {
                     Some((text, analysis)) if text.as_slice() == sql => analysis.clone(),
                     _ => {
                         let analysis = Arc::new(self.analyze(sql));
-                        let (text, last) = self
-                            .last_parse
-                            .get_or_insert_with(|| (Vec::new(), analysis.clone()));
-                        text.clear();
-                        text.extend_from_slice(sql);
-                        *last = analysis.clone();
+                        self.last_parse = Some((sql.to_vec(), analysis.clone()));
                         analysis
                     }
                 };
@@ -450,7 +440,7 @@ impl FenceHook {
         // still unanswered, and then each is checked.
         let mut checks = Vec::new();
         for analysis in self.prepared.candidates(statement) {
-            for sql in self.decide_all(&analysis, atomic) {
+            for sql in self.decide(&analysis, atomic) {
                 if !checks.contains(&sql) {
                     checks.push(sql);
                 }

@@ -262,10 +262,11 @@ RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
     r text := NULLIF(pg_catalog.current_setting('fencing.resource', true), '');
     t text := NULLIF(pg_catalog.current_setting('fencing.token', true), '');
+    -- Unambiguous whatever the resource holds: its length first.
+    settings text := pg_catalog.octet_length(r) || ':' || r || '=' || t;
     admitted bigint;
 BEGIN
-    IF pg_catalog.current_setting('fencegate.settings_admitted', true)
-       = pg_catalog.octet_length(r) || ':' || r || '=' || t THEN
+    IF pg_catalog.current_setting('fencegate.settings_admitted', true) = settings THEN
         RETURN t::bigint;
     END IF;
     IF t IS NULL THEN
@@ -285,8 +286,7 @@ BEGIN
                 pg_catalog.quote_literal(t));
     END IF;
     admitted := fencegate.check(r, t::bigint, p_grace_ms);
-    PERFORM pg_catalog.set_config('fencegate.settings_admitted',
-        pg_catalog.octet_length(r) || ':' || r || '=' || t, true);
+    PERFORM pg_catalog.set_config('fencegate.settings_admitted', settings, true);
     RETURN admitted;
 END
 $fn$;
