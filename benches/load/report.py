@@ -136,6 +136,8 @@ interleaved for exactly that reason), not absolute numbers across runs.
   (extended protocol: one script per resource `benchx:<i>`, see benches/README.md);
   fencegate+SET LOCAL runs tpcb-like with `SET LOCAL fencing.resource/fencing.token`
   after BEGIN
+- PostgreSQL, fencegate and PgBouncer each run in a process session of their own (own
+  scheduler autogroup, like separate services); pgbench runs in the benchmark's
 - latency: the median over repetitions of pgbench's per-run average latency
 - proxy CPU: user + system seconds of the proxy process (/proc/<pid>/stat) during the
   runs, per 10,000 transactions (connection setup included)

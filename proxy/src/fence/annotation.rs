@@ -6,6 +6,7 @@
 //! that names either fencing key is an annotation; one that is malformed is an error the
 //! client must see (SQLSTATE 55Z02), not something to skip silently.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use memchr::memmem;
@@ -59,18 +60,55 @@ pub fn find(statement: &[u8]) -> Result<Option<Fence>, AnnotationError> {
 pub fn from_comments<'a>(
     comments: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<Fence>, AnnotationError> {
+    from_comments_cached(comments, &mut LastComment::default())
+}
+
+/// [`from_comments`], reusing `last` when a comment is the one parsed last.
+pub fn from_comments_cached<'a>(
+    comments: impl IntoIterator<Item = &'a [u8]>,
+    last: &mut LastComment,
+) -> Result<Option<Fence>, AnnotationError> {
     let mut found: Option<Fence> = None;
     for text in comments {
         if !mentions_key(text) {
             continue;
         }
-        let fence = parse_comment(text)?;
+        let fence = last.parse(text)?;
         match &found {
             Some(prev) if *prev != fence => return Err(AnnotationError::Conflicting),
             _ => found = Some(fence),
         }
     }
     Ok(found)
+}
+
+/// The annotation comment a session parsed last, with its result. A client usually sends
+/// the same annotation on every statement of a transaction (or of a lock's whole lease),
+/// so comparing the text replaces parsing it again.
+#[derive(Debug, Default)]
+pub struct LastComment {
+    text: Vec<u8>,
+    parsed: Option<Result<Fence, AnnotationError>>,
+}
+
+impl LastComment {
+    /// Longest comment kept: an annotation is two short pairs plus sqlcommenter's others.
+    const MAX_KEPT: usize = 1024;
+
+    fn parse(&mut self, text: &[u8]) -> Result<Fence, AnnotationError> {
+        match &self.parsed {
+            Some(parsed) if self.text == text => parsed.clone(),
+            _ => {
+                let parsed = parse_comment(text);
+                if text.len() <= Self::MAX_KEPT {
+                    self.text.clear();
+                    self.text.extend_from_slice(text);
+                    self.parsed = Some(parsed.clone());
+                }
+                parsed
+            }
+        }
+    }
 }
 
 /// True when `text` names a fencing key anywhere: without that, no comment in it is an
@@ -85,41 +123,38 @@ pub fn mentions_key(text: &[u8]) -> bool {
 /// Parses `k1='v1',k2='v2'` and builds the fence from the fencing keys.
 fn parse_comment(text: &[u8]) -> Result<Fence, AnnotationError> {
     let (mut resource, mut token) = (None, None);
-    for (key, value) in pairs(text)? {
-        match key.as_slice() {
-            b"fencing_resource" => resource = Some(value),
-            b"fencing_token" => token = Some(value),
-            _ => {}
-        }
-    }
+    for_each_pair(text, |key, value| match &*key {
+        b"fencing_resource" => resource = Some(value),
+        b"fencing_token" => token = Some(value),
+        _ => {}
+    })?;
     let (resource, token) = match (resource, token) {
         (Some(r), Some(t)) => (r, t),
         (None, Some(_)) => return Err(AnnotationError::TokenWithoutResource),
         (Some(_), None) => return Err(AnnotationError::ResourceWithoutToken),
         (None, None) => return Err(AnnotationError::Malformed("no fencing key")),
     };
-    Fence::new(resource, &token)
+    Fence::new(resource.into_owned(), &token)
 }
 
-/// Splits sqlcommenter pairs, URL-decoding keys and values.
-/// One decoded `key='value'` pair.
-type Pair = (Vec<u8>, Vec<u8>);
-
-fn pairs(text: &[u8]) -> Result<Vec<Pair>, AnnotationError> {
-    let mut out = Vec::new();
+/// Calls `f` with each sqlcommenter pair, key and value URL-decoded. Both borrow from
+/// `text` unless an escape had to be undone (annotations are parsed on every statement
+/// that carries one, so the common case allocates nothing).
+fn for_each_pair<'a>(
+    text: &'a [u8],
+    mut f: impl FnMut(Cow<'a, [u8]>, Cow<'a, [u8]>),
+) -> Result<(), AnnotationError> {
     let mut rest = trim(text);
     while !rest.is_empty() {
-        let eq = rest
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or(AnnotationError::Malformed("expected key='value'"))?;
-        let key = url_decode(trim(&rest[..eq]))?;
+        let eq =
+            memchr::memchr(b'=', rest).ok_or(AnnotationError::Malformed("expected key='value'"))?;
+        let key = url_decode(Cow::Borrowed(trim(&rest[..eq])))?;
         rest = trim(&rest[eq + 1..]);
         if rest.first() != Some(&b'\'') {
             return Err(AnnotationError::Malformed("value must be single-quoted"));
         }
         let (raw, after) = quoted_value(&rest[1..])?;
-        out.push((key, url_decode(&raw)?));
+        f(key, url_decode(raw)?);
         rest = trim(after);
         match rest.first() {
             None => {}
@@ -127,11 +162,17 @@ fn pairs(text: &[u8]) -> Result<Vec<Pair>, AnnotationError> {
             Some(_) => return Err(AnnotationError::Malformed("expected ',' between pairs")),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads a quoted value up to its closing quote, undoing `\'` escapes.
-fn quoted_value(text: &[u8]) -> Result<(Vec<u8>, &[u8]), AnnotationError> {
+fn quoted_value(text: &[u8]) -> Result<(Cow<'_, [u8]>, &[u8]), AnnotationError> {
+    let close = memchr::memchr(b'\'', text)
+        .ok_or(AnnotationError::Malformed("unterminated quoted value"))?;
+    if text[..close].last() != Some(&b'\\') {
+        // No escape before the first quote: it closes the value.
+        return Ok((Cow::Borrowed(&text[..close]), &text[close + 1..]));
+    }
     let mut value = Vec::new();
     let mut i = 0;
     while i < text.len() {
@@ -140,7 +181,7 @@ fn quoted_value(text: &[u8]) -> Result<(Vec<u8>, &[u8]), AnnotationError> {
                 value.push(b'\'');
                 i += 2;
             }
-            b'\'' => return Ok((value, &text[i + 1..])),
+            b'\'' => return Ok((Cow::Owned(value), &text[i + 1..])),
             b => {
                 value.push(b);
                 i += 1;
@@ -166,7 +207,10 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn url_decode(s: &[u8]) -> Result<Vec<u8>, AnnotationError> {
+fn url_decode(s: Cow<'_, [u8]>) -> Result<Cow<'_, [u8]>, AnnotationError> {
+    if memchr::memchr(b'%', &s).is_none() {
+        return Ok(s);
+    }
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -186,7 +230,7 @@ fn url_decode(s: &[u8]) -> Result<Vec<u8>, AnnotationError> {
             }
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -267,5 +311,38 @@ mod tests {
     fn the_same_annotation_twice_is_fine() {
         let sql = b"/*fencing_resource='a',fencing_token='1'*/ SELECT 1 /*fencing_token='1',fencing_resource='a'*/";
         assert_eq!(find(sql).unwrap(), fence("a", 1));
+    }
+
+    #[test]
+    fn a_session_reuses_the_comment_it_parsed_last_and_only_that_one() {
+        let mut last = LastComment::default();
+        let parse = |last: &mut LastComment, sql: &[u8]| {
+            let comments = Lexer::new(sql).filter_map(|token| match token {
+                Token::Comment(text) => Some(text),
+                _ => None,
+            });
+            from_comments_cached(comments, last)
+        };
+        let a7 = b"UPDATE t SET x = 1 /*fencing_resource='a',fencing_token='7'*/";
+        let a8 = b"UPDATE t SET x = 1 /*fencing_resource='a',fencing_token='8'*/";
+        let bad = b"UPDATE t SET x = 1 /*fencing_resource='a',fencing_token='x'*/";
+        for _ in 0..2 {
+            assert_eq!(parse(&mut last, a7).unwrap(), fence("a", 7));
+        }
+        assert_eq!(parse(&mut last, a8).unwrap(), fence("a", 8));
+        for _ in 0..2 {
+            assert_eq!(
+                parse(&mut last, bad).unwrap_err(),
+                AnnotationError::BadToken("x".into())
+            );
+        }
+        assert_eq!(parse(&mut last, a7).unwrap(), fence("a", 7));
+        // Too long to keep, still parsed right, and the kept one is not mistaken for it.
+        let long = format!(
+            "/*fencing_resource='b',fencing_token='9',traceparent='{}'*/",
+            "0".repeat(LastComment::MAX_KEPT)
+        );
+        assert_eq!(parse(&mut last, long.as_bytes()).unwrap(), fence("b", 9));
+        assert_eq!(parse(&mut last, a8).unwrap(), fence("a", 8));
     }
 }

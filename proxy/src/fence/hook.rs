@@ -27,6 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashSet;
 
+use super::annotation::LastComment;
 use super::cache::HighWaterCache;
 use super::classify::{classify, Kind};
 use super::contains_ignore_case;
@@ -95,6 +96,7 @@ impl HookFactory for FenceHooks {
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
             last_parse: None,
+            last_comment: LastComment::default(),
         }))
     }
 }
@@ -163,6 +165,8 @@ pub struct FenceHook {
     admitted: Admitted,
     /// The text and analysis of the last Parse (reused when the next Parse is the same).
     last_parse: Option<(Vec<u8>, Arc<Analysis>)>,
+    /// The annotation comment parsed last (reused when the next statement carries it too).
+    last_comment: LastComment,
 }
 
 impl SessionHook for FenceHook {
@@ -241,8 +245,8 @@ impl SessionHook for FenceHook {
 impl FenceHook {
     /// Analyses a statement's text; in an encoding the lexer cannot read safely, any text
     /// that mentions fencing counts as a malformed annotation (fail closed).
-    fn analyze(&self, text: &[u8]) -> Analysis {
-        let mut analysis = self.policy.analyze(text);
+    fn analyze(&mut self, text: &[u8]) -> Analysis {
+        let mut analysis = self.policy.analyze_cached(text, &mut self.last_comment);
         if self.encoding == ClientEncoding::Other && contains_ignore_case(text, b"fencing") {
             analysis.annotation = Err(super::annotation::AnnotationError::Malformed(
                 "fencing needs client_encoding UTF8 or a single-byte encoding",

@@ -1,6 +1,6 @@
 //! The decision for one statement, and the SQL the proxy sends to carry it out.
 
-use super::annotation::{self, AnnotationError};
+use super::annotation::{self, AnnotationError, LastComment};
 use super::classify::{classify_noting_comments, Class, Kind};
 use super::sql::{Lexer, Token};
 use super::Fence;
@@ -95,6 +95,11 @@ impl Analysis {
 impl FencePolicy {
     /// Reads what matters from a statement's text.
     pub fn analyze(&self, statement: &[u8]) -> Analysis {
+        self.analyze_cached(statement, &mut LastComment::default())
+    }
+
+    /// [`Self::analyze`] for a session, which keeps the annotation it parsed last.
+    pub fn analyze_cached(&self, statement: &[u8], last: &mut LastComment) -> Analysis {
         // One lexer pass for both: the comments are kept only when the text names a key.
         let annotated = annotation::mentions_key(statement);
         let mut comments = Vec::new();
@@ -106,7 +111,7 @@ impl FencePolicy {
         Analysis {
             class,
             annotation: if annotated {
-                annotation::from_comments(comments)
+                annotation::from_comments_cached(comments, last)
             } else {
                 Ok(None)
             },

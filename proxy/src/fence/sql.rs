@@ -227,6 +227,14 @@ impl<'a> Iterator for Lexer<'a> {
 /// tag written after the final `;`) belongs to the statement before it, since PostgreSQL
 /// skips such segments; one before any statement is dropped, like an empty statement.
 pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
+    match lone_statement(sql) {
+        Some(statement) => vec![statement],
+        None => split_lexed(sql),
+    }
+}
+
+/// [`split_statements`] the long way, through the lexer.
+fn split_lexed(sql: &[u8]) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut lexer = Lexer::new(sql);
     let mut start = 0;
@@ -301,6 +309,29 @@ pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
         last.end = sql.len();
     }
     out
+}
+
+/// The usual Query string, one statement with at most `;` and whitespace after it, found
+/// without the lexer: its range, as [`split_statements`] would give it. `None` when the
+/// lexer must decide: a `;` with more text after it, a `--` (a `;` inside a line comment
+/// is no terminator), or text that is blank or starts with a comment.
+///
+/// Where else that first `;` could stand (an unterminated quote, block comment or
+/// parenthesis, a `BEGIN ATOMIC` body without its `END`), PostgreSQL rejects the whole
+/// string as a syntax error before running any of it, so the range is immaterial.
+fn lone_statement(sql: &[u8]) -> Option<Range<usize>> {
+    let end = match memchr::memchr(b';', sql) {
+        // Like the lexer's ranges: up to the end of the last token before the `;`.
+        Some(i) if sql[i..].iter().all(|&b| b == b';' || is_space(b)) => {
+            sql[..i].iter().rposition(|&b| !is_space(b))? + 1
+        }
+        Some(_) => return None,
+        None => sql.len(),
+    };
+    let text = &sql[..end];
+    let first = text.iter().find(|&&b| !is_space(b))?;
+    let plain = !matches!(first, b'-' | b'/') && memchr::memmem::find(text, b"--").is_none();
+    plain.then_some(0..end)
 }
 
 /// True when a statement (a range from [`split_statements`]) has a `;` inside it, outside

@@ -152,3 +152,58 @@ fn inner_semicolons_are_reported() {
         b"UPDATE t SET v = 1; /* trailing tag */"
     ));
 }
+
+#[test]
+fn the_lone_statement_shortcut_agrees_with_the_lexer() {
+    let bodies = [
+        "SELECT 1",
+        "UPDATE t SET a = 'x;y' WHERE b = $$;$$ /*fencing_resource='r',fencing_token='1'*/",
+        "UPDATE t SET a = 'x' /*fencing_resource='r',fencing_token='1'*/",
+        "SELECT $q$a$q$, \"b\", E'c\\'' FROM t -- -",
+        "SELECT \"a;b\" FROM t",
+        "INSERT INTO t VALUES (1, E'\\';')",
+        "SELECT 1 /* c; */",
+        "  \n SELECT 1",
+        "create function f() returns int language sql begin atomic select 1; end",
+        "SELECT 1 -- c; d",
+        "SELECT '--'",
+        "-- c\nSELECT 1",
+        "/* c */ SELECT 1",
+        "",
+        "  ",
+    ];
+    let tails = [
+        "",
+        ";",
+        "; ",
+        ";\n",
+        " ;;\t\x0b;",
+        "; SELECT 2",
+        "; /*fencing_token='1'*/",
+        "\n",
+    ];
+    let mut shortcuts = 0;
+    for body in bodies {
+        for tail in tails {
+            let sql = format!("{body}{tail}");
+            if let Some(range) = lone_statement(sql.as_bytes()) {
+                shortcuts += 1;
+                assert_eq!(split_lexed(sql.as_bytes()), vec![range], "{sql:?}");
+            }
+        }
+    }
+    assert!(
+        shortcuts >= 18,
+        "the shortcut was taken only {shortcuts} times"
+    );
+    // A `;` inside a line comment ending in a newline is no terminator: the lexer decides.
+    let sql = b"UPDATE t SET a = 1 -- fencing_token='1';\n";
+    assert_eq!(lone_statement(sql), None);
+    assert_eq!(
+        split_statements(sql),
+        vec![Range {
+            start: 0,
+            end: sql.len()
+        }]
+    );
+}
