@@ -113,6 +113,57 @@ fn bench(c: &mut Criterion) {
         b.iter(|| round(&mut t, black_box(&fenced), black_box(&server_fenced)))
     });
     group.finish();
+
+    // A driver's batch (JDBC executeBatch, a pgx or psycopg pipeline): one Parse, N
+    // Bind/Execute pairs, one Sync, then every reply. The relay asks `awaiting_ready` before
+    // each client message when a hook is present, so the cost per message must not grow
+    // with the depth of the queue: compare the per-element figures of the two depths.
+    let mut group = c.benchmark_group("replies/pipeline");
+    let parse = build::parse("", "INSERT INTO t VALUES ($1)").to_vec();
+    let bind = build::bind("", "", &[]).to_vec();
+    let execute = build::execute("").to_vec();
+    let sync = common::message(b'S', b"");
+    let replies = [
+        common::message(b'1', b""),
+        common::message(b'2', b""),
+        common::message(b'C', b"INSERT 0 1\0"),
+        common::message(b'Z', b"I"),
+    ];
+    for depth in [100usize, 10_000] {
+        let mut client = vec![(b'P', &parse[HEADER_LEN..])];
+        for _ in 0..depth {
+            client.push((b'B', &bind[HEADER_LEN..]));
+            client.push((b'E', &execute[HEADER_LEN..]));
+        }
+        client.push((b'S', &sync[HEADER_LEN..]));
+        let mut server = vec![(b'1', &replies[0][HEADER_LEN..])];
+        for _ in 0..depth {
+            server.push((b'2', &replies[1][HEADER_LEN..]));
+            server.push((b'C', &replies[2][HEADER_LEN..]));
+        }
+        server.push((b'Z', &replies[3][HEADER_LEN..]));
+        let batch = |t: &mut ReplyTracker| {
+            let mut awaiting = 0;
+            for (tag, body) in &client {
+                awaiting += usize::from(t.awaiting_ready());
+                t.client_message(&FrontendMessage { tag: *tag, body }, Action::Forward);
+            }
+            let forwarded = server
+                .iter()
+                .filter(|(tag, body)| t.server_message(*tag, body) != Route::Drop)
+                .count();
+            (awaiting, forwarded)
+        };
+        let mut t = ReplyTracker::new(TxStatus::Idle);
+        assert_eq!(batch(&mut t), (0, server.len()));
+        assert!(t.is_idle() && t.desync().is_none());
+        group.throughput(Throughput::Elements((client.len() + server.len()) as u64));
+        group.bench_function(format!("batch_{depth}"), |b| {
+            let mut t = ReplyTracker::new(TxStatus::Idle);
+            b.iter(|| batch(black_box(&mut t)))
+        });
+    }
+    group.finish();
 }
 
 /// The scripted round is what the tracker expects: `forwarded` messages reach the client

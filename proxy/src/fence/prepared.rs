@@ -48,6 +48,11 @@ pub struct PreparedStatements {
     confirmed: HashMap<Vec<u8>, Arc<Analysis>>,
     /// Sent, unanswered, oldest first, with the round each was sent in.
     pending: VecDeque<(u64, StatementOp)>,
+    /// How many of `pending` name each statement (the unnamed one apart, as above): a Bind
+    /// of a name with none skips the walk over `pending`, which a pipelining client can
+    /// make long.
+    pending_unnamed: usize,
+    pending_named: HashMap<Vec<u8>, usize>,
     /// Rounds the client has ended (Syncs and Queries sent).
     round: u64,
 }
@@ -55,6 +60,16 @@ pub struct PreparedStatements {
 impl PreparedStatements {
     /// The client sent a Parse or a Close.
     pub fn sent(&mut self, op: StatementOp) {
+        match op.name() {
+            None => {}
+            Some(b"") => self.pending_unnamed += 1,
+            Some(name) => match self.pending_named.get_mut(name) {
+                Some(count) => *count += 1,
+                None => {
+                    self.pending_named.insert(name.to_vec(), 1);
+                }
+            },
+        }
         self.pending.push_back((self.round, op));
     }
 
@@ -68,6 +83,18 @@ impl PreparedStatements {
         let Some((_, op)) = self.pending.pop_front() else {
             return;
         };
+        match op.name() {
+            None => {}
+            Some(b"") => self.pending_unnamed -= 1,
+            Some(name) => {
+                if let Some(count) = self.pending_named.get_mut(name) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.pending_named.remove(name);
+                    }
+                }
+            }
+        }
         if !completed {
             return;
         }
@@ -89,6 +116,18 @@ impl PreparedStatements {
     /// carries no annotation, or one that does not exist, whose Bind fails).
     pub fn candidates(&self, name: &[u8]) -> Vec<Arc<Analysis>> {
         let unknown = || Arc::new(Analysis::unknown());
+        let confirmed = if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.confirmed.get(name)
+        };
+        let pending = match name {
+            b"" => self.pending_unnamed > 0,
+            _ => self.pending_named.contains_key(name),
+        };
+        if !pending {
+            return vec![confirmed.cloned().unwrap_or_else(unknown)];
+        }
         let state = |op: &StatementOp| match op {
             StatementOp::Parse(_, analysis) => analysis.clone(),
             _ => unknown(),
@@ -101,11 +140,6 @@ impl PreparedStatements {
         if let Some((_, op)) = ops().rev().find(|(round, _)| *round == self.round) {
             return vec![state(op)];
         }
-        let confirmed = if name.is_empty() {
-            self.unnamed.as_ref()
-        } else {
-            self.confirmed.get(name)
-        };
         let mut out = vec![confirmed.cloned().unwrap_or_else(unknown)];
         for (_, op) in ops() {
             let candidate = state(op);
@@ -217,5 +251,34 @@ mod tests {
         p.round_ended();
         p.answered(true);
         assert_eq!(texts(&p, ""), [Analysis::unknown()]);
+    }
+
+    #[test]
+    fn a_deep_pipeline_keeps_each_name_apart() {
+        let mut p = PreparedStatements::default();
+        let s1 = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
+        p.sent(StatementOp::Parse(b"s1".to_vec(), s1.clone()));
+        p.round_ended();
+        p.answered(true);
+        // A pipelining client: many rounds in flight, each parsing the unnamed statement.
+        let unnamed = analysis("SELECT 1");
+        for _ in 0..1000 {
+            p.sent(StatementOp::Parse(Vec::new(), unnamed.clone()));
+            p.round_ended();
+        }
+        assert_eq!(texts(&p, "s1"), [(*s1).clone()]);
+        assert_eq!(texts(&p, ""), [Analysis::unknown(), (*unnamed).clone()]);
+        // A Close of s1 still in flight: either state is possible.
+        p.sent(StatementOp::Close(b"s1".to_vec()));
+        p.round_ended();
+        assert_eq!(texts(&p, "s1"), [(*s1).clone(), Analysis::unknown()]);
+        for _ in 0..1000 {
+            p.answered(true);
+        }
+        assert_eq!(texts(&p, ""), [(*unnamed).clone()]);
+        assert_eq!(texts(&p, "s1"), [(*s1).clone(), Analysis::unknown()]);
+        p.answered(true);
+        assert_eq!(texts(&p, "s1"), [Analysis::unknown()]);
+        assert_eq!((p.pending_unnamed, p.pending_named.len()), (0, 0));
     }
 }

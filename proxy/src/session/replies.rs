@@ -148,6 +148,90 @@ impl Entry {
     }
 }
 
+/// The expected replies in order, with counts of the entries the hot path asks about on
+/// every message (so that it need not walk the queue). Entries are not changed in those
+/// respects once queued.
+#[derive(Debug, Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// Entries whose ReadyForQuery may change the transaction status.
+    status_changers: usize,
+    /// [`Expect::CopyEnd`] markers.
+    markers: usize,
+    /// Replies the proxy makes itself.
+    synthesized: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, entry: Entry) {
+        self.count(&entry, true);
+        self.entries.push_back(entry);
+        self.check_counts();
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        self.count(&entry, false);
+        self.check_counts();
+        Some(entry)
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Entry> {
+        let entry = self.entries.remove(index)?;
+        self.count(&entry, false);
+        self.check_counts();
+        Some(entry)
+    }
+
+    fn clear(&mut self) {
+        *self = Queue::default();
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        self.entries.front()
+    }
+
+    /// The head, for changes other than to what is counted.
+    fn front_mut(&mut self) -> Option<&mut Entry> {
+        self.entries.front_mut()
+    }
+
+    fn get(&self, index: usize) -> Option<&Entry> {
+        self.entries.get(index)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn count(&mut self, entry: &Entry, added: bool) {
+        let adjust = |n: &mut usize, yes: bool| match (yes, added) {
+            (false, _) => {}
+            (true, true) => *n += 1,
+            (true, false) => *n -= 1,
+        };
+        adjust(&mut self.status_changers, entry.may_change_status);
+        adjust(&mut self.markers, entry.expect == Expect::CopyEnd);
+        adjust(
+            &mut self.synthesized,
+            matches!(entry.action, Action::Synthesize(_)),
+        );
+    }
+
+    /// In debug builds (the test suite), recounts short queues.
+    fn check_counts(&self) {
+        if cfg!(debug_assertions) && self.entries.len() <= 64 {
+            let count = |f: fn(&Entry) -> bool| self.entries.iter().filter(|e| f(e)).count();
+            debug_assert_eq!(self.status_changers, count(|e| e.may_change_status));
+            debug_assert_eq!(self.markers, count(|e| e.expect == Expect::CopyEnd));
+            debug_assert_eq!(
+                self.synthesized,
+                count(|e| matches!(e.action, Action::Synthesize(_)))
+            );
+        }
+    }
+}
+
 /// A server message that does not fit the expected replies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("server sent {got:?} while {expected} was expected")]
@@ -161,7 +245,7 @@ pub struct Desync {
 /// The expected-reply queue plus the server state it implies.
 #[derive(Debug, Default)]
 pub struct ReplyTracker {
-    queue: VecDeque<Entry>,
+    queue: Queue,
     /// The server is discarding messages until Sync after an extended-protocol error.
     discarding: bool,
     /// The server is in COPY FROM STDIN and swallows Sync/Flush.
@@ -210,7 +294,7 @@ impl ReplyTracker {
     /// an Execute. (A round of only Parse, Bind, Describe and Close can fail, leaving a
     /// transaction block failed, but cannot begin or end a transaction.)
     pub fn awaiting_ready(&self) -> bool {
-        self.copy_since_ready || self.queue.iter().any(|e| e.may_change_status)
+        self.copy_since_ready || self.queue.status_changers > 0
     }
 
     /// The outcome of the client's oldest Parse or Close whose answer has come and was not
@@ -222,9 +306,7 @@ impl ReplyTracker {
 
     /// True when no reply is outstanding.
     pub fn is_idle(&self) -> bool {
-        self.queue
-            .iter()
-            .all(|e| matches!(e.expect, Expect::CopyEnd))
+        self.queue.len() == self.queue.markers
     }
 
     /// The mismatch that made tracking unreliable, if any. After a desync every server
@@ -330,6 +412,10 @@ impl ReplyTracker {
     /// Takes the next synthesized reply that is due (its earlier entries are complete).
     /// Call until `None` after pushing client messages and before routing a server message.
     pub fn take_synthesized(&mut self) -> Option<Bytes> {
+        if self.queue.synthesized == 0 && self.queue.markers == 0 && !self.discarding {
+            // Nothing to take, nothing to tidy (the usual case, on every server message).
+            return None;
+        }
         self.pop_markers();
         if self.discarding {
             // The server skips everything up to Sync; so does the proxy's own answer.
@@ -476,10 +562,10 @@ impl ReplyTracker {
         self.copy_since_ready = true;
         self.copy_running = true;
         let mut i = 1;
-        while i < self.queue.len() {
-            match self.queue[i].expect {
+        while let Some(entry) = self.queue.get(i) {
+            match entry.expect {
                 Expect::Sync => {
-                    self.copy_syncs_uncertain |= self.queue[i].after_copy_data;
+                    self.copy_syncs_uncertain |= entry.after_copy_data;
                     self.queue.remove(i);
                 }
                 Expect::CopyEnd => {
@@ -493,6 +579,9 @@ impl ReplyTracker {
     }
 
     fn pop_markers(&mut self) {
+        if self.queue.markers == 0 {
+            return;
+        }
         while matches!(
             self.queue.front(),
             Some(Entry {
