@@ -103,6 +103,8 @@ pub struct Config {
     /// sessions (see [`crate::workers`]): 1 runs everything on one thread, 0 one per CPU.
     /// Default 1 (see the README's performance section for the measurements behind it).
     pub worker_threads: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -122,6 +124,7 @@ impl Default for Config {
             preempt_grace: DEFAULT_PREEMPT_GRACE,
             require_token_tables: Vec::new(),
             worker_threads: DEFAULT_WORKER_THREADS,
+            metrics_listen: None,
         }
     }
 }

@@ -67,4 +67,7 @@ pub enum ServerError {
     /// The session threads could not be started.
     #[error("starting session threads: {0}")]
     Workers(#[source] io::Error),
+    /// The metrics endpoint could not listen on its address.
+    #[error("cannot listen for metrics on {0}: {1}")]
+    MetricsListen(std::net::SocketAddr, #[source] io::Error),
 }

@@ -6,6 +6,8 @@
 //! - [`error`]: error types; each says which side (client, upstream, internal) failed.
 //! - [`pgtemp`]: throwaway PostgreSQL clusters from the installed binaries (demo, tests).
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
+//! - [`metrics`]: the Prometheus endpoint (connection counts, fencing counters, check
+//!   latency).
 //! - [`workers`]: the session threads, one single-threaded runtime each.
 //! - [`protocol`]: sans-IO message handling: frame splitting with length checks, typed views
 //!   of the few messages the proxy must look inside, and builders for what it sends itself.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fence;
+pub mod metrics;
 pub mod pgtemp;
 pub mod protocol;
 pub mod server;

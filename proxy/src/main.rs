@@ -12,6 +12,7 @@ use fencegate::config::{parse_duration, Config, UpstreamTls};
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::plan::FenceMode;
 use fencegate::fence::stats::FenceStats;
+use fencegate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -100,6 +101,9 @@ struct ServeArgs {
     /// Threads running sessions: 1 = a single thread, 0 = one per CPU [default: 1].
     #[arg(long, env = "FENCEGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 [default: off].
+    #[arg(long, env = "FENCEGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -134,6 +138,9 @@ impl ServeArgs {
         }
         if self.upstream_ca.is_some() {
             c.upstream_ca = self.upstream_ca;
+        }
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
         }
         c.validate()?;
         Ok(c)
@@ -188,8 +195,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        let hooks = FenceHooks::new(config.fence_policy(), Arc::new(FenceStats::default()));
-        fencegate::server::run(listener, Arc::new(config), Arc::new(hooks), shutdown).await?;
+        let stats = Arc::new(FenceStats::default());
+        let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
+        let metrics = Arc::new(Metrics::new(stats));
+        fencegate::server::run(
+            listener,
+            Arc::new(config),
+            Arc::new(hooks),
+            metrics,
+            shutdown,
+        )
+        .await?;
         Ok(())
     })
 }
@@ -244,6 +260,7 @@ mod tests {
             "--preempt-grace=250ms",
             "--require-token-table=orders,jobs",
             "--worker-threads=3",
+            "--metrics-listen=127.0.0.1:9187",
         ])
         .into_config()
         .unwrap();
@@ -258,6 +275,7 @@ mod tests {
         assert_eq!(c.preempt_grace, Duration::from_millis(250));
         assert_eq!(c.require_token_tables, ["orders", "jobs"]);
         assert_eq!(c.worker_threads, 3);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9187".parse().unwrap()));
     }
 
     #[test]

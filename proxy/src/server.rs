@@ -11,19 +11,36 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 use crate::session::hook::HookFactory;
 use crate::session::signals::Signals;
 use crate::session::{self, Shared};
 use crate::upstream::Upstream;
 use crate::workers::Workers;
 
-/// Serves clients from `listener` until `shutdown` is cancelled, then drains.
+/// Serves clients from `listener` until `shutdown` is cancelled, then drains. Counts into
+/// `metrics`, and answers scrapes on `config.metrics_listen` (when set) until the drain
+/// ends.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     hooks: Arc<dyn HookFactory>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let scrapes = CancellationToken::new();
+    let _stop_scrapes = scrapes.clone().drop_guard();
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::MetricsListen(addr, e))?;
+        tracing::info!(listen = %addr, "metrics endpoint at /metrics");
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            metrics.clone(),
+            scrapes,
+        ));
+    }
     let shared = Arc::new(Shared {
         upstream: Upstream::new(&config)?,
         tls: crate::tls::acceptor(&config)?,
@@ -57,11 +74,13 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let shared = shared.clone();
+        let counted = metrics.connection_opened();
         // Every log line of a session (a rejection included) names the client's address;
         // the span is at ERROR level so that it shows whatever level is logged.
         let span = tracing::error_span!("session", client = %peer);
         workers.spawn(&sessions, async move {
             session::serve(tcp, shared, span).await;
+            drop(counted);
             drop(permit);
         });
     }

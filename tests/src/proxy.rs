@@ -15,6 +15,7 @@ use std::time::Duration;
 use fencegate::config::Config;
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::stats::FenceStats;
+use fencegate::metrics::Metrics;
 use fencegate::session::hook::{HookFactory, NoHooks};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,17 @@ impl TestProxy {
         tweak: impl FnOnce(&mut Config),
         hooks: Arc<dyn HookFactory>,
     ) -> TestProxy {
+        TestProxy::start_with_metrics(upstream_port, tweak, hooks, Arc::default())
+    }
+
+    /// [`Self::start`], counting into `metrics` (served when the config names
+    /// `metrics_listen`).
+    pub fn start_with_metrics(
+        upstream_port: u16,
+        tweak: impl FnOnce(&mut Config),
+        hooks: Arc<dyn HookFactory>,
+        metrics: Arc<Metrics>,
+    ) -> TestProxy {
         crate::init_tracing();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy listener");
         listener
@@ -71,7 +83,7 @@ impl TestProxy {
                     .expect("proxy runtime");
                 let result = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    fencegate::server::run(listener, Arc::new(config), hooks, token)
+                    fencegate::server::run(listener, Arc::new(config), hooks, metrics, token)
                         .await
                         .map_err(|e| std::io::Error::other(error_chain(&e)))
                 });

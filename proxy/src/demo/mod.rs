@@ -16,6 +16,7 @@ use self::scenario::{Outcome, Pause};
 use crate::config::Config;
 use crate::fence::hook::FenceHooks;
 use crate::fence::stats::FenceStats;
+use crate::metrics::Metrics;
 use crate::pgtemp::{PgBin, PgTempError, TempCluster};
 use crate::session::hook::HookFactory;
 
@@ -74,15 +75,15 @@ pub async fn run() -> Result<bool, DemoError> {
         shutdown_grace: Duration::from_secs(1),
         ..Config::default()
     };
-    let hooks: Arc<dyn HookFactory> = Arc::new(FenceHooks::new(
-        config.fence_policy(),
-        Arc::new(FenceStats::default()),
-    ));
+    let stats = Arc::new(FenceStats::default());
+    let hooks: Arc<dyn HookFactory> =
+        Arc::new(FenceHooks::new(config.fence_policy(), stats.clone()));
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(crate::server::run(
         listener,
         Arc::new(config),
         hooks,
+        Arc::new(Metrics::new(stats)),
         shutdown.clone(),
     ));
     println!(

@@ -41,7 +41,9 @@ use crate::protocol::backend::{error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
 use crate::protocol::startup::StartupMessage;
-use crate::session::hook::{Action, HookFactory, Injector, Insertion, Rewrite, SessionHook};
+use crate::session::hook::{
+    Action, CheckDone, HookFactory, Injector, Insertion, Rewrite, SessionHook,
+};
 
 /// Largest Query the proxy builds by inserting checks (PostgreSQL's own limit is 1 GiB).
 const MAX_REWRITE: usize = 64 << 20;
@@ -195,6 +197,13 @@ impl SessionHook for FenceHook {
 
     fn client_outcome(&mut self, completed: bool) {
         self.prepared.answered(completed);
+    }
+
+    fn check_done(&mut self, done: CheckDone) {
+        self.stats.check_seconds.observe(done.elapsed);
+        if done.ok {
+            FenceStats::bump(&self.stats.admitted);
+        }
     }
 
     fn injected_row(&mut self, _body: &[u8]) {

@@ -1,18 +1,25 @@
-//! Counters of fencing decisions, shared by every session of one proxy process.
+//! Counters of fencing decisions and a histogram of check latency, shared by every session
+//! of one proxy process (exposed by [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// What the fence has done since the process started.
 #[derive(Debug, Default)]
 pub struct FenceStats {
-    /// Checks sent to PostgreSQL (by annotation or by settings).
+    /// Checks sent to PostgreSQL (by annotation or by settings, and refusals the proxy
+    /// decided itself but delivers in the client's transaction).
     pub checks: AtomicU64,
+    /// Checks that completed: the statement behind them was allowed to run.
+    pub admitted: AtomicU64,
     /// Statements rejected as stale (SQLSTATE 55Z01).
     pub stale: AtomicU64,
     /// Statements rejected for a malformed or missing annotation (55Z02).
     pub invalid: AtomicU64,
     /// Checks that found no `fencegate` schema (55Z03).
     pub not_installed: AtomicU64,
+    /// From sending a check to its result, whatever the result.
+    pub check_seconds: Histogram,
 }
 
 impl FenceStats {
@@ -24,5 +31,72 @@ impl FenceStats {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds: a check is one round trip inside
+/// PostgreSQL when uncontended (well under a millisecond), and waits up to the preemption
+/// grace (5 s by default) behind an older holder.
+pub const BUCKETS: [f64; 14] = [
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram with fixed buckets, updated with relaxed atomics (no lock on the
+/// session threads).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`BUCKETS`] and above the one before
+    /// (not cumulative; the exposition sums them).
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&bound| seconds <= bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound of [`BUCKETS`], the total count and the sum in seconds,
+    /// as the Prometheus exposition wants them.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut running = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                running += b.load(Ordering::Relaxed);
+                running
+            })
+            .collect();
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (cumulative, count, sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_that_holds_them() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(150));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_secs(60));
+        let (cumulative, count, sum) = h.snapshot();
+        assert_eq!(&cumulative[..4], [1, 1, 3, 3]);
+        assert_eq!(cumulative[BUCKETS.len() - 1], 3, "60 s is only in +Inf");
+        assert_eq!(count, 4);
+        assert!((sum - 60.00185).abs() < 1e-9, "{sum}");
     }
 }

@@ -13,7 +13,7 @@ use crate::protocol::framing::peek_tagged;
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::startup::StartupMessage;
 
-pub use super::replies::{Action, Insertion, Rewrite};
+pub use super::replies::{Action, CheckDone, Insertion, Rewrite};
 
 /// Makes one hook per client session.
 pub trait HookFactory: Send + Sync + 'static {
@@ -43,6 +43,9 @@ pub trait SessionHook: Send + 'static {
     /// Sees each DataRow that the hook's own injected work returned (hidden from the
     /// client), as it arrives.
     fn injected_row(&mut self, _body: &[u8]) {}
+
+    /// Learns how each of the hook's checks ended (see [`CheckDone`]), once per server read.
+    fn check_done(&mut self, _done: CheckDone) {}
 }
 
 /// The default: plain relaying, no hook.

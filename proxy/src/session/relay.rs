@@ -346,6 +346,9 @@ impl Relay {
             while let Some(completed) = self.tracker.take_outcome() {
                 hook.client_outcome(completed);
             }
+            for done in self.tracker.take_checks_done() {
+                hook.check_done(done);
+            }
         }
         if !self.desync_reported {
             if let Some(desync) = self.tracker.desync() {

@@ -21,6 +21,7 @@
 //!   NotificationResponse always reach the client.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -75,6 +76,17 @@ pub struct Insertion {
     pub at: u32,
     /// Characters inserted.
     pub len: u32,
+}
+
+/// How one of the proxy's own checks ended (for metrics): the time from sending it to its
+/// result, and whether it ran without error. For a rewritten Query that is its first
+/// inserted statement; for injected extended-protocol messages, their Execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckDone {
+    /// From handing the messages to the outbox to the server's answer.
+    pub elapsed: Duration,
+    /// The check completed; `false` when it raised an error or was skipped after one.
+    pub ok: bool,
 }
 
 /// Which statement results of a rewritten Query the client must not see, and where the
@@ -133,6 +145,8 @@ struct Entry {
     /// A Sync the client sent after CopyData: swallowed if the COPY it follows is still
     /// running when the server reads it, answered if the COPY already failed.
     after_copy_data: bool,
+    /// When a check this entry carries was sent, until its result is reported.
+    check_sent: Option<Instant>,
 }
 
 impl Entry {
@@ -144,6 +158,7 @@ impl Entry {
             may_change_status: matches!(expect, Expect::UntilReady),
             report: false,
             after_copy_data: false,
+            check_sent: None,
         }
     }
 }
@@ -257,6 +272,8 @@ pub struct ReplyTracker {
     /// Outcomes of the client's Parse and Close messages not yet taken, when wanted.
     outcomes: VecDeque<bool>,
     report_outcomes: bool,
+    /// The proxy's checks that ended, not yet taken.
+    checks_done: Vec<CheckDone>,
     /// The client sent CopyData since its last Execute or Query.
     copy_data_sent: bool,
     /// A COPY FROM STDIN is running on the server (from CopyInResponse to its end).
@@ -302,6 +319,20 @@ impl ReplyTracker {
     /// skipped.
     pub fn take_outcome(&mut self) -> Option<bool> {
         self.outcomes.pop_front()
+    }
+
+    /// The proxy's checks that ended since the last call, oldest first.
+    pub fn take_checks_done(&mut self) -> std::vec::Drain<'_, CheckDone> {
+        self.checks_done.drain(..)
+    }
+
+    fn check_ended(&mut self, sent: Option<Instant>, ok: bool) {
+        if let Some(sent) = sent {
+            self.checks_done.push(CheckDone {
+                elapsed: sent.elapsed(),
+                ok,
+            });
+        }
     }
 
     /// True when no reply is outstanding.
@@ -365,6 +396,9 @@ impl ReplyTracker {
         entry.report = self.report_outcomes
             && matches!(expect, Expect::Parse | Expect::Close)
             && entry.action == Action::Forward;
+        if expect == Expect::Execute && entry.action == Action::Check {
+            entry.check_sent = Some(Instant::now());
+        }
         self.queue.push_back(entry);
     }
 
@@ -376,6 +410,7 @@ impl ReplyTracker {
             return;
         }
         let mut entry = Entry::new(Expect::UntilReady, Action::Forward);
+        entry.check_sent = (!rewrite.hidden.is_empty()).then(Instant::now);
         entry.hidden = Some(Box::new(HiddenStatements {
             indices: rewrite.hidden,
             insertions: rewrite.insertions,
@@ -461,6 +496,7 @@ impl ReplyTracker {
             return Route::Forward;
         };
         let expect = head.expect;
+        let mut check_ended = None;
         let route = match (&head.action, tag, &mut head.hidden) {
             (Action::Forward, be::READY_FOR_QUERY, _) => Route::Forward,
             (Action::Forward, _, Some(hidden)) => {
@@ -469,7 +505,12 @@ impl ReplyTracker {
                     (true, _) => Route::Drop,
                     (false, _) => Route::Forward,
                 };
-                if matches!(tag, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE) {
+                let done = matches!(tag, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE);
+                if hidden.current_is_hidden() && (done || tag == be::ERROR_RESPONSE) {
+                    // The first inserted statement ended: time it once.
+                    check_ended = head.check_sent.take().map(|sent| (sent, done));
+                }
+                if done {
                     hidden.statement_done();
                 }
                 route
@@ -478,6 +519,9 @@ impl ReplyTracker {
             (Action::Check, be::ERROR_RESPONSE, _) => Route::InjectedError,
             _ => Route::Drop,
         };
+        if let Some((sent, ok)) = check_ended {
+            self.check_ended(Some(sent), ok);
+        }
         if tag == be::NOTICE_RESPONSE {
             return route;
         }
@@ -487,6 +531,10 @@ impl ReplyTracker {
                     if entry.report {
                         self.outcomes.push_back(tag != be::ERROR_RESPONSE);
                     }
+                    // A rewritten Query still holding its time never ran its check (an
+                    // earlier statement of the string failed).
+                    let ran = tag != be::ERROR_RESPONSE && entry.expect != Expect::UntilReady;
+                    self.check_ended(entry.check_sent, ran);
                 }
             }
             Ok(false) => {}
@@ -602,7 +650,9 @@ impl ReplyTracker {
             if head.report {
                 self.outcomes.push_back(false);
             }
-            self.queue.pop_front();
+            if let Some(entry) = self.queue.pop_front() {
+                self.check_ended(entry.check_sent, false);
+            }
         }
     }
 }

@@ -354,3 +354,57 @@ fn only_replies_that_may_change_the_transaction_status_unsettle_it() {
         assert!(!t.awaiting_ready());
     }
 }
+
+fn checks_done(t: &mut ReplyTracker) -> Vec<bool> {
+    t.take_checks_done().map(|done| done.ok).collect()
+}
+
+#[test]
+fn each_check_is_reported_once_with_whether_it_ran() {
+    let mut t = ReplyTracker::default();
+    // Rewritten Query: check; statement. The check's CommandComplete ends it.
+    t.rewritten_query(hide(&[0]));
+    assert_eq!(server(&mut t, "TDC"), "");
+    assert_eq!(checks_done(&mut t), [true]);
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(checks_done(&mut t).is_empty(), "reported once");
+    // The check raises: reported as not run.
+    t.rewritten_query(hide(&[0]));
+    assert_eq!(server(&mut t, "EZ"), "eZ");
+    assert_eq!(checks_done(&mut t), [false]);
+    // A statement before the check fails: the check never runs.
+    t.rewritten_query(hide(&[1]));
+    assert_eq!(server(&mut t, "EZ"), "EZ");
+    assert_eq!(checks_done(&mut t), [false]);
+    // A rewrite that inserted nothing times nothing.
+    t.rewritten_query(hide(&[]));
+    assert_eq!(server(&mut t, "CZ"), "CZ");
+    assert!(checks_done(&mut t).is_empty());
+}
+
+#[test]
+fn an_injected_extended_check_is_timed_by_its_execute() {
+    let mut t = ReplyTracker::default();
+    fwd(&mut t, b'P');
+    for tag in [b'P', b'B', b'E'] {
+        client(&mut t, tag, b"", Action::Check);
+    }
+    for tag in [b'B', b'E', b'S'] {
+        fwd(&mut t, tag);
+    }
+    assert_eq!(server(&mut t, "112DC"), "1");
+    assert_eq!(checks_done(&mut t), [true]);
+    assert_eq!(server(&mut t, "2DCZ"), "2DCZ");
+    // The check's Parse fails: its Execute is skipped, and reported as not run.
+    fwd(&mut t, b'P');
+    for tag in [b'P', b'B', b'E'] {
+        client(&mut t, tag, b"", Action::Check);
+    }
+    for tag in [b'B', b'E', b'S'] {
+        fwd(&mut t, tag);
+    }
+    assert_eq!(server(&mut t, "1E"), "1e");
+    assert_eq!(server(&mut t, "Z"), "Z");
+    assert_eq!(checks_done(&mut t), [false]);
+    assert!(t.is_idle());
+}

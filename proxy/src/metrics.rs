@@ -1,0 +1,267 @@
+//! The Prometheus metrics endpoint: `GET /metrics` on `--metrics-listen`, in the text
+//! exposition format (version 0.0.4).
+//!
+//! The figures are relaxed atomics that the sessions update as they go (connection counts
+//! here, fencing counters and the check-latency histogram in [`FenceStats`]); a scrape only
+//! reads them. The HTTP side is deliberately small: one request per connection, the request
+//! head capped at 8 KiB and 5 seconds, `GET`/`HEAD` of `/metrics` answered, anything else
+//! refused with a status line. No HTTP crate is needed for that, and none runs on the
+//! sessions' threads.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::stats::{FenceStats, BUCKETS};
+
+/// Largest request head read from a scraper.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Time a scraper gets to send its request and read the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the endpoint reports, shared by the accept loop and every session.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Client connections being served now.
+    pub connections_open: AtomicU64,
+    /// Client connections accepted since the start.
+    pub connections_total: AtomicU64,
+    /// Fencing counters and check latency.
+    pub fence: Arc<FenceStats>,
+}
+
+impl Metrics {
+    /// Metrics around the fence's counters `fence` (the ones its hooks update).
+    pub fn new(fence: Arc<FenceStats>) -> Self {
+        Metrics {
+            fence,
+            ..Metrics::default()
+        }
+    }
+
+    /// Counts a connection accepted; the guard counts it closed when dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let f = &*self.fence;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "fencegate_client_connections",
+            "gauge",
+            "Client connections being served.",
+            &[("", get(&self.connections_open))],
+        );
+        metric(
+            "fencegate_client_connections_total",
+            "counter",
+            "Client connections accepted.",
+            &[("", get(&self.connections_total))],
+        );
+        metric(
+            "fencegate_checks_total",
+            "counter",
+            "Fencing checks sent to PostgreSQL in clients' transactions.",
+            &[("", get(&f.checks))],
+        );
+        metric(
+            "fencegate_checks_admitted_total",
+            "counter",
+            "Fencing checks that passed: the statement behind them ran.",
+            &[("", get(&f.admitted))],
+        );
+        metric(
+            "fencegate_rejections_total",
+            "counter",
+            "Statements rejected by the fence, by reason (SQLSTATE 55Z01, 55Z02, 55Z03).",
+            &[
+                ("{reason=\"stale\"}", get(&f.stale)),
+                ("{reason=\"invalid\"}", get(&f.invalid)),
+                ("{reason=\"not_installed\"}", get(&f.not_installed)),
+            ],
+        );
+        let (cumulative, count, sum) = f.check_seconds.snapshot();
+        let name = "fencegate_check_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from sending a fencing check to its result (waits behind an older holder included).\n# TYPE {name} histogram"
+        );
+        for (bound, n) in BUCKETS.iter().zip(&cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+/// Counts one connection as open until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<Metrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers scrapes on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &metrics)).await;
+        });
+    }
+}
+
+/// Reads one request head and writes the response.
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if head.len() >= MAX_REQUEST_HEAD {
+            break false;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break false;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    };
+    let response = if complete {
+        respond(&head, metrics)
+    } else {
+        status_only("400 Bad Request")
+    };
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// The whole HTTP response to a request head.
+fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next());
+    let path = target.map(|t| t.split(|&b| b == b'?').next().unwrap_or_default());
+    match (method, path) {
+        (b"GET" | b"HEAD", Some(b"/metrics")) => {
+            let body = metrics.render();
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            if method == b"GET" {
+                out.extend_from_slice(body.as_bytes());
+            }
+            out
+        }
+        (_, Some(b"/metrics")) => status_only("405 Method Not Allowed"),
+        (_, Some(_)) => status_only("404 Not Found"),
+        (_, None) => status_only("400 Bad Request"),
+    }
+}
+
+fn status_only(status: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(response: &[u8]) -> String {
+        let text = String::from_utf8_lossy(response);
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn only_get_and_head_of_metrics_are_answered() {
+        let m = Metrics::default();
+        let get = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &m);
+        assert_eq!(status(&get), "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&get).contains("\r\n\r\n# HELP "));
+        let head = respond(b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n", &m);
+        assert_eq!(status(&head), "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&head).ends_with("\r\n\r\n"));
+        assert_eq!(
+            status(&respond(b"POST /metrics HTTP/1.1\r\n\r\n", &m)),
+            "HTTP/1.1 405 Method Not Allowed"
+        );
+        assert_eq!(
+            status(&respond(b"GET / HTTP/1.1\r\n\r\n", &m)),
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(
+            status(&respond(b"\r\n\r\n", &m)),
+            "HTTP/1.1 400 Bad Request"
+        );
+    }
+
+    #[test]
+    fn the_exposition_carries_every_figure() {
+        let m = Arc::new(Metrics::default());
+        let guard = m.connection_opened();
+        let _closed = m.connection_opened();
+        drop(_closed);
+        FenceStats::bump(&m.fence.checks);
+        FenceStats::bump(&m.fence.stale);
+        m.fence.check_seconds.observe(Duration::from_micros(300));
+        let text = m.render();
+        for line in [
+            "fencegate_client_connections 1",
+            "fencegate_client_connections_total 2",
+            "fencegate_checks_total 1",
+            "fencegate_checks_admitted_total 0",
+            "fencegate_rejections_total{reason=\"stale\"} 1",
+            "fencegate_rejections_total{reason=\"invalid\"} 0",
+            "fencegate_check_duration_seconds_bucket{le=\"0.0002\"} 0",
+            "fencegate_check_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "fencegate_check_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "fencegate_check_duration_seconds_sum 0.0003",
+            "fencegate_check_duration_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        drop(guard);
+        assert!(m
+            .render()
+            .lines()
+            .any(|l| l == "fencegate_client_connections 0"));
+    }
+}
