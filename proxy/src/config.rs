@@ -60,13 +60,23 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
+/// Where the upstream server listens (see [`Config::upstream_addr`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `host:port` over TCP.
+    Tcp(String),
+    /// The path of a Unix-domain socket file.
+    Unix(PathBuf),
+}
+
 /// The proxy's settings. Every field has a documented default; unknown keys are an error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
     pub listen: SocketAddr,
-    /// Upstream PostgreSQL `host:port`. Default `127.0.0.1:5432`.
+    /// Upstream PostgreSQL `host:port`, or a Unix-domain socket directory `/dir` or
+    /// `/dir:port` (see [`Config::upstream_addr`]). Default `127.0.0.1:5432`.
     pub upstream: String,
     /// Maximum concurrent client connections; further ones wait in the accept queue.
     /// Default 1000.
@@ -190,8 +200,23 @@ impl Config {
                 "max_message_size cannot exceed 2147483647 (the protocol's length field)",
             );
         }
-        if self.upstream.rsplit_once(':').is_none() {
-            return invalid("upstream must be host:port");
+        match self.upstream_addr() {
+            None => {
+                return invalid(
+                    "upstream must be host:port, or a socket directory /dir or /dir:port",
+                )
+            }
+            Some(UpstreamAddr::Unix(_))
+                if matches!(
+                    self.upstream_tls,
+                    UpstreamTls::Require | UpstreamTls::VerifyFull
+                ) =>
+            {
+                return invalid(
+                    "PostgreSQL does not use TLS over Unix-domain sockets: upstream_tls must be disable or prefer with a socket directory",
+                );
+            }
+            Some(_) => {}
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert and tls_key must be set together");
@@ -222,6 +247,23 @@ impl Config {
                 .map(|t| t.to_lowercase())
                 .collect(),
         }
+    }
+
+    /// Where the upstream listens: `host:port` over TCP, or, for a value starting with `/`,
+    /// the Unix-domain socket `<dir>/.s.PGSQL.<port>` (port 5432 unless given as
+    /// `/dir:port`), as libpq reads `host=/dir`. `None` when it is neither.
+    pub fn upstream_addr(&self) -> Option<UpstreamAddr> {
+        if self.upstream.starts_with('/') {
+            let (dir, port) = match self.upstream.rsplit_once(':') {
+                Some((dir, port)) => (dir, port.parse::<u16>().ok()?),
+                None => (self.upstream.as_str(), 5432),
+            };
+            let file = Path::new(dir).join(format!(".s.PGSQL.{port}"));
+            return Some(UpstreamAddr::Unix(file));
+        }
+        let (host, port) = self.upstream.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().is_ok())
+            .then(|| UpstreamAddr::Tcp(self.upstream.clone()))
     }
 
     /// The upstream host name (for TLS server-name checks and error messages).
@@ -311,6 +353,42 @@ mod tests {
     #[test]
     fn missing_named_file_is_an_error() {
         assert!(Config::from_file(Path::new("/nonexistent/fencegate.toml")).is_err());
+    }
+
+    #[test]
+    fn upstream_is_host_port_or_a_socket_directory() {
+        let addr = |upstream: &str| {
+            Config {
+                upstream: upstream.into(),
+                ..Config::default()
+            }
+            .upstream_addr()
+        };
+        let unix = |path: &str| Some(UpstreamAddr::Unix(PathBuf::from(path)));
+        assert_eq!(addr("db:5433"), Some(UpstreamAddr::Tcp("db:5433".into())));
+        assert_eq!(
+            addr("[::1]:5432"),
+            Some(UpstreamAddr::Tcp("[::1]:5432".into()))
+        );
+        assert_eq!(
+            addr("/var/run/postgresql"),
+            unix("/var/run/postgresql/.s.PGSQL.5432")
+        );
+        assert_eq!(addr("/tmp:5499"), unix("/tmp/.s.PGSQL.5499"));
+        for bad in ["db", ":5432", "db:x", "/tmp:x", "db:70000"] {
+            assert_eq!(addr(bad), None, "{bad}");
+        }
+        let tls_over_unix = Config {
+            upstream: "/tmp".into(),
+            upstream_tls: UpstreamTls::Require,
+            ..Config::default()
+        };
+        assert!(tls_over_unix.validate().is_err());
+        let prefer = Config {
+            upstream_tls: UpstreamTls::Prefer,
+            ..tls_over_unix
+        };
+        assert!(prefer.validate().is_ok());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum ServerError {
     /// The session threads could not be started.
     #[error("starting session threads: {0}")]
     Workers(#[source] io::Error),
+    /// The upstream address is neither `host:port` nor a socket directory.
+    #[error("invalid upstream {0:?}: expected host:port, or a socket directory /dir or /dir:port")]
+    InvalidUpstream(String),
     /// The metrics endpoint could not listen on its address.
     #[error("cannot listen for metrics on {0}: {1}")]
     MetricsListen(std::net::SocketAddr, #[source] io::Error),

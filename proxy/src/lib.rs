@@ -15,7 +15,8 @@
 //! - [`session`]: one client connection: negotiation and authentication relay, the steady
 //!   state relay loop, and the queue of expected server replies that lets the proxy inject
 //!   its own messages and hide their results.
-//! - [`upstream`]: connecting to PostgreSQL (TCP, optional TLS) and forwarding cancels.
+//! - [`upstream`]: connecting to PostgreSQL (TCP with optional TLS, or a Unix-domain socket)
+//!   and forwarding cancels.
 //! - [`tls`]: loading certificates and building rustls configurations.
 //!
 //! Dependencies point one way: `server` → `session` → (`protocol`, `upstream`, `tls`).

@@ -57,7 +57,7 @@ struct ServeArgs {
     /// Address to accept clients on [default: 127.0.0.1:6432].
     #[arg(long, env = "FENCEGATE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Upstream PostgreSQL host:port [default: 127.0.0.1:5432].
+    /// Upstream PostgreSQL host:port, or a socket directory /dir[:port] [default: 127.0.0.1:5432].
     #[arg(long, env = "FENCEGATE_UPSTREAM")]
     upstream: Option<String>,
     /// Maximum concurrent client connections [default: 1000].

@@ -1,5 +1,6 @@
-//! One byte stream type for both sides of a session: plain TCP, or TLS as a server (towards
-//! clients) or as a client (towards the upstream). An enum rather than a trait object, so the
+//! One byte stream type for both sides of a session: plain TCP, a Unix-domain socket
+//! (towards an upstream on the same host), or TLS as a server (towards clients) or as a
+//! client (towards the upstream). An enum rather than a trait object, so the
 //! hot path has no dynamic dispatch.
 
 use std::io;
@@ -7,13 +8,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// A connection to a client or to the upstream server.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A Unix-domain socket (towards an upstream on the same host; never TLS).
+    Unix(UnixStream),
     /// TLS terminated by the proxy (client side).
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS initiated by the proxy (upstream side).
@@ -34,7 +37,7 @@ pub fn tune_socket(tcp: &TcpStream) -> std::io::Result<()> {
 impl Stream {
     /// True when the stream is encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
 }
 
@@ -42,6 +45,10 @@ macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
             Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Unix($s) => {
                 let $s = Pin::new($s);
                 $e
             }
@@ -87,6 +94,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
         }

@@ -1,20 +1,23 @@
 //! Connecting to the upstream PostgreSQL server: TCP with a timeout, `TCP_NODELAY`, the
-//! optional SSLRequest exchange and TLS handshake, and forwarding of CancelRequests.
+//! optional SSLRequest exchange and TLS handshake, or a Unix-domain socket; and forwarding
+//! of CancelRequests.
 
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, UpstreamTls};
+use crate::config::{Config, UpstreamAddr, UpstreamTls};
 use crate::error::{ServerError, SessionError};
 use crate::protocol::startup::SSL_REQUEST;
 use crate::stream::Stream;
 
 /// How to reach the upstream server; built once, shared by all sessions.
 pub struct Upstream {
+    target: UpstreamAddr,
+    /// The address as shown in messages: `host:port` or the socket file's path.
     addr: String,
     mode: UpstreamTls,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -24,10 +27,27 @@ pub struct Upstream {
 impl Upstream {
     /// Prepares connections as configured.
     pub fn new(config: &Config) -> Result<Upstream, ServerError> {
+        let target = config
+            .upstream_addr()
+            .ok_or_else(|| ServerError::InvalidUpstream(config.upstream.clone()))?;
+        let tls = match (&target, config.upstream_tls) {
+            (UpstreamAddr::Tcp(_), _) => crate::tls::connector(config)?,
+            (UpstreamAddr::Unix(_), UpstreamTls::Disable | UpstreamTls::Prefer) => None,
+            (UpstreamAddr::Unix(_), _) => {
+                return Err(ServerError::TlsSetup(
+                    "PostgreSQL does not use TLS over Unix-domain sockets".into(),
+                ))
+            }
+        };
+        let addr = match &target {
+            UpstreamAddr::Tcp(addr) => addr.clone(),
+            UpstreamAddr::Unix(path) => path.display().to_string(),
+        };
         Ok(Upstream {
-            addr: config.upstream.clone(),
+            target,
+            addr,
             mode: config.upstream_tls,
-            tls: crate::tls::connector(config)?,
+            tls,
             timeout: config.connect_timeout,
         })
     }
@@ -53,9 +73,16 @@ impl Upstream {
     }
 
     async fn connect_inner(&self) -> Result<Stream, SessionError> {
-        let mut tcp = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let addr = match &self.target {
+            UpstreamAddr::Tcp(addr) => addr,
+            UpstreamAddr::Unix(path) => {
+                // As libpq: no SSLRequest over a Unix-domain socket (PostgreSQL would
+                // answer N); `prefer` means plain, stronger modes are refused by validate.
+                let unix = UnixStream::connect(path).await.map_err(|e| self.fail(e))?;
+                return Ok(Stream::Unix(unix));
+            }
+        };
+        let mut tcp = TcpStream::connect(addr).await.map_err(|e| self.fail(e))?;
         crate::stream::tune_socket(&tcp).map_err(|e| self.fail(e))?;
         let Some((connector, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));

@@ -102,9 +102,14 @@ impl TestProxy {
     /// Starts a proxy as `fencegate serve` runs by default: the fencing hook is installed,
     /// so every comparison also shows that traffic without tokens passes unchanged (G5).
     pub fn plain(upstream_port: u16) -> TestProxy {
+        TestProxy::plain_with(upstream_port, |_| {})
+    }
+
+    /// [`Self::plain`] with the config changed by `tweak`.
+    pub fn plain_with(upstream_port: u16, tweak: impl FnOnce(&mut Config)) -> TestProxy {
         let policy = Config::default().fence_policy();
         let hooks = FenceHooks::new(policy, Arc::new(FenceStats::default()));
-        TestProxy::start(upstream_port, |_| {}, Arc::new(hooks))
+        TestProxy::start(upstream_port, tweak, Arc::new(hooks))
     }
 
     /// Starts a proxy with no hook at all: the bare relay.
