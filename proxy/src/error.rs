@@ -70,7 +70,10 @@ pub enum ServerError {
     /// The upstream address is neither `host:port` nor a socket directory.
     #[error("invalid upstream {0:?}: expected host:port, or a socket directory /dir or /dir:port")]
     InvalidUpstream(String),
+    /// The client listener could not bind its address.
+    #[error("cannot listen on {0}")]
+    Listen(std::net::SocketAddr, #[source] io::Error),
     /// The metrics endpoint could not listen on its address.
-    #[error("cannot listen for metrics on {0}: {1}")]
+    #[error("cannot listen for metrics on {0}")]
     MetricsListen(std::net::SocketAddr, #[source] io::Error),
 }

@@ -190,16 +190,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listeners = fencegate::server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
         let stats = Arc::new(FenceStats::default());
         let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
         let metrics = Arc::new(Metrics::new(stats));
         fencegate::server::run(
-            listener,
+            listeners,
             Arc::new(config),
             Arc::new(hooks),
             metrics,

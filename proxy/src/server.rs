@@ -18,22 +18,52 @@ use crate::session::{self, Shared};
 use crate::upstream::Upstream;
 use crate::workers::Workers;
 
-/// Serves clients from `listener` until `shutdown` is cancelled, then drains. Counts into
-/// `metrics`, and answers scrapes on `config.metrics_listen` (when set) until the drain
-/// ends.
+/// The sockets fencegate listens on: clients, and the metrics endpoint when configured.
+/// Bound before [`run`] so that whoever starts the server learns a bind error (or a port
+/// chosen by the system) before anything is served.
+pub struct Listeners {
+    /// Where clients connect (`listen`).
+    pub clients: TcpListener,
+    /// Where scrapers read `/metrics` (`metrics_listen`), if anywhere.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and, when set, `config.metrics_listen`.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let clients = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::Listen(config.listen, e))?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ServerError::MetricsListen(addr, e))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { clients, metrics })
+    }
+}
+
+/// Serves clients from `listeners.clients` until `shutdown` is cancelled, then drains.
+/// Counts into `metrics`, and answers scrapes on `listeners.metrics` (when there is one)
+/// until the drain ends.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Arc<Config>,
     hooks: Arc<dyn HookFactory>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        clients: listener,
+        metrics: metrics_listener,
+    } = listeners;
     let scrapes = CancellationToken::new();
     let _stop_scrapes = scrapes.clone().drop_guard();
-    if let Some(addr) = config.metrics_listen {
-        let metrics_listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::MetricsListen(addr, e))?;
+    if let Some(metrics_listener) = metrics_listener {
+        let addr = metrics_listener.local_addr().map_err(ServerError::Accept)?;
         tracing::info!(listen = %addr, "metrics endpoint at /metrics");
         tokio::spawn(crate::metrics::serve(
             metrics_listener,
@@ -97,4 +127,36 @@ pub async fn run(
     }
     workers.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_metrics_address_is_named_in_the_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: Some(addr),
+            ..Config::default()
+        };
+        match Listeners::bind(&config).await {
+            Err(ServerError::MetricsListen(named, _)) => assert_eq!(named, addr),
+            Err(other) => panic!("expected a metrics listen error, got {other}"),
+            Ok(_) => panic!("bound an address that is taken"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_metrics_only_the_client_listener_is_bound() {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let listeners = Listeners::bind(&config).await.expect("bind");
+        assert!(listeners.metrics.is_none());
+        assert!(listeners.clients.local_addr().unwrap().port() != 0);
+    }
 }

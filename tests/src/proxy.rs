@@ -1,7 +1,7 @@
 //! The proxy under test, run in-process on `127.0.0.1:0`.
 //!
-//! The listener is bound on the calling thread, so the address is known (and connections
-//! queue) before [`TestProxy::start`] returns. `fencegate::server::run` then runs on its own
+//! The listeners (clients, and metrics when asked for) are bound on the calling thread, so
+//! their addresses are known (and connections queue) before [`TestProxy::start`] returns. `fencegate::server::run` then runs on its own
 //! thread with its own tokio runtime, so blocking tests, subprocess tests (psql, pgbench) and
 //! `#[tokio::test]` tests can all use it. Stopping cancels the shutdown token and waits for
 //! `run` to return; a proxy that does not drain in time fails the test.
@@ -31,6 +31,7 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 /// A running proxy; stopped on `Drop`.
 pub struct TestProxy {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     grace: Duration,
     done: mpsc::Receiver<Result<(), String>>,
@@ -45,25 +46,37 @@ impl TestProxy {
         tweak: impl FnOnce(&mut Config),
         hooks: Arc<dyn HookFactory>,
     ) -> TestProxy {
-        TestProxy::start_with_metrics(upstream_port, tweak, hooks, Arc::default())
+        TestProxy::start_inner(upstream_port, tweak, hooks, Arc::default(), false)
     }
 
-    /// [`Self::start`], counting into `metrics` (served when the config names
-    /// `metrics_listen`).
+    /// [`Self::start`], counting into `metrics` and serving them on a port of their own
+    /// ([`Self::metrics_addr`]).
     pub fn start_with_metrics(
         upstream_port: u16,
         tweak: impl FnOnce(&mut Config),
         hooks: Arc<dyn HookFactory>,
         metrics: Arc<Metrics>,
     ) -> TestProxy {
+        TestProxy::start_inner(upstream_port, tweak, hooks, metrics, true)
+    }
+
+    fn start_inner(
+        upstream_port: u16,
+        tweak: impl FnOnce(&mut Config),
+        hooks: Arc<dyn HookFactory>,
+        metrics: Arc<Metrics>,
+        serve_metrics: bool,
+    ) -> TestProxy {
         crate::init_tracing();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy listener");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
+        let listener = bind_loopback();
         let addr = listener.local_addr().expect("local_addr");
+        let metrics_listener = serve_metrics.then(bind_loopback);
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("local_addr"));
         let mut config = Config {
             listen: addr,
+            metrics_listen: metrics_addr,
             upstream: format!("127.0.0.1:{upstream_port}"),
             shutdown_grace: TEST_SHUTDOWN_GRACE,
             ..Config::default()
@@ -82,8 +95,13 @@ impl TestProxy {
                     .build()
                     .expect("proxy runtime");
                 let result = runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    fencegate::server::run(listener, Arc::new(config), hooks, metrics, token)
+                    let listeners = fencegate::server::Listeners {
+                        clients: tokio::net::TcpListener::from_std(listener)?,
+                        metrics: metrics_listener
+                            .map(tokio::net::TcpListener::from_std)
+                            .transpose()?,
+                    };
+                    fencegate::server::run(listeners, Arc::new(config), hooks, metrics, token)
                         .await
                         .map_err(|e| std::io::Error::other(error_chain(&e)))
                 });
@@ -92,6 +110,7 @@ impl TestProxy {
             .expect("spawn proxy thread");
         TestProxy {
             addr,
+            metrics_addr,
             shutdown,
             grace,
             done,
@@ -120,6 +139,11 @@ impl TestProxy {
     /// The proxy's listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the metrics endpoint listens (for a proxy from [`Self::start_with_metrics`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Where clients reach the proxy.
@@ -159,6 +183,15 @@ impl TestProxy {
 }
 
 /// An error and its causes, `: `-separated.
+/// A nonblocking listener on a port of the system's choosing.
+fn bind_loopback() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    listener
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

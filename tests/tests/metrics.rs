@@ -12,7 +12,7 @@ use fencegate::config::Config;
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
-use fencegate_tests::cluster::{free_port, Cluster, TRUST_USER};
+use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{comment, eventually, expect_code, fenced_database, STALE};
 use fencegate_tests::proxy::TestProxy;
 
@@ -51,13 +51,13 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
     let db = fenced_database(cluster, "metrics", SETUP).await;
     let stats = Arc::new(FenceStats::default());
     let hooks = FenceHooks::new(Config::default().fence_policy(), stats.clone());
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let proxy = TestProxy::start_with_metrics(
         cluster.port(),
-        |c| c.metrics_listen = Some(metrics_addr),
+        |_| {},
         Arc::new(hooks),
         Arc::new(Metrics::new(stats)),
     );
+    let metrics_addr = proxy.metrics_addr().expect("a metrics endpoint");
 
     let (status, before) = tokio::task::spawn_blocking(move || scrape(metrics_addr))
         .await

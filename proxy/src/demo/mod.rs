@@ -79,8 +79,12 @@ pub async fn run() -> Result<bool, DemoError> {
     let hooks: Arc<dyn HookFactory> =
         Arc::new(FenceHooks::new(config.fence_policy(), stats.clone()));
     let shutdown = CancellationToken::new();
+    let listeners = crate::server::Listeners {
+        clients: listener,
+        metrics: None,
+    };
     let server = tokio::spawn(crate::server::run(
-        listener,
+        listeners,
         Arc::new(config),
         hooks,
         Arc::new(Metrics::new(stats)),
