@@ -18,6 +18,8 @@ pub mod startup;
 /// Reads a NUL-terminated string at the start of `bytes`, returning it and the rest.
 /// `None` when there is no NUL: the caller treats that as a malformed message.
 pub(crate) fn cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = bytes.iter().position(|&b| b == 0)?;
+    // memchr rather than a byte loop: a Query's text is one such string, read on every
+    // Query, and the loop was a twentieth of the proxy's instructions per round trip.
+    let nul = memchr::memchr(0, bytes)?;
     Some((&bytes[..nul], &bytes[nul + 1..]))
 }

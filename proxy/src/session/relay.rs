@@ -155,19 +155,24 @@ impl Relay {
         // Once a socket said Pending, its waker is registered and nothing can change before
         // this task is woken again: polling it again in this call would only cost tokio's
         // readiness bookkeeping (the larger part of the proxy's own CPU per round trip).
+        //
+        // Another pass is needed only when a read brought something (bytes to forward, or
+        // an end of stream). A write never needs one: it either empties its queue or leaves
+        // its waker registered, and a read held back by a full queue is retried when that
+        // write's waker fires.
         let mut pending = Pending::default();
         loop {
-            let mut progress = false;
+            let mut read_something = false;
             if !pending.server_write {
                 match self.to_server.poll_write(&mut self.server.stream, cx) {
-                    Poll::Ready(Ok(p)) => progress |= p,
+                    Poll::Ready(Ok(_)) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
                     Poll::Pending => pending.server_write = true,
                 }
             }
             if !pending.client_write {
                 match self.to_client.poll_write(&mut self.client.stream, cx) {
-                    Poll::Ready(Ok(p)) => progress |= p,
+                    Poll::Ready(Ok(_)) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                     Poll::Pending => pending.client_write = true,
                 }
@@ -190,11 +195,11 @@ impl Relay {
                 match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                     Poll::Ready(Ok(0)) => {
                         self.client_eof = true;
-                        progress = true;
+                        read_something = true;
                     }
                     Poll::Ready(Ok(_)) => {
                         self.on_client_bytes()?;
-                        progress = true;
+                        read_something = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                     Poll::Pending => pending.client_read = true,
@@ -205,17 +210,17 @@ impl Relay {
                 match poll_read_buf(Pin::new(&mut self.server.stream), cx, &mut self.server.rbuf) {
                     Poll::Ready(Ok(0)) => {
                         self.server_eof = true;
-                        progress = true;
+                        read_something = true;
                     }
                     Poll::Ready(Ok(_)) => {
                         self.on_server_bytes()?;
-                        progress = true;
+                        read_something = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
                     Poll::Pending => pending.server_read = true,
                 }
             }
-            if !progress {
+            if !read_something {
                 if self.draining && self.is_quiescent() {
                     return Poll::Ready(Ok(End::Drained));
                 }
