@@ -41,6 +41,9 @@ pub const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
 
 /// Largest startup-phase packet (StartupMessage, SSLRequest, CancelRequest), as in PostgreSQL.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Longest Unix-domain socket path Linux takes (`sun_path` is 108 bytes, NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Largest message a client may send before authentication completes (PasswordMessage,
 /// SASL and GSS responses); PostgreSQL caps auth tokens at 65535 bytes.
 pub const MAX_AUTH_MESSAGE: usize = 65_540;
@@ -58,6 +61,24 @@ pub enum UpstreamTls {
     Require,
     /// Require TLS and check the certificate chain against `upstream_ca` and the host name.
     VerifyFull,
+}
+
+/// Whether the proxy lets through a login the server accepts without asking for any
+/// password (`trust`, `peer`, `ident`). fencegate relays authentication and does not
+/// authenticate clients itself, so such a login is open to every client that reaches
+/// `listen`, under any role name it gives; with `peer` the server compares that name with
+/// fencegate's own operating-system user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// Refuse passwordless logins over a Unix-domain socket (where `peer` and `trust` are
+    /// the packaged defaults), let them through over TCP.
+    #[default]
+    Auto,
+    /// Refuse every login the server accepts without a password exchange.
+    Required,
+    /// Let every login through as the server decides (for `trust` test setups).
+    Any,
 }
 
 /// Where the upstream server listens (see [`Config::upstream_addr`]).
@@ -92,6 +113,8 @@ pub struct Config {
     pub upstream_tls: UpstreamTls,
     /// PEM CA bundle used by `upstream_tls = "verify-full"`.
     pub upstream_ca: Option<PathBuf>,
+    /// Which logins the server may accept without a password exchange. Default `auto`.
+    pub upstream_auth: UpstreamAuth,
     /// Upstream connect timeout. Default 10 s. In TOML: `connect_timeout = "10s"`.
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
@@ -128,6 +151,7 @@ impl Default for Config {
             tls_key: None,
             upstream_tls: UpstreamTls::Disable,
             upstream_ca: None,
+            upstream_auth: UpstreamAuth::Auto,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             fence_mode: FenceMode::All,
@@ -203,7 +227,7 @@ impl Config {
         match self.upstream_addr() {
             None => {
                 return invalid(
-                    "upstream must be host:port, or a socket directory /dir or /dir:port",
+                    "upstream must be host:port, or a socket directory /dir or /dir:port (a directory whose name holds ':' needs the port: /dir:5432)",
                 )
             }
             Some(UpstreamAddr::Unix(_))
@@ -215,6 +239,12 @@ impl Config {
                 return invalid(
                     "PostgreSQL does not use TLS over Unix-domain sockets: upstream_tls must be disable or prefer with a socket directory",
                 );
+            }
+            Some(UpstreamAddr::Unix(path)) if path.as_os_str().len() > MAX_SOCKET_PATH => {
+                return Err(ConfigError::Invalid(format!(
+                    "the upstream socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket address holds",
+                    path.display()
+                )));
             }
             Some(_) => {}
         }
@@ -264,6 +294,15 @@ impl Config {
         let (host, port) = self.upstream.rsplit_once(':')?;
         (!host.is_empty() && port.parse::<u16>().is_ok())
             .then(|| UpstreamAddr::Tcp(self.upstream.clone()))
+    }
+
+    /// Whether a login the server accepts without a password exchange is refused.
+    pub fn requires_upstream_auth(&self) -> bool {
+        match self.upstream_auth {
+            UpstreamAuth::Required => true,
+            UpstreamAuth::Any => false,
+            UpstreamAuth::Auto => matches!(self.upstream_addr(), Some(UpstreamAddr::Unix(_))),
+        }
     }
 
     /// The upstream host name (for TLS server-name checks and error messages).
@@ -321,6 +360,35 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.upstream, DEFAULT_UPSTREAM);
         assert!(Config::from_toml("lisen = '127.0.0.1:7000'").is_err());
+    }
+
+    #[test]
+    fn passwordless_logins_are_refused_over_a_socket_by_default() {
+        let socket = Config {
+            upstream: "/run/postgresql".into(),
+            ..Config::default()
+        };
+        assert!(socket.requires_upstream_auth());
+        assert!(!Config::default().requires_upstream_auth());
+        let any: Config = toml::from_str("upstream = \"/tmp\"\nupstream_auth = \"any\"").unwrap();
+        assert!(!any.requires_upstream_auth());
+        let required: Config = toml::from_str("upstream_auth = \"required\"").unwrap();
+        assert!(required.requires_upstream_auth());
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_the_kernel_is_refused() {
+        let long = Config {
+            upstream: format!("/{}", "d".repeat(100)),
+            ..Config::default()
+        };
+        let err = long.validate().unwrap_err().to_string();
+        assert!(err.contains("longer than the 107 bytes"), "{err}");
+        let short = Config {
+            upstream: "/run/postgresql:5433".into(),
+            ..Config::default()
+        };
+        short.validate().unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fencegate::config::{parse_duration, Config, UpstreamTls};
+use fencegate::config::{parse_duration, Config, UpstreamAuth, UpstreamTls};
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::plan::FenceMode;
 use fencegate::fence::stats::FenceStats;
@@ -75,6 +75,10 @@ struct ServeArgs {
     /// TLS towards the upstream [default: disable].
     #[arg(long, env = "FENCEGATE_UPSTREAM_TLS", value_enum)]
     upstream_tls: Option<UpstreamTls>,
+    /// Logins the server accepts without a password: auto (refused over a Unix socket),
+    /// required (always refused) or any [default: auto].
+    #[arg(long, env = "FENCEGATE_UPSTREAM_AUTH", value_enum)]
+    upstream_auth: Option<UpstreamAuth>,
     /// CA bundle (PEM) for --upstream-tls verify-full.
     #[arg(long, env = "FENCEGATE_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
@@ -121,6 +125,7 @@ impl ServeArgs {
             max_connections,
             max_message_size,
             upstream_tls,
+            upstream_auth,
             connect_timeout,
             shutdown_grace,
             fence_mode,

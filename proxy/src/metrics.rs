@@ -4,9 +4,9 @@
 //! The figures are relaxed atomics that the sessions update as they go (connection counts
 //! here, fencing counters and the check-latency histogram in [`FenceStats`]); a scrape only
 //! reads them. The HTTP side is deliberately small: one request per connection, the request
-//! head capped at 8 KiB and 5 seconds, `GET`/`HEAD` of `/metrics` answered, anything else
-//! refused with a status line. No HTTP crate is needed for that, and none runs on the
-//! sessions' threads.
+//! head capped at 8 KiB and 5 seconds, at most 16 scrapes at once (more are closed
+//! unanswered), `GET`/`HEAD` of `/metrics` answered, anything else refused with a status
+//! line. No HTTP crate is needed for that, and none runs on the sessions' threads.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::fence::stats::{FenceStats, BUCKETS};
@@ -23,6 +24,9 @@ use crate::fence::stats::{FenceStats, BUCKETS};
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Time a scraper gets to send its request and read the answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes answered at once: a burst of idle connections to the endpoint must not use up
+/// the file descriptors that clients and upstream connections need.
+const MAX_SCRAPES: usize = 16;
 
 /// Everything the endpoint reports, shared by the accept loop and every session.
 #[derive(Debug, Default)]
@@ -63,7 +67,7 @@ impl Metrics {
             }
         };
         metric(
-            "fencegate_client_connections",
+            "fencegate_client_connections_open",
             "gauge",
             "Client connections being served.",
             &[("", get(&self.connections_open))],
@@ -77,7 +81,7 @@ impl Metrics {
         metric(
             "fencegate_checks_total",
             "counter",
-            "Fencing checks sent to PostgreSQL in clients' transactions.",
+            "Fencing checks sent to PostgreSQL in clients' transactions, and refusals of tokens already known stale.",
             &[("", get(&f.checks))],
         );
         metric(
@@ -124,6 +128,7 @@ impl Drop for ConnectionGuard {
 
 /// Answers scrapes on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -136,9 +141,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             },
             () = shutdown.cancelled() => return,
         };
+        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+            tracing::debug!("too many scrapes at once; connection closed");
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &metrics)).await;
+            drop(permit);
         });
     }
 }
@@ -148,17 +158,19 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let complete = loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break false;
+        }
+        // Only the new bytes (and the three before them) can complete the head.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        if ends_head(&head[from..]) {
             break true;
         }
         if head.len() >= MAX_REQUEST_HEAD {
             break false;
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break false;
-        }
-        head.extend_from_slice(&chunk[..n]);
     };
     let response = if complete {
         respond(&head, metrics)
@@ -169,12 +181,26 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     stream.shutdown().await
 }
 
+/// True when `bytes` hold the blank line that ends a request head (CRLF CRLF, or bare LF
+/// LF as some hand-typed requests send).
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+}
+
 /// The whole HTTP response to a request head.
 fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    // Empty lines before the request line are allowed (RFC 9112, 2.2).
+    let line = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next());
-    let path = target.map(|t| t.split(|&b| b == b'?').next().unwrap_or_default());
+    let path = target.map(|t| {
+        let path = t.split(|&b| b == b'?').next().unwrap_or_default();
+        origin_form(path)
+    });
     match (method, path) {
         (b"GET" | b"HEAD", Some(b"/metrics")) => {
             let body = metrics.render();
@@ -188,9 +214,22 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
             }
             out
         }
-        (_, Some(b"/metrics")) => status_only("405 Method Not Allowed"),
+        (_, Some(b"/metrics")) => b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
         (_, Some(_)) => status_only("404 Not Found"),
         (_, None) => status_only("400 Bad Request"),
+    }
+}
+
+/// The path of an absolute-form target (`http://host:port/metrics`, which a server must
+/// accept); other targets as they are.
+fn origin_form(target: &[u8]) -> &[u8] {
+    let Some(at) = target.windows(3).position(|w| w == b"://") else {
+        return target;
+    };
+    let after_scheme = &target[at + 3..];
+    match after_scheme.iter().position(|&b| b == b'/') {
+        Some(slash) => &after_scheme[slash..],
+        None => b"/",
     }
 }
 
@@ -228,6 +267,32 @@ mod tests {
             status(&respond(b"\r\n\r\n", &m)),
             "HTTP/1.1 400 Bad Request"
         );
+        let not_allowed = respond(b"POST /metrics HTTP/1.1\r\n\r\n", &m);
+        assert!(String::from_utf8_lossy(&not_allowed).contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn lenient_request_forms_are_understood() {
+        let m = Metrics::default();
+        for request in [
+            &b"GET http://127.0.0.1:9187/metrics HTTP/1.1\r\n\r\n"[..],
+            b"\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/1.0\n\n",
+        ] {
+            assert_eq!(
+                status(&respond(request, &m)),
+                "HTTP/1.1 200 OK",
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        assert_eq!(
+            status(&respond(b"GET http://host HTTP/1.1\r\n\r\n", &m)),
+            "HTTP/1.1 404 Not Found"
+        );
+        assert!(ends_head(b"GET / HTTP/1.0\n\n"));
+        assert!(ends_head(b"x\r\n\r\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     }
 
     #[test]
@@ -241,7 +306,7 @@ mod tests {
         m.fence.check_seconds.observe(Duration::from_micros(300));
         let text = m.render();
         for line in [
-            "fencegate_client_connections 1",
+            "fencegate_client_connections_open 1",
             "fencegate_client_connections_total 2",
             "fencegate_checks_total 1",
             "fencegate_checks_admitted_total 0",
@@ -262,6 +327,6 @@ mod tests {
         assert!(m
             .render()
             .lines()
-            .any(|l| l == "fencegate_client_connections 0"));
+            .any(|l| l == "fencegate_client_connections_open 0"));
     }
 }

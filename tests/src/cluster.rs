@@ -43,6 +43,7 @@ lc_messages = 'C'
 
 const PG_HBA: &str = "
 # TYPE  DATABASE  USER           ADDRESS       METHOD
+local   all       scram_user                   scram-sha-256
 local   all       all                          trust
 host    replication all          127.0.0.1/32  trust
 host    all       md5_user       127.0.0.1/32  md5

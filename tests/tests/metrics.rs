@@ -63,7 +63,7 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
         .await
         .unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(before["fencegate_client_connections"], 0.0);
+    assert_eq!(before["fencegate_client_connections_open"], 0.0);
     assert_eq!(before["fencegate_check_duration_seconds_count"], 0.0);
 
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
@@ -88,7 +88,7 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
         .await
         .unwrap();
     let get = |name: &str| after.get(name).copied().unwrap_or(f64::NAN);
-    assert_eq!(get("fencegate_client_connections"), 1.0);
+    assert_eq!(get("fencegate_client_connections_open"), 1.0);
     assert_eq!(get("fencegate_client_connections_total"), 1.0);
     assert_eq!(get("fencegate_checks_total"), 4.0);
     assert_eq!(get("fencegate_checks_admitted_total"), 3.0);
@@ -107,7 +107,7 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
         let (_, now) = tokio::task::spawn_blocking(move || scrape(metrics_addr))
             .await
             .unwrap();
-        (now["fencegate_client_connections"] == 0.0).then_some(())
+        (now["fencegate_client_connections_open"] == 0.0).then_some(())
     })
     .await;
     proxy.stop().expect("proxy stops");

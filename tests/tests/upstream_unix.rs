@@ -1,10 +1,13 @@
 //! The upstream over a Unix-domain socket (`--upstream /dir:port`, as libpq's `host=/dir`):
 //! the server sees a socket connection, fencing works over it, and a CancelRequest is
-//! forwarded through it too.
+//! forwarded through it too. A login the server accepts there without a password (`trust`,
+//! `peer`) is refused unless `upstream_auth = any` says otherwise, since through the proxy
+//! it would admit any client; a password login over the socket works.
 
 use std::time::Duration;
 
-use fencegate_tests::cluster::{Cluster, TRUST_USER};
+use fencegate::config::{Config, UpstreamAuth};
+use fencegate_tests::cluster::{Cluster, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER, TRUST_USER};
 use fencegate_tests::fence::{comment, expect_code, fenced_database, STALE};
 use fencegate_tests::proxy::TestProxy;
 use tokio_postgres::NoTls;
@@ -21,7 +24,10 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     let db = fenced_database(cluster, "unixup", SETUP).await;
     let socket_dir = cluster.dir().display().to_string();
     let upstream = format!("{socket_dir}:{}", cluster.port());
-    let proxy = TestProxy::plain_with(cluster.port(), move |c| c.upstream = upstream);
+    let proxy = TestProxy::plain_with(cluster.port(), move |c| {
+        c.upstream = upstream;
+        c.upstream_auth = UpstreamAuth::Any;
+    });
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
 
     // inet_server_addr() is NULL exactly when the server side is a Unix-domain socket.
@@ -62,5 +68,87 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     expect_code(client.batch_execute("SELECT pg_sleep(30)").await, "57014");
     sleeper.await.unwrap().expect("cancel request accepted");
     drop(client);
+    proxy.stop().expect("proxy stops");
+}
+
+/// Logs in through `proxy`; the role the session runs as, or the server's error as
+/// "SEVERITY CODE message".
+async fn login(proxy: &TestProxy, user: &str, password: Option<&str>) -> Result<String, String> {
+    let mut config = proxy.endpoint().pg_config(user, "postgres");
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{} {} {}", db.severity(), db.code().code(), db.message()),
+            None => format!("client-side error: {e}"),
+        })?;
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT current_user::text", &[]).await;
+    Ok(row.map_err(|e| e.to_string())?.get(0))
+}
+
+fn over_socket(cluster: &Cluster, auth: Option<UpstreamAuth>) -> impl FnOnce(&mut Config) {
+    let upstream = format!("{}:{}", cluster.dir().display(), cluster.port());
+    move |c: &mut Config| {
+        c.upstream = upstream;
+        if let Some(auth) = auth {
+            c.upstream_auth = auth;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_works() {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain_with(cluster.port(), over_socket(cluster, None));
+    // `local all all trust`: the server would let any role in, the superuser included.
+    for user in [TRUST_USER, SUPERUSER] {
+        let refused = login(&proxy, user, None).await.expect_err(user);
+        assert!(
+            refused.starts_with("FATAL 28000 the server accepted this login without a password"),
+            "{user}: {refused}"
+        );
+    }
+    // `local all scram_user scram-sha-256`: the exchange passes through as over TCP.
+    assert_eq!(
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
+        Ok(SCRAM_USER.to_string())
+    );
+    let wrong = login(&proxy, SCRAM_USER, Some("wrong")).await.unwrap_err();
+    assert!(wrong.starts_with("FATAL 28P01"), "{wrong}");
+    proxy.stop().expect("proxy stops");
+
+    // `any` lets the server decide.
+    let proxy = TestProxy::plain_with(
+        cluster.port(),
+        over_socket(cluster, Some(UpstreamAuth::Any)),
+    );
+    assert_eq!(
+        login(&proxy, TRUST_USER, None).await,
+        Ok(TRUST_USER.to_string())
+    );
+    proxy.stop().expect("proxy stops");
+}
+
+#[tokio::test]
+async fn required_refuses_a_trusted_login_over_tcp_too_and_auto_does_not() {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain_with(cluster.port(), |c| c.upstream_auth = UpstreamAuth::Required);
+    let refused = login(&proxy, TRUST_USER, None).await.unwrap_err();
+    assert!(refused.starts_with("FATAL 28000 "), "{refused}");
+    assert_eq!(
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
+        Ok(SCRAM_USER.to_string())
+    );
+    proxy.stop().expect("proxy stops");
+
+    let proxy = TestProxy::plain(cluster.port());
+    assert_eq!(
+        login(&proxy, TRUST_USER, None).await,
+        Ok(TRUST_USER.to_string())
+    );
     proxy.stop().expect("proxy stops");
 }

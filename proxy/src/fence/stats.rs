@@ -45,30 +45,32 @@ pub const BUCKETS: [f64; 14] = [
 /// session threads).
 #[derive(Debug, Default)]
 pub struct Histogram {
-    /// Observations at or below each bound of [`BUCKETS`] and above the one before
-    /// (not cumulative; the exposition sums them).
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Observations at or below each bound of [`BUCKETS`] and above the one before, then
+    /// those above the last bound (not cumulative; the exposition sums them). The count is
+    /// their sum, so a scrape racing an observation still reads monotonic buckets with
+    /// `+Inf` equal to the count.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
 }
 
 impl Histogram {
     /// Records one duration.
     pub fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&bound| seconds <= bound) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Cumulative counts per bound of [`BUCKETS`], the total count and the sum in seconds,
     /// as the Prometheus exposition wants them.
     pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
         let mut running = 0;
-        let cumulative = self
+        let mut cumulative: Vec<u64> = self
             .buckets
             .iter()
             .map(|b| {
@@ -76,8 +78,8 @@ impl Histogram {
                 running
             })
             .collect();
-        let count = self.count.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = cumulative.pop().unwrap_or_default();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         (cumulative, count, sum)
     }
 }

@@ -75,6 +75,9 @@ impl TxStatus {
     }
 }
 
+/// AuthenticationOk's subtype code: the login succeeded.
+pub const AUTH_OK: i32 = 0;
+
 /// The subtype code of an Authentication message body.
 pub fn auth_code(body: &[u8]) -> Option<i32> {
     let code = body.get(..4)?;

@@ -121,6 +121,11 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
 /// ReadyForQuery. `Ok(None)` when the exchange ended without a session (authentication
 /// failed with a FATAL the client has already received, or the client left).
 ///
+/// With `require_password`, an AuthenticationOk that no password or SASL exchange came
+/// before (the server trusted the proxy's connection: `trust`, `peer`, `ident`) is not
+/// relayed: the client gets a FATAL 28000 instead, since every client would get in that
+/// way under any role name.
+///
 /// Only authentication responses (`p`) are forwarded in this phase. A client that pipelines
 /// other messages behind its startup packet is simply not read further until the session
 /// is established; the relay then takes those messages from the buffer like any others, so
@@ -128,8 +133,10 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
 pub async fn authenticate(
     client: &mut Conn,
     server: &mut Conn,
+    require_password: bool,
 ) -> Result<Option<TxStatus>, SessionError> {
     let mut client_paused = forward_auth_responses(client, server).await?;
+    let mut challenged = false;
     loop {
         tokio::select! {
             read = server.read_tagged(MAX_SERVER_MESSAGE) => {
@@ -147,6 +154,16 @@ pub async fn authenticate(
                         return Err(fatal(client, "08P01", SessionError::upstream_frame(e)).await)
                     }
                 };
+                if frame[0] == be::AUTHENTICATION {
+                    match be::auth_code(&frame[5..]) {
+                        Some(be::AUTH_OK) if require_password && !challenged => {
+                            return Err(fatal(client, "28000", SessionError::Refused(
+                                PASSWORDLESS.into())).await);
+                        }
+                        Some(be::AUTH_OK) => {}
+                        _ => challenged = true,
+                    }
+                }
                 client.write_flush(&frame).await.map_err(SessionError::ClientIo)?;
                 let body = &frame[5..];
                 match frame[0] {
@@ -165,6 +182,9 @@ pub async fn authenticate(
         }
     }
 }
+
+/// Why a passwordless login is refused (see [`authenticate`]).
+const PASSWORDLESS: &str = "the server accepted this login without a password (trust or peer authentication), which through fencegate would admit any client under any role name; configure password or scram-sha-256 authentication for connections from fencegate, or set upstream_auth = any";
 
 /// Forwards the complete authentication responses at the front of the client's buffer.
 /// Returns true when the next buffered message is something else (the client pipelined

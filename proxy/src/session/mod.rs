@@ -106,7 +106,9 @@ async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Rela
     if let Err(e) = server.write_flush(&packet).await {
         return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
     }
-    let Some(status) = handshake::authenticate(&mut client, &mut server).await? else {
+    let require_password = shared.config.requires_upstream_auth();
+    let Some(status) = handshake::authenticate(&mut client, &mut server, require_password).await?
+    else {
         return Ok(None);
     };
     let hook = shared.hooks.session_hook(&startup);
