@@ -214,7 +214,7 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
             }
             out
         }
-        (_, Some(b"/metrics")) => b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        (_, Some(b"/metrics")) => status_only("405 Method Not Allowed\r\nAllow: GET, HEAD"),
         (_, Some(_)) => status_only("404 Not Found"),
         (_, None) => status_only("400 Bad Request"),
     }
@@ -233,6 +233,7 @@ fn origin_form(target: &[u8]) -> &[u8] {
     }
 }
 
+/// A response without a body: `status` is the status and any header lines after it.
 fn status_only(status: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
 }
@@ -269,6 +270,41 @@ mod tests {
         );
         let not_allowed = respond(b"POST /metrics HTTP/1.1\r\n\r\n", &m);
         assert!(String::from_utf8_lossy(&not_allowed).contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[tokio::test]
+    async fn scrapes_beyond_the_limit_are_closed_unanswered_until_one_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::default(), stop.clone()));
+        // Idle connections that never send a request hold every permit.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let scrape = || async {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut response = Vec::new();
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, s.read_to_end(&mut response)).await;
+            response
+        };
+        assert!(
+            scrape().await.is_empty(),
+            "a scrape past the limit was answered"
+        );
+        drop(idle.pop());
+        // The accept loop learns of the freed permit when the task ends (read returns 0).
+        let answered = loop {
+            let response = scrape().await;
+            if !response.is_empty() {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(status(&answered), "HTTP/1.1 200 OK");
+        stop.cancel();
     }
 
     #[test]

@@ -78,6 +78,34 @@ impl Endpoint {
         config
     }
 
+    /// Logs in (with `password` when given) and returns `current_user`, or the server's
+    /// error as `SEVERITY SQLSTATE message`: for tests of authentication outcomes.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        db: &str,
+    ) -> Result<String, String> {
+        let mut config = self.pg_config(user, db);
+        if let Some(password) = password {
+            config.password(password);
+        }
+        let (client, connection) =
+            config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => format!("{} {} {}", db.severity(), db.code().code(), db.message()),
+                    None => format!("client-side error: {e}"),
+                })?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
     /// Connects with tokio-postgres (no TLS) and drives the connection on a spawned task.
     pub async fn connect(&self, user: &str, db: &str) -> tokio_postgres::Client {
         let (client, connection) = self

@@ -8,33 +8,7 @@
 
 use fencegate_tests::cluster::{self, Cluster};
 use fencegate_tests::endpoint::run;
-use fencegate_tests::{Endpoint, TestProxy};
-
-/// Logs in and returns `current_user`, or the server's error as `SEVERITY SQLSTATE message`.
-async fn login(
-    ep: Endpoint,
-    user: &str,
-    password: Option<&str>,
-    db: &str,
-) -> Result<String, String> {
-    let mut config = ep.pg_config(user, db);
-    if let Some(password) = password {
-        config.password(password);
-    }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) => format!("{} {} {}", db.severity(), db.code().code(), db.message()),
-            None => format!("client-side error: {e}"),
-        })?;
-    tokio::spawn(connection);
-    let row = client
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(row.get(0))
-}
+use fencegate_tests::TestProxy;
 
 /// Logs in directly and through the proxy; asserts both outcomes are equal and returns one.
 async fn same_both_ways(
@@ -46,8 +20,8 @@ async fn same_both_ways(
     let proxy = TestProxy::plain(cluster.port());
     let fresh = cluster.create_database("auth");
     let db = db.unwrap_or(&fresh);
-    let direct = login(cluster.endpoint(), user, password, db).await;
-    let proxied = login(proxy.endpoint(), user, password, db).await;
+    let direct = cluster.endpoint().login(user, password, db).await;
+    let proxied = proxy.endpoint().login(user, password, db).await;
     assert_eq!(
         direct, proxied,
         "login as {user} through the proxy differs from direct"

@@ -71,25 +71,6 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     proxy.stop().expect("proxy stops");
 }
 
-/// Logs in through `proxy`; the role the session runs as, or the server's error as
-/// "SEVERITY CODE message".
-async fn login(proxy: &TestProxy, user: &str, password: Option<&str>) -> Result<String, String> {
-    let mut config = proxy.endpoint().pg_config(user, "postgres");
-    if let Some(password) = password {
-        config.password(password);
-    }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) => format!("{} {} {}", db.severity(), db.code().code(), db.message()),
-            None => format!("client-side error: {e}"),
-        })?;
-    tokio::spawn(connection);
-    let row = client.query_one("SELECT current_user::text", &[]).await;
-    Ok(row.map_err(|e| e.to_string())?.get(0))
-}
-
 fn over_socket(cluster: &Cluster, auth: Option<UpstreamAuth>) -> impl FnOnce(&mut Config) {
     let upstream = format!("{}:{}", cluster.dir().display(), cluster.port());
     move |c: &mut Config| {
@@ -106,7 +87,11 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     let proxy = TestProxy::plain_with(cluster.port(), over_socket(cluster, None));
     // `local all all trust`: the server would let any role in, the superuser included.
     for user in [TRUST_USER, SUPERUSER] {
-        let refused = login(&proxy, user, None).await.expect_err(user);
+        let refused = proxy
+            .endpoint()
+            .login(user, None, "postgres")
+            .await
+            .expect_err(user);
         assert!(
             refused.starts_with("FATAL 28000 the server accepted this login without a password"),
             "{user}: {refused}"
@@ -114,10 +99,17 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     }
     // `local all scram_user scram-sha-256`: the exchange passes through as over TCP.
     assert_eq!(
-        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
+        proxy
+            .endpoint()
+            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
+            .await,
         Ok(SCRAM_USER.to_string())
     );
-    let wrong = login(&proxy, SCRAM_USER, Some("wrong")).await.unwrap_err();
+    let wrong = proxy
+        .endpoint()
+        .login(SCRAM_USER, Some("wrong"), "postgres")
+        .await
+        .unwrap_err();
     assert!(wrong.starts_with("FATAL 28P01"), "{wrong}");
     proxy.stop().expect("proxy stops");
 
@@ -127,7 +119,7 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
         over_socket(cluster, Some(UpstreamAuth::Any)),
     );
     assert_eq!(
-        login(&proxy, TRUST_USER, None).await,
+        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
@@ -137,17 +129,24 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
 async fn required_refuses_a_trusted_login_over_tcp_too_and_auto_does_not() {
     let cluster = Cluster::shared();
     let proxy = TestProxy::plain_with(cluster.port(), |c| c.upstream_auth = UpstreamAuth::Required);
-    let refused = login(&proxy, TRUST_USER, None).await.unwrap_err();
+    let refused = proxy
+        .endpoint()
+        .login(TRUST_USER, None, "postgres")
+        .await
+        .unwrap_err();
     assert!(refused.starts_with("FATAL 28000 "), "{refused}");
     assert_eq!(
-        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
+        proxy
+            .endpoint()
+            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
+            .await,
         Ok(SCRAM_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
 
     let proxy = TestProxy::plain(cluster.port());
     assert_eq!(
-        login(&proxy, TRUST_USER, None).await,
+        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
