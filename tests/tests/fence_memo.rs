@@ -2,7 +2,7 @@
 //! `proxy/src/fence/hook.rs`): a (resource, token) admitted earlier in the same transaction
 //! is not checked again, and the memo never outlives the transaction it was made in.
 //!
-//! Savings are counted in Postgres itself: every test database has `track_functions = 'pl'`,
+//! Savings are counted in Postgres itself: every test database has `track_functions = 'all'`,
 //! so `pg_stat_user_functions` counts the calls of `fencegate.check`. A session publishes its
 //! counts when it goes idle after `pg_stat_force_next_flush()`, so each count is read by the
 //! monitor after the session that ran the scenario has done that: no waiting on timers. Each
@@ -51,7 +51,7 @@ async fn counting_env(prefix: &str) -> FenceEnv {
     env.monitor
         .client()
         .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET track_functions = 'pl'",
+            "ALTER DATABASE \"{}\" SET track_functions = 'all'",
             env.db
         ))
         .await
@@ -72,8 +72,8 @@ async fn session(env: &FenceEnv) -> Client {
     });
     assert_eq!(
         value.as_deref(),
-        Some("pl"),
-        "the session must count plpgsql calls, or no check would be seen"
+        Some("all"),
+        "the session must count SQL function calls, or no check would be seen"
     );
     client
 }
@@ -89,8 +89,8 @@ fn raw_session(env: &FenceEnv) -> WireClient {
         .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned());
     assert_eq!(
         value.as_deref(),
-        Some("pl"),
-        "the raw session must count plpgsql calls"
+        Some("all"),
+        "the raw session must count SQL function calls"
     );
     raw
 }
@@ -1261,10 +1261,11 @@ async fn g1_a_do_after_a_commit_in_the_same_round_is_refused() {
 }
 
 /// Settings: every data statement of a session with `SET LOCAL fencing.*` is preceded by
-/// `fencegate.check_settings`, which admits the same settings only once per transaction
-/// (it notes them in the transaction); the next transaction checks again.
+/// `fencegate.check_settings`, which calls the check every time: PostgreSQL keeps no memo
+/// of admitted settings, since anything a client can SET could forge one (a repeated check
+/// takes the check's fast path and writes nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_are_admitted_once_per_transaction() {
+async fn settings_are_checked_before_every_data_statement() {
     let env = counting_env("memo_settings").await;
     let client = session(&env).await;
     let block = |token: i64| -> Vec<String> {
@@ -1285,8 +1286,8 @@ async fn settings_are_admitted_once_per_transaction() {
         &client,
         &block(3),
         "a SET LOCAL block of six data statements",
-        "one transaction with the same settings throughout",
-        1,
+        "one transaction with the same settings throughout: no memo a client could forge",
+        6,
     )
     .await;
     queries_run_checks(
@@ -1295,7 +1296,7 @@ async fn settings_are_admitted_once_per_transaction() {
         &block(3),
         "the same block again",
         "a new transaction checks again",
-        1,
+        6,
     )
     .await;
     assert_eq!(env.monitor.high_water("settings-once").await, Some(3));

@@ -1,7 +1,7 @@
 //! The proxy's memory of high-water marks: a safe lower bound, never the authority.
 //!
-//! It learns only committed values (the `current_token` a 55Z01 rejection reports, which
-//! PostgreSQL read from the committed row), and H never decreases once committed, so a token
+//! It learns only committed values (the current token a 55Z01 rejection of the schema's check
+//! reports in a field of its own, read from the committed row), and H never decreases once committed, so a token
 //! below a cached value is certainly stale. The proxy then rejects it at once, still inside
 //! the client's transaction (which the server aborts), without touching the fence row and
 //! without queueing behind the newer holder's lock. A token at or above the cached value is
@@ -36,20 +36,29 @@ impl HighWaterCache {
         }
     }
 
-    /// Learns from the DETAIL of a 55Z01 error
-    /// (`presented_token=T current_token=H resource=R`).
-    pub fn observe_rejection(&self, database: &str, detail: &[u8]) {
-        if let Some((resource, current)) = parse_detail(detail) {
+    /// Learns from the marker a 55Z01 rejection of the schema's check carries in its COLUMN
+    /// field, `fencegate:H:HEX` (H read from the committed row, the checked resource's UTF-8
+    /// in hex): values the check itself produced, never text a client could shape.
+    pub fn observe_rejection(&self, database: &str, marker: &[u8]) {
+        if let Some((resource, current)) = parse_marker(marker) {
             self.observe(database, &resource, current);
         }
     }
 }
 
-fn parse_detail(detail: &[u8]) -> Option<(String, i64)> {
-    let text = std::str::from_utf8(detail).ok()?;
-    let rest = text.split_once("current_token=")?.1;
-    let (current, resource) = rest.split_once(" resource=")?;
-    Some((resource.to_string(), parse_token(current.as_bytes())?))
+fn parse_marker(marker: &[u8]) -> Option<(String, i64)> {
+    let rest = marker.strip_prefix(b"fencegate:")?;
+    let colon = memchr::memchr(b':', rest)?;
+    let current = parse_token(&rest[..colon])?;
+    let hex = &rest[colon + 1..];
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((String::from_utf8(bytes).ok()?, current))
 }
 
 #[cfg(test)]
@@ -69,10 +78,18 @@ mod tests {
     #[test]
     fn learns_from_rejection_detail() {
         let c = HighWaterCache::default();
-        c.observe_rejection("db", b"presented_token=1 current_token=42 resource=job:7 x");
+        c.observe_rejection("db", b"fencegate:42:6a6f623a372078");
         assert_eq!(c.get("db", "job:7 x"), Some(42));
-        c.observe_rejection("db", b"garbage");
-        c.observe_rejection("db", b"presented_token=1 current_token= resource=a");
+        for bad in [
+            &b"garbage"[..],
+            b"fencegate::61",
+            b"fencegate:1:6",
+            b"fencegate:1:zz",
+            b"fencegate:-1:61",
+            b"presented_token=1 current_token=9 resource=a",
+        ] {
+            c.observe_rejection("db", bad);
+        }
         assert_eq!(c.get("db", "a"), None);
     }
 }

@@ -37,7 +37,7 @@ use super::prepared::{PreparedStatements, StatementOp};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
-use crate::protocol::backend::{error_field, TxStatus};
+use crate::protocol::backend::{self as be, error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
 use crate::protocol::startup::StartupMessage;
@@ -219,23 +219,21 @@ impl SessionHook for FenceHook {
         match code {
             b"55Z01" => {
                 FenceStats::bump(&self.stats.stale);
-                if let Some(detail) = error_field(body, b'D') {
-                    self.cache.observe_rejection(&self.database, detail);
+                if let Some(marker) = error_field(body, b'c') {
+                    self.cache.observe_rejection(&self.database, marker);
                 }
                 tracing::warn!(database = %self.database, %message, "stale fencing token rejected");
-                None
             }
             b"55Z02" => {
                 FenceStats::bump(&self.stats.invalid);
                 tracing::info!(database = %self.database, %message, "invalid fencing annotation rejected");
-                None
             }
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
                 self.schema_known = false;
                 self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
-                Some(error_response(
+                return Some(error_response(
                     Severity::Error,
                     "55Z03",
                     &format!("fencing is not installed in database \"{}\"", self.database),
@@ -244,12 +242,24 @@ impl SessionHook for FenceHook {
                         "Run `fencegate migrate --database-url postgres://USER@HOST:PORT/{}` once.",
                         self.database
                     )),
-                ))
+                ));
             }
-            _ => None,
+            _ => {}
         }
+        Some(build::without_fields(
+            be::ERROR_RESPONSE,
+            body,
+            INTERNAL_ERROR_FIELDS,
+        ))
     }
 }
+
+/// Fields of an error raised by the proxy's own statements that would show the client
+/// fencegate's functions, internal queries or the server's source location (CONTEXT,
+/// INTERNAL QUERY, INTERNAL POSITION, POSITION, FILE, LINE, ROUTINE) or the proxy's private
+/// marker (COLUMN, see [`HighWaterCache::observe_rejection`]). G5: the client sees what the
+/// check means, never how it is done.
+const INTERNAL_ERROR_FIELDS: &[u8] = b"WqpPFLRc";
 
 impl FenceHook {
     /// Analyses a statement's text; in an encoding the lexer cannot read safely, any text

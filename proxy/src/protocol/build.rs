@@ -151,6 +151,31 @@ pub fn replace_field(tag: u8, body: &[u8], field: u8, value: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// An ErrorResponse or NoticeResponse (`tag`) rebuilt from `body` without the fields whose
+/// codes are in `drop`; every other field is copied byte for byte, in order.
+pub fn without_fields(tag: u8, body: &[u8], drop: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.extend_from_slice(&[tag, 0, 0, 0, 0]);
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(nul) = memchr::memchr(0, after) else {
+            break;
+        };
+        if !drop.contains(&code) {
+            out.extend_from_slice(&[code]);
+            out.extend_from_slice(&after[..=nul]);
+        }
+        rest = &after[nul + 1..];
+    }
+    out.extend_from_slice(&[0]);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out.freeze()
+}
+
 /// NoticeResponse at WARNING level.
 pub fn warning(sqlstate: &str, message: &str) -> Bytes {
     encode(NoticeResponse::new(vec![

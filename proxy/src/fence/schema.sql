@@ -1,0 +1,488 @@
+-- The `fencegate` schema, version 5: the authority for fencing decisions. `fencegate
+-- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
+-- earlier version in place. The design, case by case, is in docs/fencing.md.
+--
+-- Locks per resource r (all transaction-level advisory locks, released at commit,
+-- rollback, or ROLLBACK TO a savepoint taken before them):
+--   K(r) = hashtextextended(r, 7405), one bigint key:
+--     shared    by every transaction admitted with the token that equals H(r);
+--     exclusive by a transaction that raises H(r), from before it reads H until it ends.
+--   published token: two shared two-int4 keys (hashtext(r), high 32 bits) and
+--     (hashtext('fencegate:' || r), low 32 bits), so that a raiser can read from
+--     pg_locks which token each holder of K(r) presented (preemption).
+-- A check never locks or writes the fence row unless it raises H, and tells whether the
+-- row version its snapshot shows is still the newest from the version's xmax: a raise
+-- that committed after the snapshot was taken leaves its xid there.
+
+SET LOCAL client_min_messages = warning;
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('fencegate.migrate'));
+
+CREATE SCHEMA IF NOT EXISTS fencegate;
+
+CREATE TABLE IF NOT EXISTS fencegate.meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS fencegate.fence (
+    resource text PRIMARY KEY CHECK (octet_length(resource) BETWEEN 1 AND 256),
+    token bigint NOT NULL CHECK (token >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON fencegate.fence FROM PUBLIC;
+REVOKE ALL ON fencegate.meta FROM PUBLIC;
+GRANT USAGE ON SCHEMA fencegate TO PUBLIC;
+
+-- Version 4 locked fence rows FOR UPDATE under REPEATABLE READ: such a lock leaves a
+-- committed xmax on the row's newest version, which version 5 would read as "raised after
+-- this snapshot". Rewriting those rows once clears it (only when upgrading from 4 or older).
+UPDATE fencegate.fence SET token = token
+WHERE xmax <> '0'::xid
+  AND COALESCE((SELECT m.value::int4 FROM fencegate.meta m WHERE m.key = 'schema_version'), 0) < 5;
+
+DROP FUNCTION IF EXISTS fencegate._try_admit(text, bigint);
+DROP FUNCTION IF EXISTS fencegate._admit(text, bigint);
+DROP FUNCTION IF EXISTS fencegate._raised(text);
+
+-- The status of a transaction given as a 32-bit xid (a row's xmin or xmax), as
+-- pg_xact_status reports it: 'committed', 'aborted', 'in progress', or NULL when too old.
+-- The xid's epoch is taken from the transaction's snapshot; a row's xid is within 2^31 of it.
+CREATE OR REPLACE FUNCTION fencegate._xact_status(p_xid xid)
+RETURNS text LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT pg_xact_status((s.next + ((p_xid::text::int8 - (s.next & 4294967295)
+                                      + 6442450944) % 4294967296 - 2147483648))::text::xid8)
+    FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next) s
+$fn$;
+
+-- The fence row as this transaction's snapshot shows it, and what became of it since:
+-- superseded when a transaction that committed after the snapshot replaced it (so H is now
+-- higher than `token`), mine when this transaction wrote it.
+CREATE OR REPLACE FUNCTION fencegate._read(p_resource text,
+    OUT token bigint, OUT superseded boolean, OUT mine boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT f.token,
+           f.xmax <> '0'::xid AND fencegate._xact_status(f.xmax) IS NOT DISTINCT FROM 'committed',
+           fencegate._xact_status(f.xmin) IS NOT DISTINCT FROM 'in progress'
+    FROM (SELECT 1) one LEFT JOIN fencegate.fence f ON f.resource = p_resource
+$fn$;
+
+-- Takes K(p_resource) in the given mode, waiting at most p_grace_ms a round. After a round
+-- in exclusive mode the sessions whose published tokens are all older than p_token are
+-- ended (preemption). Once rounds that end nobody add up to twice the grace or 10 s,
+-- whichever is longer, the wait fails with 55P03: whoever holds the lock is no older holder
+-- (a newer or equal holder inside a long transaction, or a session that took fencegate's
+-- key itself), and a check must not stall behind it for ever.
+-- p_grace_ms <= 0: wait as the session's own lock_timeout allows, and never preempt.
+CREATE OR REPLACE FUNCTION fencegate._lock(p_resource text, p_token bigint,
+                                           p_exclusive boolean, p_grace_ms int4)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    k int8 := hashtextextended(p_resource, 7405);
+    saved text := current_setting('lock_timeout');
+    stuck_since timestamptz;
+    bound_ms int4 := GREATEST(2 * p_grace_ms, 10000);
+BEGIN
+    IF (p_exclusive AND pg_try_advisory_xact_lock(k))
+       OR (NOT p_exclusive AND pg_try_advisory_xact_lock_shared(k)) THEN
+        RETURN;
+    END IF;
+    IF p_grace_ms <= 0 THEN
+        IF p_exclusive THEN PERFORM pg_advisory_xact_lock(k);
+        ELSE PERFORM pg_advisory_xact_lock_shared(k); END IF;
+        RETURN;
+    END IF;
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', p_grace_ms || 'ms', true);
+            IF p_exclusive THEN PERFORM pg_advisory_xact_lock(k);
+            ELSE PERFORM pg_advisory_xact_lock_shared(k); END IF;
+            PERFORM set_config('lock_timeout', saved, true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            -- The subtransaction's rollback restored lock_timeout.
+            IF p_exclusive AND fencegate._preempt(p_resource, p_token) > 0 THEN
+                stuck_since := NULL;
+            ELSE
+                stuck_since := COALESCE(stuck_since, clock_timestamp() - p_grace_ms * interval '1 ms');
+            END IF;
+            IF clock_timestamp() - stuck_since >= bound_ms * interval '1 ms' THEN
+                RAISE EXCEPTION USING ERRCODE = '55P03',
+                    MESSAGE = format('fencing check for resource %s could not lock the resource within %s ms',
+                        quote_literal(p_resource), bound_ms),
+                    DETAIL = 'The resource is held by a session that is not an older fencing token''s holder (a holder of the same or a newer token inside a long transaction, or a session that took fencegate''s advisory lock itself).',
+                    HINT = 'Keep transactions that present a new token short; never take fencegate''s advisory locks directly.';
+            END IF;
+        END;
+    END LOOP;
+END
+$fn$;
+
+-- Publishes this transaction's token for a resource as two shared advisory locks, so that
+-- other sessions can read it from pg_locks at once. Bounded like _lock: only a session
+-- holding one of these keys exclusively, which fencegate never does, can make it wait.
+CREATE OR REPLACE FUNCTION fencegate._publish(p_resource text, p_token bigint, p_grace_ms int4)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    hi int4 := hashtext(p_resource);
+    lo int4 := hashtext('fencegate:' || p_resource);
+    saved text := current_setting('lock_timeout');
+BEGIN
+    IF pg_try_advisory_xact_lock_shared(hi, (p_token >> 32)::int4)
+       AND pg_try_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::int4) THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM set_config('lock_timeout', GREATEST(p_grace_ms, 1) || 'ms', true);
+        PERFORM pg_advisory_xact_lock_shared(hi, (p_token >> 32)::int4),
+                pg_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::int4);
+        PERFORM set_config('lock_timeout', saved, true);
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION USING ERRCODE = '55P03',
+            MESSAGE = format('fencing check for resource %s is blocked by a session that holds one of fencegate''s advisory locks',
+                quote_literal(p_resource)),
+            HINT = 'Never take fencegate''s advisory locks directly.';
+    END;
+END
+$fn$;
+
+-- The highest token session p_pid has published for p_resource in its open transaction
+-- (an upper bound when it published several), or NULL.
+CREATE OR REPLACE FUNCTION fencegate._published_token(p_pid int4, p_resource text)
+RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    WITH mine AS (
+        SELECT l.classid, l.objid::int8 AS objid
+        FROM pg_catalog.pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.pid = p_pid AND l.granted
+          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                            WHERE d.datname = pg_catalog.current_database())
+    )
+    SELECT (SELECT max(objid) FROM mine
+            WHERE classid = pg_catalog.hashtext(p_resource)::oid) * 4294967296
+         + (SELECT max(CASE WHEN objid >= 2147483648 THEN objid - 4294967296 ELSE objid END)
+            FROM mine
+            WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
+$fn$;
+
+-- Ends the sessions whose published tokens for p_resource are all older than p_token.
+-- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client).
+CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
+RETURNS int4 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET client_min_messages = error AS $fn$
+DECLARE
+    victim int4;
+    theirs bigint;
+    ended int4 := 0;
+BEGIN
+    FOR victim IN
+        SELECT DISTINCT l.pid FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+          AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
+    LOOP
+        theirs := fencegate._published_token(victim, p_resource);
+        IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim) THEN
+            RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
+                victim, theirs, p_resource, p_token;
+            ended := ended + 1;
+        END IF;
+    END LOOP;
+    RETURN ended;
+END
+$fn$;
+
+-- Raises 55Z01 for a stale token. p_current: the committed H read with the resource settled,
+-- or NULL when only "newer than p_known" is known (a raise committed after this
+-- transaction's snapshot). The COLUMN field carries H and the resource in hex for the proxy
+-- (which learns its cache from it and strips the field): values fencegate produced, never
+-- text a client wrote.
+CREATE OR REPLACE FUNCTION fencegate._stale(p_resource text, p_token bigint,
+                                            p_current bigint, p_mine boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    hint text := 'The lock was taken over by a newer holder. Do not retry: stop working on this resource.';
+BEGIN
+    IF p_mine THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z01',
+            MESSAGE = format('stale fencing token %s for resource %s: token %s was admitted earlier in this transaction',
+                p_token, quote_literal(p_resource), p_current),
+            DETAIL = format('presented_token=%s resource=%s', p_token, p_resource),
+            HINT = hint;
+    ELSIF p_current IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z01',
+            MESSAGE = format('stale fencing token %s for resource %s: a newer token was admitted after this transaction took its snapshot',
+                p_token, quote_literal(p_resource)),
+            DETAIL = format('presented_token=%s resource=%s', p_token, p_resource),
+            HINT = hint;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '55Z01',
+        MESSAGE = format('stale fencing token %s for resource %s: the current token is %s',
+            p_token, quote_literal(p_resource), p_current),
+        DETAIL = format('presented_token=%s current_token=%s resource=%s',
+            p_token, p_current, p_resource),
+        HINT = hint,
+        COLUMN = format('fencegate:%s:%s', p_current, encode(convert_to(p_resource, 'UTF8'), 'hex'));
+END
+$fn$;
+
+-- The check's slow path: everything the fast path in check() does not settle (a busy
+-- resource, a missing row, a raise, a stale or invalid token). See docs/fencing.md.
+CREATE OR REPLACE FUNCTION fencegate._check_slow(p_resource text, p_token bigint, p_grace_ms int4)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    seen record;
+    rounds int4 := 0;
+BEGIN
+    IF p_resource IS NULL OR octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = format('invalid fencing annotation: resource must be 1 to 256 bytes, got %s',
+                COALESCE(octet_length(p_resource)::text || ' bytes', 'none'));
+    END IF;
+    IF p_token IS NULL OR p_token < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = format('invalid fencing annotation: token must be a non-negative integer, got %s',
+                COALESCE(p_token::text, 'none'));
+    END IF;
+    PERFORM fencegate._publish(p_resource, p_token, p_grace_ms);
+    LOOP
+        rounds := rounds + 1;
+        IF rounds > 50 THEN
+            RAISE EXCEPTION USING ERRCODE = '55P03',
+                MESSAGE = format('fencing check for resource %s did not settle', quote_literal(p_resource));
+        END IF;
+        seen := fencegate._read(p_resource);
+        IF seen.token > p_token OR (seen.superseded AND seen.token >= p_token) THEN
+            -- Stale at once, without waiting for anyone: H only grows.
+            PERFORM fencegate._stale(p_resource, p_token,
+                CASE WHEN seen.superseded THEN NULL ELSE seen.token END, seen.mine);
+        END IF;
+        IF seen.superseded THEN
+            RAISE EXCEPTION USING ERRCODE = '40001',
+                MESSAGE = format('could not serialize access: the fencing token of resource %s was raised by a transaction that committed after this transaction took its snapshot',
+                    quote_literal(p_resource)),
+                HINT = 'Retry the transaction.';
+        END IF;
+        IF seen.token = p_token THEN
+            -- The current token: share the resource with its other holders. Queues behind
+            -- a raise that waits for the resource, which then decides.
+            PERFORM fencegate._lock(p_resource, p_token, false, p_grace_ms);
+            seen := fencegate._read(p_resource);
+            IF seen.token = p_token AND NOT seen.superseded THEN
+                RETURN p_token;
+            END IF;
+            CONTINUE;
+        END IF;
+        -- A newer token (or the first one): raise H, alone on the resource.
+        IF current_setting('transaction_read_only') = 'on' THEN
+            RAISE EXCEPTION USING ERRCODE = '25006',
+                MESSAGE = format('cannot admit fencing token %s for resource %s in a read-only transaction: it is newer than the current token %s, and admitting it must record it',
+                    p_token, quote_literal(p_resource), COALESCE(seen.token::text, '(none)')),
+                HINT = 'Present a new token first in a read-write transaction; read-only transactions may then use it.';
+        END IF;
+        BEGIN
+            PERFORM fencegate._lock(p_resource, p_token, true, p_grace_ms);
+            seen := fencegate._read(p_resource);
+            IF seen.token >= p_token OR seen.superseded THEN
+                -- Settled meanwhile by another transaction: undo the exclusive lock (this
+                -- block's subtransaction) and decide again.
+                RAISE EXCEPTION USING ERRCODE = 'FG001';
+            END IF;
+            IF seen.token IS NULL THEN
+                INSERT INTO fencegate.fence (resource, token) VALUES (p_resource, p_token);
+            ELSE
+                UPDATE fencegate.fence SET token = p_token, updated_at = now()
+                WHERE resource = p_resource;
+            END IF;
+            RETURN p_token;
+        EXCEPTION
+            WHEN SQLSTATE 'FG001' THEN NULL;
+            WHEN unique_violation THEN
+                -- A row this snapshot cannot see: inserted after it was taken.
+                RAISE EXCEPTION USING ERRCODE = '40001',
+                    MESSAGE = format('could not serialize access: the fencing token of resource %s was raised by a transaction that committed after this transaction took its snapshot',
+                        quote_literal(p_resource)),
+                    HINT = 'Retry the transaction.';
+        END;
+    END LOOP;
+END
+$fn$;
+
+-- Calls the slow path. A plain SQL function, so that PostgreSQL loads PL/pgSQL into the
+-- session only when the slow path actually runs, not when check() is planned.
+CREATE OR REPLACE FUNCTION fencegate._slow(p_resource text, p_token bigint, p_grace_ms int4)
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT fencegate._check_slow(p_resource, p_token, p_grace_ms)
+$fn$;
+
+-- The committed high-water mark of a resource, or NULL.
+CREATE OR REPLACE FUNCTION fencegate.high_water(p_resource text)
+RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT token FROM fencegate.fence WHERE resource = p_resource
+$fn$;
+
+-- The check: admits (p_resource, p_token) in the caller's transaction or raises 55Z01.
+-- p_grace_ms bounds the wait behind an older holder's open transaction before that
+-- transaction is ended (0: wait as long as the session's own lock_timeout allows).
+--
+-- The fast path settles the common case, the token that equals H, in one statement: publish
+-- the token and take K(r) shared without waiting, then (after the lock, by the lateral join)
+-- read the row; admitted when it holds the token and no raise replaced it since this
+-- snapshot. Nothing is written. Everything else goes to the slow path.
+CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
+                                           p_grace_ms int4 DEFAULT 5000)
+RETURNS bigint LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE
+        WHEN l.held AND f.token = p_token
+             AND (f.xmax = '0'::xid
+                  OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed')
+        THEN p_token
+        ELSE fencegate._slow(p_resource, p_token, p_grace_ms)
+    END
+    FROM (SELECT octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
+                 AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4)
+                 AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
+                                                      ((p_token & 4294967295) - 2147483648)::int4)
+                 AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, 7405)) AS held
+          OFFSET 0) l
+    LEFT JOIN LATERAL (SELECT f.token, f.xmax FROM fencegate.fence f
+                       WHERE l.held AND f.resource = p_resource) f ON true
+$fn$;
+
+-- Raises 55Z02 for fencing settings that are wrong (called only when they are).
+CREATE OR REPLACE FUNCTION fencegate._settings_invalid(p_resource text, p_token text,
+                                                       p_required boolean)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_token IS NULL AND p_required THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = 'invalid fencing annotation: this statement writes to a table that requires a fencing token, and none is set';
+    END IF;
+    IF p_resource IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z02',
+            MESSAGE = 'invalid fencing annotation: fencing.token is set but fencing.resource is not';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '55Z02',
+        MESSAGE = format('invalid fencing annotation: fencing.token must be an integer from 0 to 9223372036854775807, got %s',
+            quote_literal(p_token));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION fencegate._settings_error(p_resource text, p_token text,
+                                                     p_required boolean)
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT fencegate._settings_invalid(p_resource, p_token, p_required)
+$fn$;
+
+-- The check for tokens given as settings (SET [LOCAL] fencing.resource / fencing.token,
+-- or startup options): PostgreSQL resolves SET LOCAL > SET > startup, RESET, DISCARD and
+-- rollbacks itself. Returns NULL when no token is in effect. It keeps no memo of its own:
+-- a repeated check takes the fast path, and nothing a client can SET stands for a check.
+CREATE OR REPLACE FUNCTION fencegate.check_settings(p_grace_ms int4 DEFAULT 5000,
+                                                    p_required boolean DEFAULT false)
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT CASE
+        WHEN s.t IS NULL AND NOT p_required THEN NULL
+        WHEN s.r IS NOT NULL AND s.t ~ '^[0-9]{1,19}$'
+             AND (length(s.t) < 19 OR s.t COLLATE "C" <= '9223372036854775807')
+        THEN fencegate.check(s.r, s.t::bigint, p_grace_ms)
+        ELSE fencegate._settings_error(s.r, s.t, p_required)
+    END
+    FROM (SELECT NULLIF(current_setting('fencing.resource', true), '') AS r,
+                 NULLIF(current_setting('fencing.token', true), '') AS t) s
+$fn$;
+
+-- Internal functions are for check() only, which runs as the schema's owner.
+REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
+    fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
+    fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
+    fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
+    fencegate._slow(text, bigint, int4)
+    FROM PUBLIC;
+DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
+
+-- The lease service: a lock with a time-to-live that issues fencing tokens. Time is the
+-- database's clock. Tokens strictly increase per resource across all grants (never reused,
+-- not after release, not after expiry) and are always above the resource's committed H,
+-- so a token from this service is never born stale.
+CREATE TABLE IF NOT EXISTS fencegate.lease (
+    resource text PRIMARY KEY CHECK (octet_length(resource) BETWEEN 1 AND 256),
+    holder text,
+    token bigint NOT NULL CHECK (token >= 0),
+    expires_at timestamptz NOT NULL
+);
+REVOKE ALL ON fencegate.lease FROM PUBLIC;
+
+-- Grants the lease to p_holder for p_ttl when it is free or expired; returns the new token,
+-- or NULL while another holder's lease is live.
+CREATE OR REPLACE FUNCTION fencegate.acquire(p_resource text, p_holder text, p_ttl interval)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    granted bigint;
+BEGIN
+    IF p_resource IS NULL OR octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'resource must be 1 to 256 bytes';
+    END IF;
+    IF p_holder IS NULL OR p_ttl IS NULL OR p_ttl <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'holder and a positive ttl are required';
+    END IF;
+    INSERT INTO fencegate.lease (resource, holder, token, expires_at)
+    VALUES (p_resource, NULL, 0, '-infinity')
+    ON CONFLICT (resource) DO NOTHING;
+    IF (SELECT greatest(l.token, COALESCE((SELECT f.token FROM fencegate.fence f
+                                           WHERE f.resource = p_resource), 0))
+        FROM fencegate.lease l WHERE l.resource = p_resource) = 9223372036854775807 THEN
+        RAISE EXCEPTION USING ERRCODE = '55Z04',
+            MESSAGE = format('the fencing tokens of resource %s are used up: its token is 9223372036854775807',
+                quote_literal(p_resource)),
+            HINT = 'An operator can retire the resource (use a new name), or, with no holder left, delete its rows from fencegate.fence and fencegate.lease.';
+    END IF;
+    UPDATE fencegate.lease l
+    SET holder = p_holder,
+        token = greatest(l.token,
+                         COALESCE((SELECT f.token FROM fencegate.fence f
+                                   WHERE f.resource = p_resource), 0)) + 1,
+        expires_at = clock_timestamp() + p_ttl
+    WHERE l.resource = p_resource AND (l.holder IS NULL OR l.expires_at <= clock_timestamp())
+    RETURNING l.token INTO granted;
+    RETURN granted;
+END
+$fn$;
+
+-- Extends a live lease; false when it expired or belongs to someone else (the lease is lost).
+CREATE OR REPLACE FUNCTION fencegate.renew(p_resource text, p_holder text, p_token bigint,
+                                           p_ttl interval)
+RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH renewed AS (
+        UPDATE fencegate.lease SET expires_at = clock_timestamp() + p_ttl
+        WHERE resource = p_resource AND holder = p_holder AND token = p_token
+          AND expires_at > clock_timestamp() AND p_ttl > interval '0'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM renewed)
+$fn$;
+
+-- Gives a lease back early; false when it was no longer held by this holder and token.
+CREATE OR REPLACE FUNCTION fencegate.release(p_resource text, p_holder text, p_token bigint)
+RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH released AS (
+        UPDATE fencegate.lease SET holder = NULL, expires_at = clock_timestamp()
+        WHERE resource = p_resource AND holder = p_holder AND token = p_token
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM released)
+$fn$;
+
+-- The current holder of a resource's lease (no row when free or expired).
+CREATE OR REPLACE FUNCTION fencegate.lease_holder(p_resource text)
+RETURNS TABLE (holder text, token bigint, expires_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT l.holder, l.token, l.expires_at FROM fencegate.lease l
+    WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
+$fn$;
+
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '5')
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
