@@ -138,6 +138,7 @@ class Bench:
             targets.append(Target("pgbouncer", pb.port, pb, "builtin"))
         targets += [Target("fencegate", fg.port, fg, "builtin"),
                     Target("fencegate+token", fg.port, fg, "token"),
+                    Target("fencegate+shared", fg.port, fg, "shared"),
                     Target("fencegate+SET LOCAL", fg.port, fg, "setlocal")]
         for t in targets:
             if t.scripts == "builtin":

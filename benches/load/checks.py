@@ -24,7 +24,8 @@ def fence_rows(checks, cluster, simple_clients, setlocal_clients):
     for pattern, what, expected in (
             ("^bench:[0-9]+$", "sqlcommenter, simple protocol", simple_clients),
             ("^bench-[0-9]+$", "SET LOCAL", setlocal_clients),
-            ("^benchx:[0-9]+$", "sqlcommenter, extended protocol", None)):
+            ("^benchx:[0-9]+$", "sqlcommenter, extended protocol", None),
+            (f"^{workloads.SHARED_RESOURCE}$", "one token shared by every client", 1)):
         count, tokens = cluster.psql(
             postgres.DATABASE, "SELECT count(*), coalesce(string_agg(DISTINCT token::text, ','), "
             f"'') FROM fencegate.fence WHERE resource ~ '{pattern}'").split("|")

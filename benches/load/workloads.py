@@ -8,6 +8,8 @@ extended-protocol token workload uses one script per resource instead (`benchx:<
 i < min(128, 4 x clients), pgbench picks one at random per transaction); two clients
 then share a resource for a moment now and then, which costs little on a statement that
 holds the row lock for well under a millisecond.
+The "shared" scripts give every client the same resource (`leader`) and token: one holder
+writing through a pool, which must run as concurrently as without a token (G7).
 """
 
 import os
@@ -19,6 +21,7 @@ import postgres
 import procs
 
 TOKEN = 1
+SHARED_RESOURCE = "leader"
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Target:
     label: str        # column in the report
     port: int
     proxy: object     # proxies.Proxy whose CPU is measured, or None (direct)
-    scripts: str      # "builtin", "token" (sqlcommenter) or "setlocal"
+    scripts: str      # "builtin", "token" (sqlcommenter), "shared" (one token) or "setlocal"
 
 
 def comment(resource):
@@ -78,6 +81,10 @@ def script_args(workload, target, scale, script_dir):
         assert workload.script == "tpcb-like" and workload.protocol == "simple"
         return _files(script_dir, "setlocal", [tpcb_like(scale, prologue=SET_LOCAL)])
     make = select_only if workload.script == "select-only" else tpcb_like
+    if target.scripts == "shared":
+        # One holder, many connections (G7): every client presents the same token.
+        return _files(script_dir, f"shared-{workload.script}",
+                      [make(scale, " " + comment(SHARED_RESOURCE))])
     if workload.protocol == "simple":
         return _files(script_dir, f"token-{workload.script}",
                       [make(scale, " " + comment("bench%3A:client_id"))])

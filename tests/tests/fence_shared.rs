@@ -459,3 +459,32 @@ async fn the_cache_learns_only_what_the_check_produced() {
     assert_eq!(w.monitor.high_water("victim").await, Some(1));
     assert_eq!(w.slot(2).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_touching_a_new_token_at_once_all_succeeds() {
+    // Eight connections present a new token at the same moment (READ COMMITTED): one
+    // raises, the others wait for it and then share; none deadlocks or fails.
+    let w = world("g7_first_touch", Duration::from_millis(500)).await;
+    w.raise("burst", 1).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(w.client().await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            c.batch_execute(&format!("BEGIN; {}; COMMIT", bump(i as i32 + 1, "burst", 2)))
+                .await
+        }));
+    }
+    for t in tasks {
+        within("first touch", t).await.unwrap().expect("a first touch failed");
+    }
+    assert_eq!(w.monitor.high_water("burst").await, Some(2));
+    for id in 1..=8 {
+        assert_eq!(w.slot(id).await, 1);
+    }
+}

@@ -323,10 +323,13 @@ $fn$;
 -- p_grace_ms bounds the wait behind an older holder's open transaction before that
 -- transaction is ended (0: wait as long as the session's own lock_timeout allows).
 --
--- The fast path settles the common case, the token that equals H, in one statement: publish
--- the token and take K(r) shared without waiting, then (after the lock, by the lateral join)
--- read the row; admitted when it holds the token and no raise replaced it since this
--- snapshot. Nothing is written. Everything else goes to the slow path.
+-- The fast path settles the common case, the token that equals H, in one statement: when
+-- the row this snapshot shows holds the token, publish it and take K(r) shared without
+-- waiting, then (after the lock, by the lateral join) read the row again; admitted when it
+-- still holds the token and no raise replaced it since this snapshot. Nothing is written.
+-- Everything else goes to the slow path, which then holds no lock of the fast path's: a
+-- raise taken from there never has to upgrade a shared lock (two first touches of a new
+-- token would deadlock).
 CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
                                            p_grace_ms int4 DEFAULT 5000)
 RETURNS bigint LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -338,7 +341,9 @@ AS $fn$
         THEN p_token
         ELSE fencegate._slow(p_resource, p_token, p_grace_ms)
     END
-    FROM (SELECT octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
+    FROM (SELECT COALESCE((SELECT f0.token FROM fencegate.fence f0
+                           WHERE f0.resource = p_resource) = p_token, false)
+                 AND octet_length(p_resource) BETWEEN 1 AND 256
                  AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4)
                  AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
                                                       ((p_token & 4294967295) - 2147483648)::int4)
