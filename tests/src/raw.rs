@@ -166,23 +166,10 @@ pub fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
     (stream, pid.expect("pg_backend_pid() row"))
 }
 
-/// Sets a SOL_SOCKET option on a socket we own.
-pub fn set_socket_option<T>(stream: &TcpStream, option: libc::c_int, value: T) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket, with a pointer to a live value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt {option}: {}",
-        std::io::Error::last_os_error()
-    );
+/// Sets SO_LINGER to zero, so that dropping `stream` resets the connection (RST) instead of
+/// closing it (FIN).
+pub fn reset_on_drop(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER 0");
 }

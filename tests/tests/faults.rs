@@ -3,6 +3,7 @@
 //! peer gets a FATAL ErrorResponse (where the protocol allows one) and a closed connection,
 //! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
 //! server backend is left behind.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,8 +15,8 @@ use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::endpoint::run;
 use fencegate_tests::fake_upstream::FakeUpstream;
 use fencegate_tests::raw::{
-    assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close,
-    set_socket_option, ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
+    assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close, reset_on_drop,
+    ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
 };
 use fencegate_tests::wire::{self, msg, Message, WireClient};
 use fencegate_tests::{Endpoint, TestProxy};
@@ -372,11 +373,7 @@ fn vanish(addr: SocketAddr, db: &str, how: Vanish) -> i32 {
     match how {
         Vanish::Close => {}
         Vanish::Reset => {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            set_socket_option(&stream, libc::SO_LINGER, linger);
+            reset_on_drop(&stream);
         }
         Vanish::CloseMidResult => {
             // About 10 GB of rows: the server is still sending when the client leaves.
