@@ -16,6 +16,7 @@
 //!
 //! Every integration test runs the same client once against Postgres directly and once
 //! through the proxy, and compares what the client saw.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cluster;

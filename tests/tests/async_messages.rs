@@ -1,6 +1,7 @@
 //! Traffic the client does not ask for in its query stream, directly and through the proxy:
 //! a CancelRequest sent to the proxy's address (the proxy must forward it to the right
 //! backend), and LISTEN/NOTIFY notifications and notices delivered to an idle client.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,7 @@
 //! buffer on the way can hold is seen waiting to write (`ClientWrite`) while the client
 //! does not read, and a client that sends more than that while the server is busy is still
 //! blocked in its write. A proxy that buffered without bound would let both finish.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -2,6 +2,7 @@
 //! portals with the comment in their SQL, `SET LOCAL` sent through the extended protocol,
 //! pipelines (many Bind/Execute/Sync rounds, or many Queries, written before any reply is
 //! read) where only the stale statement fails, and `copy_in` with a comment.
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
 use fencegate_tests::fence::jobs::{log_ids, steps, JOB, SETUP};

@@ -3,6 +3,7 @@
 //! and in a script with `SET LOCAL`, startup options from `PGOPTIONS`, and `\copy ... FROM
 //! pstdin` fenced by `SET`. Fresh tokens are admitted and raise H; stale ones fail with
 //! 55Z01 (printed with its SQLSTATE) and change nothing.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::fence::jobs::{append, log_ids, steps, JOB, SETUP};
 use fencegate_tests::fence::{comment, FenceEnv};

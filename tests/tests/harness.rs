@@ -1,6 +1,7 @@
 //! Checks of the test harness itself, directly against Postgres (no proxy): the cluster
 //! starts, every test user can log in with its method, databases are fresh, a private
 //! cluster restarts and is removed on drop, and the raw wire client works.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{self, Cluster};
 use fencegate_tests::wire::{self, msg, WireClient};

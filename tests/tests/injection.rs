@@ -13,6 +13,7 @@
 //! RowDescription would carry the table's OID (different in each database).
 //! Every scenario also checks the exact number of injected messages, so a hook that was never
 //! called, or a proxy that refused injections after losing track of replies, fails the test.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

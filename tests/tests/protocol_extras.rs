@@ -1,6 +1,7 @@
 //! Protocol corners real tools reach: FunctionCall (libpq's large-object calls), CopyBoth
 //! (streaming replication with pg_basebackup), protocol 3.2 negotiation, and an unknown
 //! message type, each through the proxy as the server itself answers it.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -5,6 +5,7 @@
 //! row limits; many queries pipelined on one connection; transactions and savepoints; COPY
 //! in and out (text and binary, failing and aborted). Cancel and LISTEN/NOTIFY are in
 //! `async_messages.rs`.
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};

@@ -3,6 +3,7 @@
 //! forwarded through it too. A login the server accepts there without a password (`trust`,
 //! `peer`) is refused unless `upstream_auth = any` says otherwise, since through the proxy
 //! it would admit any client; a password login over the socket works.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

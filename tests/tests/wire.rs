@@ -1,6 +1,7 @@
 //! Byte-level comparison: the same raw protocol messages sent directly and through the proxy
 //! must produce the same backend messages, byte for byte, except the BackendKeyData values
 //! (masked by `wire::normalize`: a proxy may hand out its own cancel keys).
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
 use fencegate_tests::wire::{self, msg, Message, WireClient};
