@@ -13,6 +13,7 @@
 //!   `psql`/`pgbench`/`pg_dump` commands and tokio-postgres configs for it.
 //! - [`proxy`]: the proxy started in-process on `127.0.0.1:0`, on its own runtime thread.
 //! - [`wire`]: a small blocking raw-protocol client for byte-level comparisons.
+//! - [`raw`]: raw sockets for fault tests: arbitrary bytes, reads with deadlines, resets.
 //!
 //! Every integration test runs the same client once against Postgres directly and once
 //! through the proxy, and compares what the client saw.
