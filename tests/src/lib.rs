@@ -1,6 +1,7 @@
 //! Test harness for fencegate's integration tests.
 //!
 //! # Layout
+//! - [`activity`]: wait until a query is running (`pg_stat_activity`), then cancel it.
 //! - [`compare`]: run one scenario directly and through the proxy, require equal results.
 //! - [`pgbin`]: the installed PostgreSQL binaries, located once per test process.
 //! - [`cluster`]: a throwaway PostgreSQL cluster (on `fencegate::pgtemp`) with the test users
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod cluster;
 pub mod compare;
 pub mod endpoint;

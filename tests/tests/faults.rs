@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fencegate::session::hook::NoHooks;
+use fencegate_tests::activity::wait_until_active;
 use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::endpoint::run;
 use fencegate_tests::fake_upstream::FakeUpstream;
@@ -317,21 +318,7 @@ async fn terminated_backend_reports_57p01() {
         .get(0);
     let sleeper =
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await.map(|_| ()) });
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' \
-             AND query LIKE '%pg_sleep%'",
-            &[&pid],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the sleep never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_active(&admin, "SELECT pg_sleep(60)").await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await

@@ -5,13 +5,11 @@
 //! it would admit any client; a password login over the socket works.
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
-
 use fencegate::config::{Config, UpstreamAuth};
+use fencegate_tests::activity::cancel_when_active;
 use fencegate_tests::cluster::{Cluster, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER, TRUST_USER};
 use fencegate_tests::fence::{comment, expect_code, fenced_database, STALE};
 use fencegate_tests::proxy::TestProxy;
-use tokio_postgres::NoTls;
 
 const SETUP: &str = "
 CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
@@ -61,13 +59,13 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     expect_code(client.batch_execute(&write(2)).await, STALE);
 
     // A cancel sent to the proxy reaches the backend through the socket.
+    let monitor = cluster.endpoint().connect(SUPERUSER, &db).await;
     let cancel = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel_query(NoTls).await
+    let canceller = tokio::spawn(async move {
+        cancel_when_active(&monitor, "SELECT pg_sleep(30)", &cancel).await;
     });
     expect_code(client.batch_execute("SELECT pg_sleep(30)").await, "57014");
-    sleeper.await.unwrap().expect("cancel request accepted");
+    canceller.await.expect("cancel request sent");
     drop(client);
     proxy.stop().expect("proxy stops");
 }
