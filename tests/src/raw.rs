@@ -137,13 +137,26 @@ pub fn read_message(stream: &mut TcpStream) -> Message {
     (header[0], body)
 }
 
+/// Reads backend messages up to and including the next ReadyForQuery; returns all of them.
+pub fn read_until_ready(stream: &mut TcpStream) -> Vec<Message> {
+    let mut out = Vec::new();
+    loop {
+        let message = read_message(stream);
+        let ready = message.0 == b'Z';
+        out.push(message);
+        if ready {
+            return out;
+        }
+    }
+}
+
 /// Logs in (trust) on a raw stream and returns it with the session's backend pid.
 pub fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(&msg::startup(&[("user", SUPERUSER), ("database", db)]))
         .unwrap();
-    while read_message(&mut stream).0 != b'Z' {}
+    read_until_ready(&mut stream);
     stream
         .write_all(&msg::query("SELECT pg_backend_pid()"))
         .unwrap();
