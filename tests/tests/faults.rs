@@ -70,6 +70,15 @@ fn backend_pid(client: &mut WireClient) -> i32 {
         .unwrap()
 }
 
+/// A proxy whose client messages may be at most 1 MiB (`max_message_size`).
+fn proxy_with_1mib_limit(cluster: &Cluster) -> TestProxy {
+    TestProxy::start(
+        cluster.port(),
+        |c| c.max_message_size = 1 << 20,
+        Arc::new(NoHooks),
+    )
+}
+
 /// A loopback port with nothing listening on it (bound, then released).
 fn dead_port() -> u16 {
     cluster::free_port()
@@ -173,11 +182,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
 async fn bad_message_lengths_after_auth_are_fatal() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("faults_length");
-    let proxy = TestProxy::start(
-        cluster.port(),
-        |c| c.max_message_size = 1 << 20,
-        Arc::new(NoHooks),
-    );
+    let proxy = proxy_with_1mib_limit(cluster);
     let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
 
     let oversized = [&b"Q"[..], &(2u32 << 20).to_be_bytes(), b"SELECT '"].concat();
@@ -215,11 +220,7 @@ async fn bad_message_lengths_after_auth_are_fatal() {
 async fn server_rows_larger_than_max_message_size_reach_the_client() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("faults_bigrow");
-    let proxy = TestProxy::start(
-        cluster.port(),
-        |c| c.max_message_size = 1 << 20,
-        Arc::new(NoHooks),
-    );
+    let proxy = proxy_with_1mib_limit(cluster);
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
     let row = client
         .query_one("SELECT repeat('x', 2 << 20)", &[])

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
 
 use fencegate_tests::cluster::SUPERUSER;
-use fencegate_tests::compare::{direct_and_proxied, sqlstate};
+use fencegate_tests::compare::{direct_and_proxied, first_column, sqlstate};
 use fencegate_tests::Endpoint;
 
 type Item = (
@@ -109,13 +109,7 @@ async fn extended(ep: Endpoint, db: String) -> Vec<String> {
         .await
         .unwrap();
     for _ in 0..4 {
-        let ids: Vec<i32> = tx
-            .query_portal(&portal, 6)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let ids: Vec<i32> = first_column(&tx.query_portal(&portal, 6).await.unwrap());
         seen.push(format!("portal batch {ids:?}"));
     }
     tx.commit().await.unwrap();

@@ -70,6 +70,11 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     proxy.stop().expect("proxy stops");
 }
 
+/// Logs in through `proxy` to database `postgres` (see [`fencegate_tests::Endpoint::login`]).
+async fn login(proxy: &TestProxy, user: &str, password: Option<&str>) -> Result<String, String> {
+    proxy.endpoint().login(user, password, "postgres").await
+}
+
 fn over_socket(cluster: &Cluster, auth: Option<UpstreamAuth>) -> impl FnOnce(&mut Config) {
     let upstream = format!("{}:{}", cluster.dir().display(), cluster.port());
     move |c: &mut Config| {
@@ -86,11 +91,7 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     let proxy = TestProxy::plain_with(cluster.port(), over_socket(cluster, None));
     // `local all all trust`: the server would let any role in, the superuser included.
     for user in [TRUST_USER, SUPERUSER] {
-        let refused = proxy
-            .endpoint()
-            .login(user, None, "postgres")
-            .await
-            .expect_err(user);
+        let refused = login(&proxy, user, None).await.expect_err(user);
         assert!(
             refused.starts_with("FATAL 28000 the server accepted this login without a password"),
             "{user}: {refused}"
@@ -98,17 +99,10 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     }
     // `local all scram_user scram-sha-256`: the exchange passes through as over TCP.
     assert_eq!(
-        proxy
-            .endpoint()
-            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
-            .await,
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
         Ok(SCRAM_USER.to_string())
     );
-    let wrong = proxy
-        .endpoint()
-        .login(SCRAM_USER, Some("wrong"), "postgres")
-        .await
-        .unwrap_err();
+    let wrong = login(&proxy, SCRAM_USER, Some("wrong")).await.unwrap_err();
     assert!(wrong.starts_with("FATAL 28P01"), "{wrong}");
     proxy.stop().expect("proxy stops");
 
@@ -118,7 +112,7 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
         over_socket(cluster, Some(UpstreamAuth::Any)),
     );
     assert_eq!(
-        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
+        login(&proxy, TRUST_USER, None).await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
@@ -128,24 +122,17 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
 async fn required_refuses_a_trusted_login_over_tcp_too_and_auto_does_not() {
     let cluster = Cluster::shared();
     let proxy = TestProxy::plain_with(cluster.port(), |c| c.upstream_auth = UpstreamAuth::Required);
-    let refused = proxy
-        .endpoint()
-        .login(TRUST_USER, None, "postgres")
-        .await
-        .unwrap_err();
+    let refused = login(&proxy, TRUST_USER, None).await.unwrap_err();
     assert!(refused.starts_with("FATAL 28000 "), "{refused}");
     assert_eq!(
-        proxy
-            .endpoint()
-            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
-            .await,
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
         Ok(SCRAM_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
 
     let proxy = TestProxy::plain(cluster.port());
     assert_eq!(
-        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
+        login(&proxy, TRUST_USER, None).await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
