@@ -42,6 +42,7 @@
 //!
 //! Tokens from other lock services (ZooKeeper/Curator, Hazelcast, Redisson): see
 //! `docs/lock-services.md`; wrap them with [`Fence::new`].
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod error;

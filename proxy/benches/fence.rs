@@ -1,6 +1,7 @@
 //! The per-statement fence work: annotation extraction, classification, statement
 //! splitting and the policy decision, on the statements pgbench sends (with and without a
 //! sqlcommenter token) and on a 4 KiB statement.
+#![forbid(unsafe_code)]
 
 mod common;
 

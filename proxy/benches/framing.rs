@@ -1,5 +1,6 @@
 //! Frame splitting: `peek_tagged` walked over a buffer of many messages, as the relay does
 //! with each read (server replies and client requests of pgbench select-only rounds).
+#![forbid(unsafe_code)]
 
 mod common;
 

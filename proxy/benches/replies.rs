@@ -1,6 +1,7 @@
 //! Reply-queue bookkeeping: `ReplyTracker::client_message` for each client message and
 //! `server_message` for each server reply of one round, in the steady state (one tracker
 //! reused, as in a session).
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -20,6 +20,7 @@
 //! - [`tls`]: loading certificates and building rustls configurations.
 //!
 //! Dependencies point one way: `server` → `session` → (`protocol`, `upstream`, `tls`).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;

@@ -1,4 +1,5 @@
 //! The `fencegate` command line: parse flags, set up logging, call into the library.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

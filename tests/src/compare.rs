@@ -35,3 +35,10 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
         .map_or_else(|| format!("no SQLSTATE: {e}"), |c| c.code().to_string())
 }
+
+/// The first column of every row, in order (a portal's batch, a list of ids).
+pub fn first_column<T: tokio_postgres::types::FromSqlOwned>(
+    rows: &[tokio_postgres::Row],
+) -> Vec<T> {
+    rows.iter().map(|r| r.get(0)).collect()
+}

@@ -4,19 +4,21 @@
 //! Client tools get their connection from `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE` (the one
 //! spelling that `psql`, `pgbench`, `pg_dump` and `pg_isready` all share) after every other
 //! inherited `PG*` variable is removed, so a developer's environment cannot change a test.
-//! [`run`] waits for a program with a deadline and kills it (by its pid) if it hangs, so a
-//! proxy that stalls fails the test instead of hanging it.
+//! [`run`] waits for a program with a deadline and kills it (by its `Child` handle) if it
+//! hangs, so a proxy that stalls fails the test instead of hanging it.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::pgbin::PgBin;
 
 /// How long a client program may run before it is killed and the test fails.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How often [`run`] looks whether its child has exited.
+const CHILD_POLL: Duration = Duration::from_millis(5);
 
 /// A TCP address a PostgreSQL client can connect to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,29 +131,36 @@ pub fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let pid = child.id();
     let mut input = child.stdin.take().expect("piped stdin");
     let stdin = stdin.to_vec();
     // A child that exits early closes its stdin: a failed write is not our error.
     let writer = std::thread::spawn(move || drop(input.write_all(&stdin)));
     let stdout = reader(child.stdout.take().expect("piped stdout"));
     let stderr = reader(child.stderr.take().expect("piped stderr"));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait()));
-    let status = match rx.recv_timeout(TOOL_TIMEOUT) {
-        Ok(status) => status.expect("wait for child"),
-        Err(_) => {
-            // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own child's;
-            // the waiter thread has not reaped it (it reported nothing), so it is not reused.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}; killed");
-        }
-    };
+    let status = wait_or_kill(&mut child, TOOL_TIMEOUT)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}; killed"));
     writer.join().expect("stdin writer");
     Output {
         status,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Waits for `child` to exit, at most `timeout`; past it, kills the child (by its handle: it
+/// is not reaped yet, so its pid cannot have been reused), reaps it and returns `None`.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(CHILD_POLL);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test harness for fencegate's integration tests.
 //!
 //! # Layout
+//! - [`activity`]: wait until a query is running (`pg_stat_activity`), then cancel it.
 //! - [`compare`]: run one scenario directly and through the proxy, require equal results.
 //! - [`pgbin`]: the installed PostgreSQL binaries, located once per test process.
 //! - [`cluster`]: a throwaway PostgreSQL cluster (on `fencegate::pgtemp`) with the test users
@@ -13,11 +14,14 @@
 //!   `psql`/`pgbench`/`pg_dump` commands and tokio-postgres configs for it.
 //! - [`proxy`]: the proxy started in-process on `127.0.0.1:0`, on its own runtime thread.
 //! - [`wire`]: a small blocking raw-protocol client for byte-level comparisons.
+//! - [`raw`]: raw sockets for fault tests: arbitrary bytes, reads with deadlines, resets.
 //!
 //! Every integration test runs the same client once against Postgres directly and once
 //! through the proxy, and compares what the client saw.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod cluster;
 pub mod compare;
 pub mod endpoint;

@@ -137,13 +137,26 @@ pub fn read_message(stream: &mut TcpStream) -> Message {
     (header[0], body)
 }
 
+/// Reads backend messages up to and including the next ReadyForQuery; returns all of them.
+pub fn read_until_ready(stream: &mut TcpStream) -> Vec<Message> {
+    let mut out = Vec::new();
+    loop {
+        let message = read_message(stream);
+        let ready = message.0 == b'Z';
+        out.push(message);
+        if ready {
+            return out;
+        }
+    }
+}
+
 /// Logs in (trust) on a raw stream and returns it with the session's backend pid.
 pub fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(&msg::startup(&[("user", SUPERUSER), ("database", db)]))
         .unwrap();
-    while read_message(&mut stream).0 != b'Z' {}
+    read_until_ready(&mut stream);
     stream
         .write_all(&msg::query("SELECT pg_backend_pid()"))
         .unwrap();
@@ -166,23 +179,10 @@ pub fn raw_session(addr: SocketAddr, db: &str) -> (TcpStream, i32) {
     (stream, pid.expect("pg_backend_pid() row"))
 }
 
-/// Sets a SOL_SOCKET option on a socket we own.
-pub fn set_socket_option<T>(stream: &TcpStream, option: libc::c_int, value: T) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket, with a pointer to a live value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt {option}: {}",
-        std::io::Error::last_os_error()
-    );
+/// Sets SO_LINGER to zero, so that dropping `stream` resets the connection (RST) instead of
+/// closing it (FIN).
+pub fn reset_on_drop(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER 0");
 }

@@ -117,6 +117,28 @@ pub fn render(messages: &[Message]) -> Vec<String> {
         .collect()
 }
 
+/// The messages' tags as a string (`"TDDCZ"`), for checking the shape of a reply.
+pub fn tags(messages: &[Message]) -> String {
+    messages.iter().map(|m| m.0 as char).collect()
+}
+
+/// Asserts that two transcripts (startup first, then one list per step, as the byte-level
+/// tests record them) are equal message for message; `name` says which scenario differed.
+pub fn assert_same_transcripts(name: &str, direct: &[Vec<Message>], proxied: &[Vec<Message>]) {
+    for (i, (d, p)) in direct.iter().zip(proxied).enumerate() {
+        let what = match i {
+            0 => "startup".to_string(),
+            _ => format!("step {}", i - 1),
+        };
+        assert_eq!(
+            render(d),
+            render(p),
+            "{name}, {what}: direct (left) vs through the proxy (right)"
+        );
+    }
+    assert_eq!(direct.len(), proxied.len(), "{name}: number of steps");
+}
+
 /// Builders for frontend messages.
 pub mod msg {
     fn frame(tag: Option<u8>, body: &[u8]) -> Vec<u8> {
@@ -202,5 +224,35 @@ pub mod msg {
     /// Terminate.
     pub fn terminate() -> Vec<u8> {
         frame(Some(b'X'), &[])
+    }
+
+    /// Flush.
+    pub fn flush() -> Vec<u8> {
+        frame(Some(b'H'), &[])
+    }
+
+    /// CopyData carrying `data`.
+    pub fn copy_data(data: &str) -> Vec<u8> {
+        frame(Some(b'd'), data.as_bytes())
+    }
+
+    /// CopyDone.
+    pub fn copy_done() -> Vec<u8> {
+        frame(Some(b'c'), &[])
+    }
+
+    /// CopyFail with `reason`.
+    pub fn copy_fail(reason: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, reason);
+        frame(Some(b'f'), &body)
+    }
+
+    /// Concatenates frontend messages into one write.
+    pub fn batch<B: AsRef<[u8]>>(messages: impl IntoIterator<Item = B>) -> Vec<u8> {
+        messages
+            .into_iter()
+            .flat_map(|m| m.as_ref().to_vec())
+            .collect()
     }
 }

@@ -1,14 +1,16 @@
 //! Traffic the client does not ask for in its query stream, directly and through the proxy:
 //! a CancelRequest sent to the proxy's address (the proxy must forward it to the right
 //! backend), and LISTEN/NOTIFY notifications and notices delivered to an idle client.
+#![forbid(unsafe_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use fencegate_tests::activity::cancel_when_active;
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
 use fencegate_tests::compare::{direct_and_proxied, sqlstate};
 use fencegate_tests::Endpoint;
@@ -22,23 +24,7 @@ async fn cancel(ep: Endpoint, db: String) -> Vec<String> {
         let result = client.simple_query("SELECT pg_sleep(30)").await.map(|_| ());
         (result, client)
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
-    while monitor
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the sleep never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let started = Instant::now();
-    token
-        .cancel_query(NoTls)
-        .await
-        .expect("send cancel request");
+    let started = cancel_when_active(&monitor, "SELECT pg_sleep(30)", &token).await;
     let (result, client) = tokio::time::timeout(Duration::from_secs(10), sleeper)
         .await
         .expect("query not cancelled within 10 s")

@@ -5,6 +5,7 @@
 //!
 //! psql's connection-failure message names the server's port, which necessarily differs
 //! between the two runs, so that port (and only it) is replaced before comparing.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{self, Cluster};
 use fencegate_tests::endpoint::run;

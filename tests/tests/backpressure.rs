@@ -5,6 +5,7 @@
 //! buffer on the way can hold is seen waiting to write (`ClientWrite`) while the client
 //! does not read, and a client that sends more than that while the server is busy is still
 //! blocked in its write. A proxy that buffered without bound would let both finish.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -72,7 +73,8 @@ async fn a_client_that_does_not_read_holds_the_server_back_and_then_gets_everyth
         (wait_event(&monitor, pid).await.as_deref() == Some("ClientWrite")).then_some(())
     })
     .await;
-    // And stay there (the proxy does not drain it into memory meanwhile).
+    // And stay there (the proxy does not drain it into memory meanwhile). Not a wait for
+    // anything: a deliberate interval in which nothing may change.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         wait_event(&monitor, pid).await.as_deref(),
@@ -138,6 +140,8 @@ async fn a_busy_server_holds_the_client_back_and_then_runs_everything() {
         (wait_event(&monitor, pid).await.as_deref() == Some("relation")).then_some(())
     })
     .await;
+    // Not a wait for anything: a deliberate interval in which the writer must stay blocked
+    // (a proxy that buffered without bound would take all of it meanwhile).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !written.load(Ordering::SeqCst),

@@ -4,6 +4,7 @@
 //! LOCAL) for a few transactions, and checks the answers: no pgbench errors, the fence rows
 //! each token workload must leave, a stale token rejected, and the idle-memory probe. It
 //! times nothing; the timed modes are run by hand (see benches/README.md).
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::Command;

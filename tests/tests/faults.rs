@@ -3,6 +3,7 @@
 //! peer gets a FATAL ErrorResponse (where the protocol allows one) and a closed connection,
 //! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
 //! server backend is left behind.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fencegate::session::hook::NoHooks;
+use fencegate_tests::activity::wait_until_active;
 use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::endpoint::run;
 use fencegate_tests::fake_upstream::FakeUpstream;
 use fencegate_tests::raw::{
-    assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close,
-    set_socket_option, ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
+    assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close, reset_on_drop,
+    ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
 };
 use fencegate_tests::wire::{self, msg, Message, WireClient};
 use fencegate_tests::{Endpoint, TestProxy};
@@ -66,6 +68,15 @@ fn backend_pid(client: &mut WireClient) -> i32 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// A proxy whose client messages may be at most 1 MiB (`max_message_size`).
+fn proxy_with_1mib_limit(cluster: &Cluster) -> TestProxy {
+    TestProxy::start(
+        cluster.port(),
+        |c| c.max_message_size = 1 << 20,
+        Arc::new(NoHooks),
+    )
 }
 
 /// A loopback port with nothing listening on it (bound, then released).
@@ -171,11 +182,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
 async fn bad_message_lengths_after_auth_are_fatal() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("faults_length");
-    let proxy = TestProxy::start(
-        cluster.port(),
-        |c| c.max_message_size = 1 << 20,
-        Arc::new(NoHooks),
-    );
+    let proxy = proxy_with_1mib_limit(cluster);
     let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
 
     let oversized = [&b"Q"[..], &(2u32 << 20).to_be_bytes(), b"SELECT '"].concat();
@@ -213,11 +220,7 @@ async fn bad_message_lengths_after_auth_are_fatal() {
 async fn server_rows_larger_than_max_message_size_reach_the_client() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("faults_bigrow");
-    let proxy = TestProxy::start(
-        cluster.port(),
-        |c| c.max_message_size = 1 << 20,
-        Arc::new(NoHooks),
-    );
+    let proxy = proxy_with_1mib_limit(cluster);
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
     let row = client
         .query_one("SELECT repeat('x', 2 << 20)", &[])
@@ -316,21 +319,7 @@ async fn terminated_backend_reports_57p01() {
         .get(0);
     let sleeper =
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await.map(|_| ()) });
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' \
-             AND query LIKE '%pg_sleep%'",
-            &[&pid],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the sleep never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_active(&admin, "SELECT pg_sleep(60)").await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -372,11 +361,7 @@ fn vanish(addr: SocketAddr, db: &str, how: Vanish) -> i32 {
     match how {
         Vanish::Close => {}
         Vanish::Reset => {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            set_socket_option(&stream, libc::SO_LINGER, linger);
+            reset_on_drop(&stream);
         }
         Vanish::CloseMidResult => {
             // About 10 GB of rows: the server is still sending when the client leaves.

@@ -2,8 +2,10 @@
 //! portals with the comment in their SQL, `SET LOCAL` sent through the extended protocol,
 //! pipelines (many Bind/Execute/Sync rounds, or many Queries, written before any reply is
 //! read) where only the stale statement fails, and `copy_in` with a comment.
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
+use fencegate_tests::compare::first_column;
 use fencegate_tests::fence::jobs::{log_ids, steps, JOB, SETUP};
 use futures_util::{pin_mut, SinkExt};
 
@@ -54,20 +56,14 @@ async fn tokio_postgres_copy_in_with_comment() {
 async fn tokio_postgres_prepared_statements_and_portals_with_comment() {
     let env = FenceEnv::new("tp_prepared", SETUP).await;
     let c = env.client().await;
-    let fresh = c
-        .prepare(&format!(
+    let append_with = |token: i64| {
+        format!(
             "UPDATE jobs SET steps = steps || $1 WHERE id = 7 {}",
-            comment(JOB, 2)
-        ))
-        .await
-        .unwrap();
-    let stale = c
-        .prepare(&format!(
-            "UPDATE jobs SET steps = steps || $1 WHERE id = 7 {}",
-            comment(JOB, 1)
-        ))
-        .await
-        .unwrap();
+            comment(JOB, token)
+        )
+    };
+    let fresh = c.prepare(&append_with(2)).await.unwrap();
+    let stale = c.prepare(&append_with(1)).await.unwrap();
     assert_eq!(c.execute(&fresh, &[&"a"]).await.unwrap(), 1);
     assert_eq!(env.monitor.high_water(JOB).await, Some(2));
     for _ in 0..2 {
@@ -91,20 +87,8 @@ async fn tokio_postgres_prepared_statements_and_portals_with_comment() {
         )
         .await
         .unwrap();
-    let first: Vec<i32> = tx
-        .query_portal(&portal, 2)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let rest: Vec<i32> = tx
-        .query_portal(&portal, 0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let first: Vec<i32> = first_column(&tx.query_portal(&portal, 2).await.unwrap());
+    let rest: Vec<i32> = first_column(&tx.query_portal(&portal, 0).await.unwrap());
     assert_eq!((first, rest), (vec![1, 2], vec![3, 4, 5]));
     tx.commit().await.unwrap();
     // A stale portal fails at its Bind or at its first Execute (where the check goes is

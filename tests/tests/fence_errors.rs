@@ -3,6 +3,7 @@
 //! 55Z02 for malformed annotations, by comment and by settings. After each, the same
 //! connection rolls back and goes on; nothing the rejected statement would have done
 //! happened.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::fence::jobs::{append, steps, JOB, SETUP};
 use std::time::Duration;

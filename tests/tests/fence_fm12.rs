@@ -8,6 +8,7 @@
 //!    exactly B's result.
 //! 2. A froze inside an open transaction: B waits about the preemption grace, then the proxy
 //!    ends A's backend, B's write goes through, and A's transaction fails.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,7 @@
 //! always means B's backend has an ungranted lock in `pg_locks`, never that time passed.
 //! The scenario of SPEC §8 (FM12) is in `fence_fm12.rs`, restarts of Postgres in
 //! `fence_restart.rs`.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

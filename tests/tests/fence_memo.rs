@@ -19,6 +19,7 @@
 //! ATOMIC`, a DO block that commits mid-round, or a statement re-parsed as COMMIT after a
 //! failed Parse. The proxy's record of prepared statements follows the server's: a Close or
 //! Parse discarded after an error, and SQL `DEALLOCATE`, do not leave a write unchecked.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -3,14 +3,20 @@
 //! and in a script with `SET LOCAL`, startup options from `PGOPTIONS`, and `\copy ... FROM
 //! pstdin` fenced by `SET`. Fresh tokens are admitted and raise H; stale ones fail with
 //! 55Z01 (printed with its SQLSTATE) and change nothing.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::fence::jobs::{append, log_ids, steps, JOB, SETUP};
 use fencegate_tests::fence::{comment, FenceEnv};
 
-fn stale_line(presented: i64, current: i64) -> String {
-    format!(
+/// Asserts that a psql run (`env.psql`'s answer) failed with the stale-token error for
+/// `presented`, the current token of job:7 being `current`.
+fn assert_stale_run(run: (bool, String, String), presented: i64, current: i64) {
+    let (ok, _, stderr) = run;
+    assert!(!ok, "a stale token (presented {presented}) must fail");
+    let line = format!(
         "ERROR:  55Z01: stale fencing token {presented} for resource 'job:7': the current token is {current}"
-    )
+    );
+    assert!(stderr.contains(&line), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,9 +34,7 @@ async fn psql_comment_in_a_multi_statement_command() {
     assert_eq!(env.monitor.high_water(JOB).await, Some(2));
     // Token 1 now fails, and the statements before it in the same string roll back with it.
     let stale = format!("{}; {} {}", append("b"), append("c"), comment(JOB, 1));
-    let (ok, _, stderr) = env.psql(&["-c", &stale], &[], "");
-    assert!(!ok);
-    assert!(stderr.contains(&stale_line(1, 2)), "{stderr}");
+    assert_stale_run(env.psql(&["-c", &stale], &[], ""), 1, 2);
     assert_eq!(steps(&env.monitor).await, "a");
 }
 
@@ -46,9 +50,7 @@ async fn psql_set_in_one_command_string_and_in_separate_commands() {
     let (ok, _, stderr) = env.psql(&["-c", &one(3, "a")], &[], "");
     assert!(ok, "{stderr}");
     assert_eq!(env.monitor.high_water(JOB).await, Some(3));
-    let (ok, _, stderr) = env.psql(&["-c", &one(2, "b")], &[], "");
-    assert!(!ok);
-    assert!(stderr.contains(&stale_line(2, 3)), "{stderr}");
+    assert_stale_run(env.psql(&["-c", &one(2, "b")], &[], ""), 2, 3);
 
     let separate = |t: String, step: String| {
         let args = [
@@ -68,17 +70,13 @@ async fn psql_set_in_one_command_string_and_in_separate_commands() {
     let (ok, _, stderr) = separate("4".into(), "c".into());
     assert!(ok, "{stderr}");
     assert_eq!(env.monitor.high_water(JOB).await, Some(4));
-    let (ok, _, stderr) = separate("3".into(), "d".into());
-    assert!(!ok);
-    assert!(stderr.contains(&stale_line(3, 4)), "{stderr}");
+    assert_stale_run(separate("3".into(), "d".into()), 3, 4);
     // A script with SET LOCAL inside a transaction block.
     let script = format!(
         "BEGIN;\nSET LOCAL fencing.resource = 'job:7';\nSET LOCAL fencing.token = 3;\n{};\nCOMMIT;\n",
         append("e")
     );
-    let (ok, _, stderr) = env.psql(&["-f", "-"], &[], &script);
-    assert!(!ok);
-    assert!(stderr.contains(&stale_line(3, 4)), "{stderr}");
+    assert_stale_run(env.psql(&["-f", "-"], &[], &script), 3, 4);
     assert_eq!(steps(&env.monitor).await, "ac");
 }
 
@@ -94,13 +92,15 @@ async fn psql_startup_options_from_pgoptions() {
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "5\n");
     assert_eq!(env.monitor.high_water(JOB).await, Some(5));
-    let (ok, _, stderr) = env.psql(
-        &["-c", "SELECT steps FROM jobs"],
-        &[("PGOPTIONS", &options(4))],
-        "",
+    assert_stale_run(
+        env.psql(
+            &["-c", "SELECT steps FROM jobs"],
+            &[("PGOPTIONS", &options(4))],
+            "",
+        ),
+        4,
+        5,
     );
-    assert!(!ok, "a read with a stale startup token must fail");
-    assert!(stderr.contains(&stale_line(4, 5)), "{stderr}");
     assert_eq!(steps(&env.monitor).await, "a");
 }
 
@@ -126,9 +126,7 @@ async fn psql_backslash_copy_with_set_token() {
     assert!(ok, "{stderr}");
     assert_eq!(log_ids(&env.monitor).await, [1, 2]);
     assert_eq!(env.monitor.high_water(JOB).await, Some(6));
-    let (ok, _, stderr) = copy(5, "3\tstale\n4\tstale\n");
-    assert!(!ok, "a stale \\copy must fail");
-    assert!(stderr.contains(&stale_line(5, 6)), "{stderr}");
+    assert_stale_run(copy(5, "3\tstale\n4\tstale\n"), 5, 6);
     assert_eq!(
         log_ids(&env.monitor).await,
         [1, 2],

@@ -5,6 +5,7 @@
 //!
 //! Restarting ends every session of the cluster, so this binary uses a private cluster
 //! ([`Cluster::start`]) rather than the shared one.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

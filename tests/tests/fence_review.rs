@@ -4,6 +4,7 @@
 //! second Parse of a named statement, the high-water cache and uncommitted values, memo
 //! keys that collide, DDL bodies the statement splitter must not rewrite, and the wording of
 //! a rejection after the same transaction raised the token itself.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv};
 

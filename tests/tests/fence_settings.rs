@@ -6,6 +6,7 @@
 //! checked (55Z01 when stale), otherwise it runs unchecked and the high-water mark H, read
 //! directly from Postgres, stays where it was. A second connection (`other`) raises H with
 //! annotated statements to make a token stale.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Checks of the test harness itself, directly against Postgres (no proxy): the cluster
 //! starts, every test user can log in with its method, databases are fresh, a private
 //! cluster restarts and is removed on drop, and the raw wire client works.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{self, Cluster};
 use fencegate_tests::wire::{self, msg, WireClient};
@@ -144,8 +145,7 @@ fn wire_client_reads_simple_and_extended_replies() {
     extended.extend(msg::sync());
     client.send(&extended).unwrap();
     let replies = client.read_until_ready(2).unwrap();
-    let tags: String = replies.iter().map(|m| m.0 as char).collect();
-    assert_eq!(tags, "TDCTDCZ12TDCZ");
+    assert_eq!(wire::tags(&replies), "TDCTDCZ12TDCZ");
     assert_eq!(
         replies[replies.len() - 3],
         (b'D', b"\0\x01\0\0\0\x0242".to_vec())

@@ -13,13 +13,15 @@
 //! RowDescription would carry the table's OID (different in each database).
 //! Every scenario also checks the exact number of injected messages, so a hook that was never
 //! called, or a proxy that refused injections after losing track of replies, fails the test.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 use fencegate::protocol::build;
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
 use fencegate_tests::inject::NoopInjection;
-use fencegate_tests::wire::{self, msg, Message, WireClient};
+use fencegate_tests::wire::msg::{batch, copy_data, copy_done, copy_fail, flush};
+use fencegate_tests::wire::{self, msg, tags, Message, WireClient};
 use fencegate_tests::TestProxy;
 
 /// One exchange: bytes written in one `write_all`, then what to read back.
@@ -37,39 +39,6 @@ impl Step {
             Step::Ready(b, _) | Step::Count(b, _) => b,
         }
     }
-}
-
-/// Concatenates frontend messages into one write.
-fn batch<B: AsRef<[u8]>>(messages: impl IntoIterator<Item = B>) -> Vec<u8> {
-    messages
-        .into_iter()
-        .flat_map(|m| m.as_ref().to_vec())
-        .collect()
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn flush() -> Vec<u8> {
-    frame(b'H', b"")
-}
-
-fn copy_data(data: &str) -> Vec<u8> {
-    frame(b'd', data.as_bytes())
-}
-
-fn copy_done() -> Vec<u8> {
-    frame(b'c', b"")
-}
-
-fn copy_fail(reason: &str) -> Vec<u8> {
-    let mut body = reason.as_bytes().to_vec();
-    body.push(0);
-    frame(b'f', &body)
 }
 
 /// Parse (unnamed) + Bind (unnamed) + Execute (all rows) + Sync of `sql` with text params.
@@ -169,34 +138,13 @@ fn same_both_ways(
     }
     let proxied = runs.pop().unwrap();
     let direct = runs.pop().unwrap();
-    assert_same(&direct, &proxied);
+    wire::assert_same_transcripts(name, &direct, &proxied);
     assert_eq!(
         hooks.injected(),
         expected_injections(steps, skipped_executes),
         "injected message count"
     );
     direct
-}
-
-fn assert_same(direct: &[Vec<Message>], proxied: &[Vec<Message>]) {
-    for (i, (d, p)) in direct.iter().zip(proxied).enumerate() {
-        let (d, p) = (wire::render(d), wire::render(p));
-        let what = if i == 0 {
-            "startup".to_string()
-        } else {
-            format!("step {}", i - 1)
-        };
-        assert_eq!(
-            d, p,
-            "{what}: direct (left) vs proxy with injection (right)"
-        );
-    }
-    assert_eq!(direct.len(), proxied.len());
-}
-
-/// Tags of a step's messages as a string, for scenario sanity checks on the direct run.
-fn tags(messages: &[Message]) -> String {
-    messages.iter().map(|m| m.0 as char).collect()
 }
 
 #[test]

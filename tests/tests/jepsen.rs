@@ -24,6 +24,7 @@
 //!
 //! `FENCEGATE_JEPSEN_SEED` (default [`DEFAULT_SEED`]) seeds the workers' choices;
 //! `FENCEGATE_JEPSEN_SECS` (default [`DEFAULT_SECS`]) is the length of each run.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};

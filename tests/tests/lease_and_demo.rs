@@ -2,6 +2,7 @@
 //! grants, never reused after release or expiry, always above the fence high-water mark),
 //! and `fencegate demo` run in-process (it must show the corruption directly and its
 //! prevention through the proxy).
+#![forbid(unsafe_code)]
 
 use fencegate_tests::fence::{comment, FenceEnv};
 

@@ -2,6 +2,7 @@
 //! through the proxy: connections open and accepted, checks sent and admitted, stale
 //! rejections, and one latency observation per check, for the simple and the extended
 //! protocol alike.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

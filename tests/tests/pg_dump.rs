@@ -9,6 +9,7 @@
 //! Normalized: the random key of the `\restrict` line newer pg_dump versions emit, which
 //! differs in every dump. A control restore done directly checks the premise that a dump
 //! and restore reproduces the source exactly, so a failure is the proxy's, not the test's.
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
 use fencegate_tests::endpoint::{run_ok, Endpoint};

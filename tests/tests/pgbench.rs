@@ -4,6 +4,7 @@
 //! `pgbench_accounts` with COPY) over that side's connection, then a TPC-B-like run with a
 //! few clients. Both sides must process every transaction with none failed, and leave the
 //! balances consistent (every transaction's delta lands in all four tables).
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
 use fencegate_tests::endpoint::{run_ok, Endpoint};

@@ -1,14 +1,15 @@
 //! Protocol corners real tools reach: FunctionCall (libpq's large-object calls), CopyBoth
 //! (streaming replication with pg_basebackup), protocol 3.2 negotiation, and an unknown
 //! message type, each through the proxy as the server itself answers it.
+#![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use fencegate_tests::cluster::SUPERUSER;
 use fencegate_tests::endpoint::{run, run_ok};
-use fencegate_tests::wire::{msg, normalize, render, Message, WireClient};
+use fencegate_tests::raw::{exchange, messages, read_to_close, read_until_ready, startup_version};
+use fencegate_tests::wire::{msg, normalize, render, tags, Message, WireClient};
 use fencegate_tests::{Cluster, TestProxy};
 
 #[test]
@@ -62,49 +63,26 @@ fn pg_basebackup_streams_through_the_proxy() {
     assert!(!wal.is_empty(), "the streamed WAL is missing");
 }
 
-/// Sends a raw startup packet and reads until ReadyForQuery or close.
-fn raw_session(addr: SocketAddr, startup: &[u8], after: &[u8]) -> Vec<Message> {
+/// Sends a raw startup packet and reads up to ReadyForQuery; then, unless `after` is empty,
+/// sends `after` and reads until the server closes.
+fn startup_then(addr: SocketAddr, startup: &[u8], after: &[u8]) -> Vec<Message> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     stream.write_all(startup).unwrap();
-    let mut out = Vec::new();
-    let mut sent_after = false;
-    loop {
-        let mut header = [0u8; 5];
-        if stream.read_exact(&mut header).is_err() {
-            return out;
-        }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0; len - 4];
-        stream.read_exact(&mut body).unwrap();
-        let tag = header[0];
-        out.push((tag, body));
-        if tag == b'Z' {
-            if sent_after || after.is_empty() {
-                return out;
-            }
-            stream.write_all(after).unwrap();
-            sent_after = true;
-        }
+    let mut out = read_until_ready(&mut stream);
+    if !after.is_empty() {
+        stream.write_all(after).unwrap();
+        out.extend(messages(&read_to_close(&mut stream).bytes));
     }
-}
-
-fn startup_with_version(minor: u16, user: &str, db: &str) -> Vec<u8> {
-    let mut packet = msg::startup(&[("user", user), ("database", db)]);
-    // Patch the version field (bytes 4..8) to 3.minor.
-    packet[4..8].copy_from_slice(&((3u32 << 16) | u32::from(minor)).to_be_bytes());
-    packet
+    out
 }
 
 #[test]
 fn protocol_3_2_is_negotiated_by_the_server_as_directly() {
     let cluster = Cluster::shared();
     let proxy = TestProxy::plain(cluster.port());
-    let startup = startup_with_version(2, SUPERUSER, "postgres");
-    let direct = raw_session(direct_addr(cluster), &startup, b"");
-    let proxied = raw_session(proxy.addr(), &startup, b"");
+    let startup = startup_version(3, 2, &[("user", SUPERUSER), ("database", "postgres")]);
+    let direct = startup_then(cluster.endpoint().addr, &startup, b"");
+    let proxied = startup_then(proxy.addr(), &startup, b"");
     assert_eq!(render(&normalize(&proxied)), render(&normalize(&direct)));
     assert_eq!(
         direct.last().map(|m| m.0),
@@ -120,8 +98,8 @@ fn unknown_message_type_gets_the_servers_answer() {
     let proxy = TestProxy::plain(cluster.port());
     let startup = msg::startup(&[("user", SUPERUSER), ("database", "postgres")]);
     let unknown = [b'y', 0, 0, 0, 4];
-    let direct = raw_session(direct_addr(cluster), &startup, &unknown);
-    let proxied = raw_session(proxy.addr(), &startup, &unknown);
+    let direct = startup_then(cluster.endpoint().addr, &startup, &unknown);
+    let proxied = startup_then(proxy.addr(), &startup, &unknown);
     assert_eq!(render(&normalize(&proxied)), render(&normalize(&direct)));
     let last = direct.last().unwrap();
     assert_eq!(last.0, b'E', "{:?}", render(&direct));
@@ -132,28 +110,6 @@ fn unknown_message_type_gets_the_servers_answer() {
     assert_eq!(client.read_until_ready(1).unwrap().last().unwrap().0, b'Z');
 }
 
-fn direct_addr(cluster: &Cluster) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], cluster.port()))
-}
-
-/// Sends `bytes` in one write and reads everything until the server closes.
-fn one_write_to_close(addr: SocketAddr, bytes: &[u8]) -> Vec<Message> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let mut header = [0u8; 5];
-    while stream.read_exact(&mut header).is_ok() {
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0; len - 4];
-        stream.read_exact(&mut body).unwrap();
-        out.push((header[0], body));
-    }
-    out
-}
-
 #[test]
 fn queries_pipelined_behind_the_startup_packet_are_answered() {
     let cluster = Cluster::shared();
@@ -161,9 +117,9 @@ fn queries_pipelined_behind_the_startup_packet_are_answered() {
     let mut bytes = msg::startup(&[("user", SUPERUSER), ("database", "postgres")]);
     bytes.extend(msg::query("SELECT 1 AS one; SELECT 2 AS two"));
     bytes.extend(msg::terminate());
-    let direct = one_write_to_close(direct_addr(cluster), &bytes);
-    let proxied = one_write_to_close(proxy.addr(), &bytes);
+    let direct = messages(&exchange(cluster.endpoint().addr, &bytes, false).bytes);
+    let proxied = messages(&exchange(proxy.addr(), &bytes, false).bytes);
     assert_eq!(render(&normalize(&proxied)), render(&normalize(&direct)));
-    let tags: String = direct.iter().map(|m| m.0 as char).collect();
+    let tags = tags(&direct);
     assert!(tags.ends_with("ZTDCTDCZ"), "{tags}");
 }

@@ -3,6 +3,7 @@
 //!
 //! Nothing is normalized except in `reconnect_with_backslash_c`, where psql prints the
 //! database name and the two runs necessarily use different databases.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 

@@ -5,12 +5,13 @@
 //! row limits; many queries pipelined on one connection; transactions and savepoints; COPY
 //! in and out (text and binary, failing and aborted). Cancel and LISTEN/NOTIFY are in
 //! `async_messages.rs`.
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
 
 use fencegate_tests::cluster::SUPERUSER;
-use fencegate_tests::compare::{direct_and_proxied, sqlstate};
+use fencegate_tests::compare::{direct_and_proxied, first_column, sqlstate};
 use fencegate_tests::Endpoint;
 
 type Item = (
@@ -108,13 +109,7 @@ async fn extended(ep: Endpoint, db: String) -> Vec<String> {
         .await
         .unwrap();
     for _ in 0..4 {
-        let ids: Vec<i32> = tx
-            .query_portal(&portal, 6)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let ids: Vec<i32> = first_column(&tx.query_portal(&portal, 6).await.unwrap());
         seen.push(format!("portal batch {ids:?}"));
     }
     tx.commit().await.unwrap();

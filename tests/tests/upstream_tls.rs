@@ -2,6 +2,7 @@
 //! `ssl = on` the upstream link is encrypted (`pg_stat_ssl` says so); `verify-full` with a
 //! CA that did not sign the server's certificate refuses to connect; `require` against a
 //! server without TLS fails with a FATAL naming the upstream, `prefer` falls back.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

@@ -3,14 +3,13 @@
 //! forwarded through it too. A login the server accepts there without a password (`trust`,
 //! `peer`) is refused unless `upstream_auth = any` says otherwise, since through the proxy
 //! it would admit any client; a password login over the socket works.
-
-use std::time::Duration;
+#![forbid(unsafe_code)]
 
 use fencegate::config::{Config, UpstreamAuth};
+use fencegate_tests::activity::cancel_when_active;
 use fencegate_tests::cluster::{Cluster, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER, TRUST_USER};
 use fencegate_tests::fence::{comment, expect_code, fenced_database, STALE};
 use fencegate_tests::proxy::TestProxy;
-use tokio_postgres::NoTls;
 
 const SETUP: &str = "
 CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
@@ -60,15 +59,20 @@ async fn sessions_reach_postgres_over_its_socket_and_keep_every_behaviour() {
     expect_code(client.batch_execute(&write(2)).await, STALE);
 
     // A cancel sent to the proxy reaches the backend through the socket.
+    let monitor = cluster.endpoint().connect(SUPERUSER, &db).await;
     let cancel = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel_query(NoTls).await
+    let canceller = tokio::spawn(async move {
+        cancel_when_active(&monitor, "SELECT pg_sleep(30)", &cancel).await;
     });
     expect_code(client.batch_execute("SELECT pg_sleep(30)").await, "57014");
-    sleeper.await.unwrap().expect("cancel request accepted");
+    canceller.await.expect("cancel request sent");
     drop(client);
     proxy.stop().expect("proxy stops");
+}
+
+/// Logs in through `proxy` to database `postgres` (see [`fencegate_tests::Endpoint::login`]).
+async fn login(proxy: &TestProxy, user: &str, password: Option<&str>) -> Result<String, String> {
+    proxy.endpoint().login(user, password, "postgres").await
 }
 
 fn over_socket(cluster: &Cluster, auth: Option<UpstreamAuth>) -> impl FnOnce(&mut Config) {
@@ -87,11 +91,7 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     let proxy = TestProxy::plain_with(cluster.port(), over_socket(cluster, None));
     // `local all all trust`: the server would let any role in, the superuser included.
     for user in [TRUST_USER, SUPERUSER] {
-        let refused = proxy
-            .endpoint()
-            .login(user, None, "postgres")
-            .await
-            .expect_err(user);
+        let refused = login(&proxy, user, None).await.expect_err(user);
         assert!(
             refused.starts_with("FATAL 28000 the server accepted this login without a password"),
             "{user}: {refused}"
@@ -99,17 +99,10 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
     }
     // `local all scram_user scram-sha-256`: the exchange passes through as over TCP.
     assert_eq!(
-        proxy
-            .endpoint()
-            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
-            .await,
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
         Ok(SCRAM_USER.to_string())
     );
-    let wrong = proxy
-        .endpoint()
-        .login(SCRAM_USER, Some("wrong"), "postgres")
-        .await
-        .unwrap_err();
+    let wrong = login(&proxy, SCRAM_USER, Some("wrong")).await.unwrap_err();
     assert!(wrong.starts_with("FATAL 28P01"), "{wrong}");
     proxy.stop().expect("proxy stops");
 
@@ -119,7 +112,7 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
         over_socket(cluster, Some(UpstreamAuth::Any)),
     );
     assert_eq!(
-        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
+        login(&proxy, TRUST_USER, None).await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
@@ -129,24 +122,17 @@ async fn a_passwordless_login_over_the_socket_is_refused_and_a_password_login_wo
 async fn required_refuses_a_trusted_login_over_tcp_too_and_auto_does_not() {
     let cluster = Cluster::shared();
     let proxy = TestProxy::plain_with(cluster.port(), |c| c.upstream_auth = UpstreamAuth::Required);
-    let refused = proxy
-        .endpoint()
-        .login(TRUST_USER, None, "postgres")
-        .await
-        .unwrap_err();
+    let refused = login(&proxy, TRUST_USER, None).await.unwrap_err();
     assert!(refused.starts_with("FATAL 28000 "), "{refused}");
     assert_eq!(
-        proxy
-            .endpoint()
-            .login(SCRAM_USER, Some(SCRAM_PASSWORD), "postgres")
-            .await,
+        login(&proxy, SCRAM_USER, Some(SCRAM_PASSWORD)).await,
         Ok(SCRAM_USER.to_string())
     );
     proxy.stop().expect("proxy stops");
 
     let proxy = TestProxy::plain(cluster.port());
     assert_eq!(
-        proxy.endpoint().login(TRUST_USER, None, "postgres").await,
+        login(&proxy, TRUST_USER, None).await,
         Ok(TRUST_USER.to_string())
     );
     proxy.stop().expect("proxy stops");

@@ -1,9 +1,11 @@
 //! Byte-level comparison: the same raw protocol messages sent directly and through the proxy
 //! must produce the same backend messages, byte for byte, except the BackendKeyData values
 //! (masked by `wire::normalize`: a proxy may hand out its own cancel keys).
+#![forbid(unsafe_code)]
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER};
-use fencegate_tests::wire::{self, msg, Message, WireClient};
+use fencegate_tests::wire::msg::{self, batch};
+use fencegate_tests::wire::{self, tags, Message, WireClient};
 use fencegate_tests::TestProxy;
 
 /// One step: bytes to send, and how many ReadyForQuery messages end its replies.
@@ -34,23 +36,8 @@ fn same_both_ways(name: &str, steps: &[Step]) -> Vec<Vec<Message>> {
         steps,
     );
     let proxied = converse(proxy.addr(), &cluster.create_database(name), steps);
-    for (i, (d, p)) in direct.iter().zip(&proxied).enumerate() {
-        assert_eq!(
-            wire::render(d),
-            wire::render(p),
-            "{name}: step {i} differs through the proxy"
-        );
-    }
-    assert_eq!(direct.len(), proxied.len());
+    wire::assert_same_transcripts(name, &direct, &proxied);
     direct
-}
-
-fn tags(messages: &[Message]) -> String {
-    messages.iter().map(|m| m.0 as char).collect()
-}
-
-fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
-    parts.concat()
 }
 
 #[test]
@@ -70,7 +57,7 @@ fn simple_queries_byte_for_byte() {
         (msg::query("DO $$ BEGIN RAISE NOTICE 'n'; END $$"), 1),
         (msg::query("SET application_name = 'wire test'"), 1),
         (
-            concat(&[
+            batch([
                 msg::query("BEGIN"),
                 msg::query("SELEC"),
                 msg::query("SELECT 1"),
@@ -102,7 +89,7 @@ fn simple_queries_byte_for_byte() {
 fn extended_protocol_byte_for_byte() {
     let steps: Vec<Step> = vec![
         (
-            concat(&[
+            batch([
                 msg::parse("s1", "SELECT g, $1::text FROM generate_series(1, 5) g"),
                 msg::describe(b'S', "s1"),
                 msg::bind("p1", "s1", &[Some("ü")]),
@@ -116,7 +103,7 @@ fn extended_protocol_byte_for_byte() {
         ),
         (
             // An error mid-batch: the rest is skipped until Sync.
-            concat(&[
+            batch([
                 msg::bind("", "s1", &[None]),
                 msg::execute("", 0),
                 msg::parse("", "SELECT 1/0"),
@@ -129,7 +116,7 @@ fn extended_protocol_byte_for_byte() {
             1,
         ),
         (
-            concat(&[
+            batch([
                 msg::parse("bad", "SELEC"),
                 msg::sync(),
                 msg::bind("", "missing", &[]),
