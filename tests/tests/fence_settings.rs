@@ -255,3 +255,51 @@ async fn startup_options_token_applies_to_the_session_below_set() {
     assert_stale(&err, JOB, 5, 8);
     assert_eq!(env.steps().await, "xx");
 }
+
+/// Under a connection-string token, statements that PostgreSQL refuses inside a
+/// transaction block run exactly as they do directly (no check is put in front of them);
+/// the same statements with a comment are refused with 55Z02. Partitioned tables: CLUSTER
+/// and REINDEX are refused in a block there, which the statement's text does not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_cannot_run_in_a_block_run_under_a_session_token() {
+    let env = Env::new("set_nonblock").await;
+    env.monitor
+        .client()
+        .batch_execute(
+            "CREATE TABLE parts (id int, a int) PARTITION BY RANGE (id);
+             CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100);
+             CREATE INDEX parts_a ON parts (a);
+             INSERT INTO parts VALUES (1, 1);
+             ALTER TABLE parts OWNER TO trust_user;
+             ALTER TABLE parts_1 OWNER TO trust_user;
+             ALTER TABLE jobs OWNER TO trust_user;
+             GRANT CREATE ON SCHEMA public TO trust_user;",
+        )
+        .await
+        .unwrap();
+    let mut config = env.fp.endpoint().pg_config(TRUST_USER, &env.db);
+    config.options("-c fencing.resource=job:7 -c fencing.token=5");
+    let (c, connection) = config.connect(NoTls).await.expect("connect with options");
+    tokio::spawn(connection);
+    for sql in [
+        "CLUSTER parts USING parts_a",
+        "REINDEX TABLE parts",
+        "REINDEX TABLE CONCURRENTLY jobs",
+        "CREATE INDEX CONCURRENTLY jobs_steps ON jobs (steps)",
+        "DROP INDEX CONCURRENTLY jobs_steps",
+        "VACUUM jobs",
+    ] {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} under a session token: {e:?}"));
+    }
+    let err = expect_code(
+        c.batch_execute(&format!("VACUUM jobs {}", comment(JOB, 5)))
+            .await,
+        INVALID,
+    );
+    assert!(err.message().contains("cannot be fenced"), "{err:?}");
+    // Ordinary statements of the same session are still checked.
+    c.batch_execute(PROBE).await.unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
+}

@@ -16,8 +16,12 @@ pub enum Kind {
     /// Touches no table data: BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET/RESET/SHOW,
     /// DISCARD, DEALLOCATE, PREPARE/COMMIT PREPARED, LISTEN/UNLISTEN. Never checked.
     Control,
-    /// Must be the only statement of its transaction (VACUUM, CREATE DATABASE, CREATE INDEX
-    /// CONCURRENTLY, ...): no check can run in the same transaction.
+    /// May be refused by PostgreSQL inside a transaction block (its
+    /// `PreventInTransactionBlock` callers: VACUUM, CREATE/DROP DATABASE and TABLESPACE,
+    /// ALTER DATABASE ... TABLESPACE, ALTER SYSTEM, ... CONCURRENTLY, the SUBSCRIPTION
+    /// commands; and CLUSTER and REINDEX, which are refused there for partitioned tables,
+    /// something the text does not show): no check can run in the same transaction. None of
+    /// them changes a table's rows.
     NonTransactional,
     /// Reads only: SELECT / VALUES / TABLE / FETCH / COPY ... TO without locking clauses or
     /// data-modifying parts.
@@ -91,15 +95,13 @@ pub fn classify_noting_comments<'a>(
         "unlisten",
     ]) {
         Kind::Control
-    } else if w(0, "vacuum")
-        || (w(0, "cluster") && (words.count == 1 || (words.count == 2 && w(1, "verbose"))))
-        || (w(0, "reindex") && (w(1, "schema") || w(1, "database") || w(1, "system")))
-        || (first_is(&["create", "drop", "reindex", "alter"])
+    } else if first_is(&["vacuum", "cluster", "reindex"])
+        || (first_is(&["create", "drop", "alter"])
             && (words.concurrently
-                || w(1, "database")
                 || w(1, "tablespace")
                 || w(1, "system")
-                || w(1, "subscription")))
+                || w(1, "subscription")
+                || (w(1, "database") && (!w(0, "alter") || words.tablespace))))
     {
         Kind::NonTransactional
     } else if first_is(&["call", "do"]) {
@@ -132,6 +134,7 @@ struct Words<'a> {
     writes: bool,
     analyze: bool,
     concurrently: bool,
+    tablespace: bool,
     to: bool,
     from: bool,
 }
@@ -152,6 +155,9 @@ impl<'a> Words<'a> {
             }
             7 => {
                 self.analyze |= is("analyze");
+            }
+            10 => {
+                self.tablespace |= is("tablespace");
             }
             12 => {
                 self.concurrently |= is("concurrently");
@@ -243,11 +249,21 @@ mod tests {
             "CREATE TABLESPACE s LOCATION '/x'",
             "CLUSTER",
             "CLUSTER VERBOSE",
+            "CLUSTER partitioned USING i",
             "REINDEX SCHEMA s",
+            "REINDEX (CONCURRENTLY) TABLE t",
+            "REINDEX TABLE partitioned",
+            "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
+            "ALTER DATABASE d SET TABLESPACE s",
+            "ALTER SUBSCRIPTION s REFRESH PUBLICATION",
+            "CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p",
+            "DROP SUBSCRIPTION s",
+            "DROP TABLESPACE s",
         ] {
             assert_eq!(kind(sql), Kind::NonTransactional, "{sql}");
         }
-        assert_eq!(kind("CLUSTER t USING i"), Kind::Write);
+        assert_eq!(kind("ALTER DATABASE d SET work_mem = '1MB'"), Kind::Write);
+        assert_eq!(kind("ALTER TABLE p DETACH PARTITION c"), Kind::Write);
     }
 
     #[test]
