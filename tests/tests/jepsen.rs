@@ -8,7 +8,10 @@
 //! version and appends `(resource, token, element, version)` to a history table; sometimes it
 //! pauses inside that second transaction, after its first statement. Every statement carries
 //! the worker's token: half the workers use sqlcommenter comments, half `SET LOCAL fencing.*`,
-//! over the extended and the simple query protocol.
+//! over the extended and the simple query protocol. Each worker writes through a pool of
+//! [`POOL`] connections sharing its token (G7): it reads on one, writes on another, and while
+//! it pauses inside the write it reads again on the first, the same token on two
+//! connections at once.
 //!
 //! The same workload runs twice, each in a fresh database:
 //! - **directly against PostgreSQL**, where the annotations are inert: the checker must find
@@ -44,8 +47,10 @@ const DEFAULT_SEED: u64 = 0x0FE4_CE6A_7E00_0001;
 /// Default length of each run, in seconds.
 const DEFAULT_SECS: u64 = 25;
 
-/// Concurrent workers, each with its own connection.
+/// Concurrent workers, each with its own pool of connections.
 const WORKERS: usize = 6;
+/// Connections per worker, all presenting the worker's token.
+const POOL: usize = 2;
 /// Resources (rows), named [`RESOURCE_NAMES`]: URL encoding, quoting and UTF-8 matter.
 const RESOURCES: usize = 3;
 const RESOURCE_NAMES: [&str; RESOURCES] = ["lockset:0", "lock set/1 'q'", "lockset:ü2"];
@@ -168,6 +173,8 @@ struct Counters {
     serialization: AtomicU64,
     other: AtomicU64,
     reconnects: AtomicU64,
+    /// Reads on a second connection of the worker while its write transaction was open.
+    shared_reads: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -329,8 +336,10 @@ async fn read_set(
 
 /// Transaction 2: writes `set ∪ {element}`, bumps the version and records the add, fenced;
 /// pauses after the first statement when the plan says so. Returns the add once committed.
+#[allow(clippy::too_many_arguments)]
 async fn write_set(
     client: &Client,
+    side: (&Client, &Counters),
     (attach, proto): (Attach, Proto),
     lease: &Lease,
     mut set: BTreeSet<i32>,
@@ -371,7 +380,17 @@ async fn write_set(
         }
     };
     if let Some(pause) = inside {
-        tokio::time::sleep(pause).await;
+        // Meanwhile another connection of the same holder reads with the same token: it
+        // must not wait for this open transaction (any failure of it is the write's too).
+        let (_, read) = tokio::join!(
+            tokio::time::sleep(pause),
+            read_set(side.0, (attach, proto), lease)
+        );
+        match read {
+            Ok(_) => bump(&side.1.shared_reads),
+            Err(e) if e.code().map(|c| c.code()) == Some("55Z01") => bump(&side.1.stale),
+            Err(_) => {}
+        }
     }
     match proto {
         Proto::Extended => {
@@ -409,7 +428,10 @@ async fn write_set(
 async fn worker(ctx: Arc<RunCtx>, id: usize) {
     let style = style(id);
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut client = connect(&ctx).await;
+    let mut pool = Vec::with_capacity(POOL);
+    for _ in 0..POOL {
+        pool.push(connect(&ctx).await);
+    }
     let mut seq: i32 = 0;
     while Instant::now() < ctx.deadline {
         let resource = rng.random_range(0..RESOURCES);
@@ -418,10 +440,13 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
         let element = (id as i32 + 1) * 1_000_000 + seq;
         let lease = ctx.leases.acquire(resource).await;
         bump(&ctx.counters.attempted);
+        let (reader, writer) = (&pool[0], &pool[1]);
+        let client = writer;
         let op = async {
-            let set = read_set(&client, style, &lease).await?;
+            let set = read_set(reader, style, &lease).await?;
             tokio::time::sleep(plan.between).await;
-            write_set(&client, style, &lease, set, element, plan.inside).await
+            let side = (reader, &ctx.counters);
+            write_set(writer, side, style, &lease, set, element, plan.inside).await
         };
         let outcome = tokio::time::timeout(OP_TIMEOUT, op).await;
         let mut reconnect = false;
@@ -456,8 +481,10 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
                         ));
                     }
                 }
-                if client.is_closed() || client.batch_execute("ROLLBACK").await.is_err() {
-                    reconnect = true;
+                for c in &pool {
+                    if c.is_closed() || c.batch_execute("ROLLBACK").await.is_err() {
+                        reconnect = true;
+                    }
                 }
             }
             Err(_) => {
@@ -472,7 +499,9 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
         ctx.leases.release(&lease);
         if reconnect {
             bump(&ctx.counters.reconnects);
-            client = connect(&ctx).await;
+            for c in pool.iter_mut() {
+                *c = connect(&ctx).await;
+            }
         }
     }
 }
@@ -582,7 +611,7 @@ fn summary(o: &Outcome) -> String {
     format!(
         "{:>6}: attempted {:>4}  acknowledged {:>4} (after takeover {:>3})  rejected stale {:>4}  \
          preempted {:>3} (sessions ended {:>3})  deadlock {}  serialization {}  other {}  \
-         reconnects {:>3}  committed {:>4}  final elements {:>4}  anomalies {:>4} \
+         reconnects {:>3}  shared reads {:>3}  committed {:>4}  final elements {:>4}  anomalies {:>4} \
          (lost acked {}, token regressions {}, lost committed {})",
         o.name,
         get(&c.attempted),
@@ -595,6 +624,7 @@ fn summary(o: &Outcome) -> String {
         get(&c.serialization),
         get(&c.other),
         get(&c.reconnects),
+        get(&c.shared_reads),
         o.history_len,
         o.final_len,
         o.verdict.anomalies(),
@@ -716,6 +746,10 @@ async fn lock_set_workload_loses_nothing_through_fencegate_and_does_directly() {
     assert!(
         get(&proxy.counters.stale) > 0,
         "no stale holder was rejected through fencegate: the workload did not exercise fencing"
+    );
+    assert!(
+        get(&proxy.counters.shared_reads) > 0,
+        "no worker read on a second connection while its write was open"
     );
     // Every connection a worker lost through the proxy was a session the check ended.
     assert!(
