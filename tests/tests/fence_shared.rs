@@ -286,10 +286,7 @@ async fn two_tokens_in_one_transaction_upgrade_the_lock() {
         let r = other.batch_execute(&bump(2, "up", 7)).await;
         (r, other)
     });
-    let err = expect_code(
-        c.batch_execute(&format!("{}", bump(1, "up", 7))).await,
-        STALE,
-    );
+    let err = expect_code(c.batch_execute(&bump(1, "up", 7)).await, STALE);
     assert!(
         err.message()
             .contains("token 8 was admitted earlier in this transaction"),
@@ -476,12 +473,18 @@ async fn a_pool_touching_a_new_token_at_once_all_succeeds() {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            c.batch_execute(&format!("BEGIN; {}; COMMIT", bump(i as i32 + 1, "burst", 2)))
-                .await
+            c.batch_execute(&format!(
+                "BEGIN; {}; COMMIT",
+                bump(i as i32 + 1, "burst", 2)
+            ))
+            .await
         }));
     }
     for t in tasks {
-        within("first touch", t).await.unwrap().expect("a first touch failed");
+        within("first touch", t)
+            .await
+            .unwrap()
+            .expect("a first touch failed");
     }
     assert_eq!(w.monitor.high_water("burst").await, Some(2));
     for id in 1..=8 {

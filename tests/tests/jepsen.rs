@@ -459,7 +459,7 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
                 ctx.acked.lock().unwrap().push(add);
             }
             Ok(Err(e)) => {
-                match classify(&e, &client) {
+                match classify(&e, client) {
                     Failure::Stale => bump(&ctx.counters.stale),
                     Failure::Deadlock => bump(&ctx.counters.deadlock),
                     Failure::Serialization => bump(&ctx.counters.serialization),

@@ -34,6 +34,7 @@ use super::contains_ignore_case;
 use super::memo::Admitted;
 use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
+use super::reading::{ClientEncoding, ReadingRules};
 use super::schema::MISSING_SCHEMA_STATES;
 use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
@@ -85,9 +86,9 @@ impl HookFactory for FenceHooks {
             .or(startup.param("user"))
             .unwrap_or_default()
             .to_string();
-        let encoding = ClientEncoding::from_name(startup.param("client_encoding"));
+        let rules = ReadingRules::at_startup(startup.param("client_encoding"));
         Some(Box::new(FenceHook {
-            encoding,
+            rules,
             policy: self.policy.clone(),
             stats: self.stats.clone(),
             cache: self.cache.clone(),
@@ -103,52 +104,10 @@ impl HookFactory for FenceHooks {
     }
 }
 
-/// How to count characters of the client's SQL (error positions are in characters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientEncoding {
-    /// UTF-8 (the default when the client names none and the usual server encoding).
-    Utf8,
-    /// One byte per character (LATIN1, WIN1252, SQL_ASCII, ...).
-    SingleByte,
-    /// A multi-byte encoding the proxy does not count (SJIS, EUC_*, BIG5, GBK, ...).
-    Other,
-}
-
-impl ClientEncoding {
-    fn from_name(name: Option<&str>) -> Self {
-        let name = name
-            .unwrap_or("UTF8")
-            .to_ascii_uppercase()
-            .replace(['-', '_'], "");
-        match name.as_str() {
-            "UTF8" | "UNICODE" | "AUTO" => ClientEncoding::Utf8,
-            n if n.starts_with("LATIN")
-                || n.starts_with("WIN")
-                || n.starts_with("ISO8859")
-                || n.starts_with("KOI8")
-                || n == "SQLASCII" =>
-            {
-                ClientEncoding::SingleByte
-            }
-            _ => ClientEncoding::Other,
-        }
-    }
-
-    fn counts_chars(self) -> bool {
-        self != ClientEncoding::Other
-    }
-
-    fn chars(self, bytes: &[u8]) -> u32 {
-        match self {
-            ClientEncoding::Utf8 => bytes.iter().filter(|&&b| (b as i8) >= -0x40).count() as u32,
-            _ => bytes.len() as u32,
-        }
-    }
-}
-
 /// Per-session fencing state.
 pub struct FenceHook {
-    encoding: ClientEncoding,
+    /// How the server reads the session's SQL now.
+    rules: ReadingRules,
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
     cache: Arc<HighWaterCache>,
@@ -175,10 +134,22 @@ impl SessionHook for FenceHook {
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         match msg.tag {
             fe::QUERY => {
+                self.rules
+                    .before_statement(inject.settled_status().is_some());
                 self.on_query(msg, inject);
+                if let Some(text) = msg.query_text() {
+                    self.rules.after_statement(text);
+                }
                 self.prepared.round_ended();
             }
-            fe::PARSE => self.on_parse(msg),
+            fe::PARSE => {
+                self.rules
+                    .before_statement(inject.settled_status().is_some());
+                self.on_parse(msg);
+                if let Some((_, text)) = msg.parse() {
+                    self.rules.after_statement(text);
+                }
+            }
             fe::BIND => self.on_bind(msg, inject),
             fe::CLOSE => self.on_close(msg),
             fe::EXECUTE => {
@@ -204,6 +175,10 @@ impl SessionHook for FenceHook {
         if done.ok {
             FenceStats::bump(&self.stats.admitted);
         }
+    }
+
+    fn server_parameter(&mut self, name: &[u8], value: &[u8]) {
+        self.rules.server_parameter(name, value);
     }
 
     fn injected_row(&mut self, _body: &[u8]) {
@@ -266,11 +241,11 @@ impl FenceHook {
     /// that mentions fencing counts as a malformed annotation (fail closed).
     fn analyze(&mut self, text: &[u8]) -> Analysis {
         let mut analysis = self.policy.analyze_cached(text, &mut self.last_comment);
-        if self.encoding == ClientEncoding::Other && contains_ignore_case(text, b"fencing") {
-            analysis.annotation = Err(super::annotation::AnnotationError::Malformed(
-                "fencing needs client_encoding UTF8 or a single-byte encoding",
-            ));
-            analysis.class.kind = Kind::Write;
+        if let Some(reason) = self.rules.unreadable() {
+            if contains_ignore_case(text, b"fencing") {
+                analysis.annotation = Err(super::annotation::AnnotationError::Malformed(reason));
+                analysis.class.kind = Kind::Write;
+            }
         }
         analysis
     }
@@ -289,12 +264,14 @@ impl FenceHook {
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
-        if self.encoding == ClientEncoding::Other && decision.needs_injection() {
-            // The lexer cannot find quotes reliably in encodings whose second bytes may be
-            // ASCII (SJIS, BIG5, GBK, ...): refuse fencing rather than guess.
-            decision = Decision::Invalid(
-                "fencing needs client_encoding UTF8 or a single-byte encoding".into(),
-            );
+        if let Some(reason) = self
+            .rules
+            .unreadable()
+            .filter(|_| decision.needs_injection())
+        {
+            // The lexer cannot find quotes reliably under these rules: refuse fencing
+            // rather than guess (see `super::reading`).
+            decision = Decision::Invalid(reason.into());
         }
         if analysis.class.kind == Kind::Procedure && !atomic {
             const REASON: &str = "a CALL or DO carrying a fencing token must run inside BEGIN ... COMMIT: outside a transaction block it may commit midway, releasing the fence";
@@ -387,14 +364,19 @@ impl FenceHook {
                     "a Query that needs fencing checks may be at most {MAX_REWRITE} bytes once checked; split it"
                 ));
                 let sql = self.policy.sql(&refuse, false).unwrap_or_default();
-                let _ =
-                    inject.replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default());
+                if inject
+                    .replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default())
+                    .is_err()
+                {
+                    // Fail closed: the original Query must not go upstream unchecked.
+                    inject.abort_session(TRACKING_LOST);
+                }
                 return;
             }
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
             let before = &text[copied..range.start];
             out.extend_from_slice(before);
-            chars += self.encoding.chars(before);
+            chars += self.rules.encoding().chars(before);
             for sql in sqls {
                 out.extend_from_slice(sql.as_bytes());
                 out.push(b';');
@@ -407,7 +389,7 @@ impl FenceHook {
             }
             copied = range.start;
         }
-        if !self.encoding.counts_chars() {
+        if self.rules.encoding() == ClientEncoding::Other {
             // Positions cannot be mapped back without knowing the characters: leave them.
             rewrite.insertions.clear();
         }

@@ -13,6 +13,7 @@
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
 //! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
 //! - [`memo`]: the checks a session already sent in its current transaction.
+//! - [`reading`]: the client encoding and string rules the session's SQL is read by.
 //! - [`stats`]: counters shared by all sessions.
 
 pub mod annotation;
@@ -23,6 +24,7 @@ pub mod memo;
 pub mod migrate;
 pub mod plan;
 pub mod prepared;
+pub mod reading;
 pub mod schema;
 pub mod sql;
 pub mod stats;

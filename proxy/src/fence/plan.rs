@@ -257,11 +257,12 @@ fn text_expr(text: &str) -> String {
     }
 }
 
-/// Printable ASCII with quotes doubled and `$` dropped, for a string literal inside the
-/// dollar-quoted DO block.
+/// Printable ASCII with quotes doubled, `$` dropped and backslashes replaced, for a literal
+/// inside the dollar-quoted DO block (read the same with standard_conforming_strings off).
 fn ascii_literal(text: &str) -> String {
     text.chars()
         .filter(|&c| c != '$')
+        .map(|c| if c == '\\' { '?' } else { c })
         .map(|c| {
             if c.is_ascii_graphic() || c == ' ' {
                 c

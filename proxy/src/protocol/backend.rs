@@ -101,6 +101,13 @@ pub fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
     None
 }
 
+/// The name and value of a ParameterStatus body, or `None` when it is malformed.
+pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = cstr(body)?;
+    let (value, _) = cstr(rest)?;
+    Some((name, value))
+}
+
 /// True when an ErrorResponse body is FATAL or PANIC (the server closes the connection).
 pub fn is_fatal(body: &[u8]) -> bool {
     let severity = error_field(body, b'V').or_else(|| error_field(body, b'S'));

@@ -117,6 +117,14 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
     Ok(Conn::new(Stream::ServerTls(Box::new(tls))))
 }
 
+/// A session the server has accepted.
+pub struct Established {
+    /// The transaction status of the server's first ReadyForQuery.
+    pub status: TxStatus,
+    /// Every ParameterStatus the server sent before it, in order.
+    pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Relays authentication between client and server until the server's first
 /// ReadyForQuery. `Ok(None)` when the exchange ended without a session (authentication
 /// failed with a FATAL the client has already received, or the client left).
@@ -134,9 +142,10 @@ pub async fn authenticate(
     client: &mut Conn,
     server: &mut Conn,
     require_password: bool,
-) -> Result<Option<TxStatus>, SessionError> {
+) -> Result<Option<Established>, SessionError> {
     let mut client_paused = forward_auth_responses(client, server).await?;
     let mut challenged = false;
+    let mut parameters = Vec::new();
     loop {
         tokio::select! {
             read = server.read_tagged(MAX_SERVER_MESSAGE) => {
@@ -167,8 +176,15 @@ pub async fn authenticate(
                 client.write_flush(&frame).await.map_err(SessionError::ClientIo)?;
                 let body = &frame[5..];
                 match frame[0] {
-                    be::READY_FOR_QUERY => return Ok(Some(
-                        TxStatus::from_ready_body(body).unwrap_or_default())),
+                    be::READY_FOR_QUERY => return Ok(Some(Established {
+                        status: TxStatus::from_ready_body(body).unwrap_or_default(),
+                        parameters,
+                    })),
+                    be::PARAMETER_STATUS => {
+                        if let Some((name, value)) = be::parameter_status(body) {
+                            parameters.push((name.to_vec(), value.to_vec()));
+                        }
+                    }
                     be::ERROR_RESPONSE if be::is_fatal(body) => return Ok(None),
                     _ => {}
                 }

@@ -44,6 +44,11 @@ pub trait SessionHook: Send + 'static {
     /// client), as it arrives.
     fn injected_row(&mut self, _body: &[u8]) {}
 
+    /// Sees every parameter the server reports (ParameterStatus: during authentication,
+    /// then whenever a reported setting changes, `SET LOCAL`, `RESET` and rollbacks
+    /// included), in the order the server sent them.
+    fn server_parameter(&mut self, _name: &[u8], _value: &[u8]) {}
+
     /// Learns how each of the hook's checks ended (see [`CheckDone`]), once per server read.
     fn check_done(&mut self, _done: CheckDone) {}
 }

@@ -107,11 +107,18 @@ async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Rela
         return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
     }
     let require_password = shared.config.requires_upstream_auth();
-    let Some(status) = handshake::authenticate(&mut client, &mut server, require_password).await?
+    let Some(established) =
+        handshake::authenticate(&mut client, &mut server, require_password).await?
     else {
         return Ok(None);
     };
-    let hook = shared.hooks.session_hook(&startup);
+    let status = established.status;
+    let mut hook = shared.hooks.session_hook(&startup);
+    if let Some(hook) = hook.as_mut() {
+        for (name, value) in &established.parameters {
+            hook.server_parameter(name, value);
+        }
+    }
     let max = shared.config.max_message_size;
     Ok(Some(Relay::new(client, server, status, hook, max, span)))
 }

@@ -318,6 +318,12 @@ impl Relay {
                     hook.injected_row(body);
                     None
                 }
+                (_, Some(hook)) if info.tag == be::PARAMETER_STATUS => {
+                    if let Some((name, value)) = be::parameter_status(body) {
+                        hook.server_parameter(name, value);
+                    }
+                    None
+                }
                 _ => None,
             };
             // A syntax error in a rewritten Query is raised before anything runs, while
