@@ -41,10 +41,14 @@ enum Command {
 #[derive(Args)]
 struct MigrateArgs {
     /// The database to install into, e.g. postgres://admin@127.0.0.1:5432/app. Connect
-    /// directly to PostgreSQL, as a role allowed to create schemas and to end other
-    /// sessions (for preemption): the database owner with pg_signal_backend, or a superuser.
+    /// directly to PostgreSQL as a superuser (or a role that may create roles and grant
+    /// pg_signal_backend): the schema is then handed to the role `fencegate_owner`.
     #[arg(long, env = "FENCEGATE_DATABASE_URL")]
     database_url: String,
+    /// Grant an application role what it needs to use fencing (the schema, check,
+    /// check_settings, high_water and the lease functions); repeatable.
+    #[arg(long = "grant", value_name = "ROLE")]
+    grant: Vec<String>,
 }
 
 /// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
@@ -165,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
-        Command::Migrate(args) => migrate(&args.database_url),
+        Command::Migrate(args) => migrate(&args.database_url, &args.grant),
         Command::Demo => demo(),
     }
 }
@@ -179,11 +183,14 @@ fn demo() -> anyhow::Result<()> {
     }
 }
 
-fn migrate(url: &str) -> anyhow::Result<()> {
+fn migrate(url: &str, grant: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let version = fencegate::fence::migrate::run(url).await?;
+        let version = fencegate::fence::migrate::run_granting(url, grant).await?;
         println!("fencegate schema version {version} is installed");
+        for role in grant {
+            println!("granted role {role} the use of fencing");
+        }
         Ok(())
     })
 }

@@ -56,7 +56,7 @@ pub async fn run() -> Result<bool, DemoError> {
     })
     .await
     .map_err(|e| DemoError::Proxy(e.to_string()))??;
-    let admin = scenario::connect(cluster.port(), "postgres").await?;
+    let admin = scenario::connect_as(cluster.port(), "postgres", crate::pgtemp::SUPERUSER).await?;
     let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -130,7 +130,7 @@ async fn run_once(
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await?;
     crate::fence::migrate::run(&cluster.url(&database)).await?;
-    scenario::connect(cluster.port(), &database)
+    scenario::connect_as(cluster.port(), &database, crate::pgtemp::SUPERUSER)
         .await?
         .batch_execute(scenario::SETUP)
         .await?;

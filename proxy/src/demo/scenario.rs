@@ -42,12 +42,20 @@ impl Outcome {
     }
 }
 
-/// Connects to `database` on 127.0.0.1:`port` as the superuser.
-pub async fn connect(port: u16, database: &str) -> Result<Client, tokio_postgres::Error> {
+/// The role the workers log in as: an ordinary application role, as in production (the
+/// fence's preemption cannot end a superuser's session).
+pub const WORKER_ROLE: &str = "demo_worker";
+
+/// Connects to `database` on 127.0.0.1:`port` as `user`.
+pub async fn connect_as(
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
-        .user(crate::pgtemp::SUPERUSER)
+        .user(user)
         .dbname(database)
         .application_name("fencegate-demo")
         .connect(NoTls)
@@ -56,11 +64,22 @@ pub async fn connect(port: u16, database: &str) -> Result<Client, tokio_postgres
     Ok(client)
 }
 
-/// Tables of the scenario.
+/// Connects to `database` on 127.0.0.1:`port` as the workers' role.
+pub async fn connect(port: u16, database: &str) -> Result<Client, tokio_postgres::Error> {
+    connect_as(port, database, WORKER_ROLE).await
+}
+
+/// Tables of the scenario, and the workers' role (run as the superuser).
 pub const SETUP: &str = "
+    DO $$BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demo_worker') THEN
+            CREATE ROLE demo_worker LOGIN;
+        END IF;
+    END$$;
     CREATE TABLE job (id int PRIMARY KEY, total int NOT NULL, written_by text);
     CREATE TABLE job_line (job_id int NOT NULL, worker text NOT NULL, item text NOT NULL);
     INSERT INTO job VALUES (7, 0, NULL);
+    GRANT ALL ON job, job_line TO demo_worker;
 ";
 
 fn tag(token: i64) -> String {

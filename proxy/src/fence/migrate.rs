@@ -16,6 +16,19 @@ pub enum MigrateError {
 /// Installs or upgrades the `fencegate` schema in the database `url` names, in one
 /// transaction (serialized against concurrent runs). Returns the installed version.
 pub async fn run(url: &str) -> Result<i32, MigrateError> {
+    run_granting(url, &[]).await
+}
+
+/// The public interface of the schema: what an application role needs.
+const PUBLIC_FUNCTIONS: &str = "fencegate.check(text, bigint, int4), \
+     fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
+     fencegate.acquire(text, text, interval), fencegate.renew(text, text, bigint, interval), \
+     fencegate.release(text, text, bigint), fencegate.lease_holder(text), \
+     fencegate._settings_invalid(text, text, boolean), fencegate._settings_error(text, text, boolean)";
+
+/// [`run`], then grants each of `roles` the schema's public interface, in the same
+/// transaction (a role that does not exist fails the whole migration).
+pub async fn run_granting(url: &str, roles: &[String]) -> Result<i32, MigrateError> {
     let config: tokio_postgres::Config = url.parse().map_err(MigrateError::Url)?;
     let (mut client, connection) = config
         .connect(tokio_postgres::NoTls)
@@ -26,8 +39,31 @@ pub async fn run(url: &str) -> Result<i32, MigrateError> {
     tx.batch_execute(INSTALL)
         .await
         .map_err(MigrateError::Postgres)?;
+    for role in roles {
+        let role = quote_ident(role);
+        tx.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA fencegate TO {role}; \
+             GRANT EXECUTE ON FUNCTION {PUBLIC_FUNCTIONS} TO {role};"
+        ))
+        .await
+        .map_err(MigrateError::Postgres)?;
+    }
     tx.commit().await.map_err(MigrateError::Postgres)?;
     drop(client);
     let _ = driver.await;
     Ok(SCHEMA_VERSION)
+}
+
+/// `name` as a double-quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(super::quote_ident("app"), "\"app\"");
+        assert_eq!(super::quote_ident("a\"; DROP"), "\"a\"\"; DROP\"");
+    }
 }

@@ -491,3 +491,27 @@ $fn$;
 
 INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '5')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- Ownership: everything of the schema belongs to `fencegate_owner`, a role that cannot log
+-- in and is no superuser. The SECURITY DEFINER functions run as it, so they can read and
+-- write the schema's tables and, as a member of pg_signal_backend, end the sessions of
+-- older holders (preemption) -- but never a superuser's session, and nothing else.
+DO $own$BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'fencegate_owner') THEN
+        CREATE ROLE fencegate_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+    END IF;
+END$own$;
+GRANT pg_signal_backend TO fencegate_owner;
+ALTER SCHEMA fencegate OWNER TO fencegate_owner;
+ALTER TABLE fencegate.meta OWNER TO fencegate_owner;
+ALTER TABLE fencegate.fence OWNER TO fencegate_owner;
+ALTER TABLE fencegate.lease OWNER TO fencegate_owner;
+DO $own$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'fencegate'::regnamespace LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO fencegate_owner', f);
+    END LOOP;
+END$own$;
