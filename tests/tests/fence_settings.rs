@@ -303,3 +303,48 @@ async fn statements_that_cannot_run_in_a_block_run_under_a_session_token() {
     c.batch_execute(PROBE).await.unwrap();
     assert_eq!(env.monitor.high_water(JOB).await, Some(5));
 }
+
+/// Under a session token every data statement gets a check in front of it in the same
+/// Query string; what PostgreSQL says while it parses the whole string is about the
+/// client's text and reaches the client as it would directly: a syntax error with its
+/// position, and parse-time notices (found by `scripts/pg-regress --fenced`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_time_errors_and_notices_under_a_session_token_are_the_clients() {
+    let env = Env::new("set_parse_time").await;
+    let long = "a".repeat(70);
+    let mut seen = Vec::new();
+    for endpoint in [Cluster::shared().endpoint(), env.fp.endpoint()] {
+        let mut config = endpoint.pg_config(TRUST_USER, &env.db);
+        config.options("-c fencing.resource=job:7 -c fencing.token=5");
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let (c, mut connection) = config.connect(NoTls).await.expect("connect");
+        tokio::spawn(async move {
+            let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = futures_util::StreamExt::next(&mut stream).await {
+                if let tokio_postgres::AsyncMessage::Notice(n) = message {
+                    sink.lock().unwrap().push(n.message().to_string());
+                }
+            }
+        });
+        let err = c
+            .batch_execute("SELECT steps FROM jobs WHERE")
+            .await
+            .expect_err("a syntax error");
+        let db = err.as_db_error().expect("server error");
+        let position = format!("{:?}", db.position());
+        c.batch_execute(&format!("SELECT 1 AS {long}"))
+            .await
+            .unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
+        let notices = notices.lock().unwrap().clone();
+        seen.push((
+            db.code().code().to_string(),
+            position,
+            db.where_().map(str::to_string),
+            notices,
+        ));
+    }
+    assert_eq!(seen[0], seen[1], "directly, then through fencegate");
+    assert!(!seen[1].3.is_empty(), "the truncation notice: {seen:?}");
+}

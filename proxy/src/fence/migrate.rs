@@ -9,7 +9,7 @@ pub enum MigrateError {
     #[error("invalid database URL: {0}")]
     Url(#[source] tokio_postgres::Error),
     /// Connecting or running the script failed.
-    #[error("migration failed: {0}")]
+    #[error("migration failed: {}", describe(.0))]
     Postgres(#[source] tokio_postgres::Error),
 }
 
@@ -52,6 +52,19 @@ pub async fn run_granting(url: &str, roles: &[String]) -> Result<i32, MigrateErr
     drop(client);
     let _ = driver.await;
     Ok(SCHEMA_VERSION)
+}
+
+/// The server's own words when it sent an error (tokio-postgres' Display says "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{} ({}): {}",
+            db.message(),
+            db.code().code(),
+            db.detail().unwrap_or("")
+        ),
+        None => e.to_string(),
+    }
 }
 
 /// `name` as a double-quoted SQL identifier.

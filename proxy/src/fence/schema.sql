@@ -496,12 +496,22 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- in and is no superuser. The SECURITY DEFINER functions run as it, so they can read and
 -- write the schema's tables and, as a member of pg_signal_backend, end the sessions of
 -- older holders (preemption) -- but never a superuser's session, and nothing else.
+-- Roles are shared by the cluster's databases, whose migrations may run at once (the
+-- migration lock above is per database): a concurrent creation or grant is no error.
 DO $own$BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'fencegate_owner') THEN
-        CREATE ROLE fencegate_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+        BEGIN
+            CREATE ROLE fencegate_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('fencegate_owner', 'pg_signal_backend', 'MEMBER') THEN
+        BEGIN
+            GRANT pg_signal_backend TO fencegate_owner;
+        EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+        END;
     END IF;
 END$own$;
-GRANT pg_signal_backend TO fencegate_owner;
 ALTER SCHEMA fencegate OWNER TO fencegate_owner;
 ALTER TABLE fencegate.meta OWNER TO fencegate_owner;
 ALTER TABLE fencegate.fence OWNER TO fencegate_owner;

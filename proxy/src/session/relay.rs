@@ -310,7 +310,12 @@ impl Relay {
             }
             let body = &self.server.rbuf[run + HEADER_LEN..run + info.total_len];
             let route = self.tracker.server_message(info.tag, body);
+            let clients_error = route == Route::InjectedError && self.in_client_text(body);
             let reworded = match (route, self.hook.as_mut()) {
+                // An error whose position lies in the client's own text is the client's:
+                // PostgreSQL parses a whole Query string before it runs any statement, so
+                // a syntax error arrives while the proxy's first statement is current.
+                (Route::InjectedError, Some(_)) if clients_error => None,
                 (Route::InjectedError, Some(hook)) => {
                     self.span.in_scope(|| hook.injected_error(body))
                 }
@@ -374,6 +379,14 @@ impl Relay {
 
     /// An error or notice from a rewritten Query with its position field given back in
     /// the client's own text; `None` when nothing needs changing.
+    /// True when an error's position (`P`) points into the client's own text of a
+    /// rewritten Query rather than into what the proxy inserted.
+    fn in_client_text(&self, body: &[u8]) -> bool {
+        be::error_field(body, b'P')
+            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u32>().ok())
+            .is_some_and(|p| self.tracker.original_position(p).is_some())
+    }
+
     fn reposition(&self, tag: u8, body: &[u8]) -> Option<Bytes> {
         if tag != be::ERROR_RESPONSE && tag != be::NOTICE_RESPONSE {
             return None;

@@ -97,6 +97,9 @@ struct HiddenStatements {
     insertions: Vec<Insertion>,
     next: usize,
     current: u32,
+    /// Something other than a notice has come back for the Query: the server is past
+    /// parsing the whole string (its notices until then are about the client's text).
+    parsed: bool,
 }
 
 impl HiddenStatements {
@@ -416,6 +419,7 @@ impl ReplyTracker {
             insertions: rewrite.insertions,
             next: 0,
             current: 0,
+            parsed: false,
         }));
         self.queue.push_back(entry);
     }
@@ -502,9 +506,15 @@ impl ReplyTracker {
             (Action::Forward, _, Some(hidden)) => {
                 let route = match (hidden.current_is_hidden(), tag) {
                     (true, be::ERROR_RESPONSE) => Route::InjectedError,
+                    // Raised while PostgreSQL parsed the whole string (a nonstandard
+                    // backslash, an identifier truncated): the client's.
+                    (true, be::NOTICE_RESPONSE) if !hidden.parsed => Route::Forward,
                     (true, _) => Route::Drop,
                     (false, _) => Route::Forward,
                 };
+                if tag != be::NOTICE_RESPONSE {
+                    hidden.parsed = true;
+                }
                 let done = matches!(tag, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE);
                 if hidden.current_is_hidden() && (done || tag == be::ERROR_RESPONSE) {
                     // The first inserted statement ended: time it once.
