@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
 /// Default cap on concurrently served client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Default cap on connections that have not yet sent their startup packet.
+pub const DEFAULT_MAX_STARTUP_CONNECTIONS: usize = 256;
 /// Default largest protocol message accepted after authentication: PostgreSQL's own limit
 /// for a single message (1 GiB - 1), so nothing the server accepts is refused by the proxy.
 /// Memory is reserved as bytes arrive, never from the length header.
@@ -99,9 +101,13 @@ pub struct Config {
     /// Upstream PostgreSQL `host:port`, or a Unix-domain socket directory `/dir` or
     /// `/dir:port` (see [`Config::upstream_addr`]). Default `127.0.0.1:5432`.
     pub upstream: String,
-    /// Maximum concurrent client connections; further ones wait in the accept queue.
-    /// Default 1000.
+    /// Maximum concurrent client sessions (connections past their startup packet); one
+    /// more is refused with 53300. Default 1000.
     pub max_connections: usize,
+    /// Maximum connections still before their startup packet (or TLS handshake), kept
+    /// apart from `max_connections`; when full, the oldest is closed to make room, so
+    /// silent sockets cannot keep real clients out. Default 256.
+    pub max_startup_connections: usize,
     /// Largest message a client may send after authentication, in bytes. Default 1 GiB - 1.
     pub max_message_size: usize,
     /// PEM certificate chain for TLS towards clients. TLS is offered only when both
@@ -146,6 +152,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
             upstream: DEFAULT_UPSTREAM.to_string(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_startup_connections: DEFAULT_MAX_STARTUP_CONNECTIONS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             tls_cert: None,
             tls_key: None,
@@ -212,6 +219,9 @@ impl Config {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
+        }
+        if self.max_startup_connections == 0 {
+            return invalid("max_startup_connections must be at least 1");
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads must be at most 1024 (0 means one per CPU)");

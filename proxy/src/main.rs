@@ -65,9 +65,13 @@ struct ServeArgs {
     /// Upstream PostgreSQL host:port, or a socket directory /dir[:port] [default: 127.0.0.1:5432].
     #[arg(long, env = "FENCEGATE_UPSTREAM")]
     upstream: Option<String>,
-    /// Maximum concurrent client connections [default: 1000].
+    /// Maximum concurrent client sessions; one more is refused with 53300 [default: 1000].
     #[arg(long, env = "FENCEGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Maximum connections before their startup packet, apart from the sessions; when
+    /// full the oldest is closed [default: 256].
+    #[arg(long, env = "FENCEGATE_MAX_STARTUP_CONNECTIONS")]
+    max_startup_connections: Option<usize>,
     /// Largest message accepted after authentication, in bytes [default: 1073741823].
     #[arg(long, env = "FENCEGATE_MAX_MESSAGE_SIZE")]
     max_message_size: Option<usize>,
@@ -128,6 +132,7 @@ impl ServeArgs {
             listen,
             upstream,
             max_connections,
+            max_startup_connections,
             max_message_size,
             upstream_tls,
             upstream_auth,

@@ -1,5 +1,5 @@
-//! The accept loop: one task per client connection, a semaphore bounding how many are
-//! served at once, and a graceful shutdown: stop accepting, close each session as soon as
+//! The accept loop: one task per client connection (the sessions' and the opening
+//! connections' budgets are kept by `session`), and a graceful shutdown: stop accepting, close each session as soon as
 //! it has no transaction open, and after the configured grace close whatever is left.
 
 use std::sync::Arc;
@@ -77,20 +77,14 @@ pub async fn run(
         hooks,
         config: config.clone(),
         signals: Arc::new(Signals::default()),
+        sessions: Arc::new(Semaphore::new(config.max_connections)),
+        opening: session::opening::OpeningSlots::new(config.max_startup_connections),
     });
     let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
-    let limit = Arc::new(Semaphore::new(config.max_connections));
     let sessions = TaskTracker::new();
     tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
         upstream = %config.upstream, threads = workers.len(), "fencegate serving");
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -111,7 +105,6 @@ pub async fn run(
         workers.spawn(&sessions, async move {
             session::serve(tcp, shared, span).await;
             drop(counted);
-            drop(permit);
         });
     }
     drop(listener);

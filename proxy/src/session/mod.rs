@@ -6,6 +6,7 @@
 //!   Synthesize) and the transaction status.
 //! - [`hook`]: the interface a policy uses to inject messages and hide their replies.
 //! - [`conn`] and [`outbox`]: read buffers and write queues.
+//! - [`opening`]: the budget of connections before their startup packet.
 //!
 //! One server connection per client connection (session mode). The client's StartupMessage
 //! and every later message go upstream as the client sent them; BackendKeyData reaches the
@@ -14,6 +15,7 @@
 pub mod conn;
 pub mod handshake;
 pub mod hook;
+pub mod opening;
 pub mod outbox;
 pub mod relay;
 pub mod replies;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, Span};
 
@@ -42,6 +45,8 @@ const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 const SHUTTING_DOWN: &str = "terminating connection because the proxy is shutting down";
 
+const TOO_MANY: &str = "sorry, too many clients already (fencegate's max_connections)";
+
 /// What every session shares.
 pub struct Shared {
     /// Settings.
@@ -54,6 +59,10 @@ pub struct Shared {
     pub hooks: Arc<dyn HookFactory>,
     /// Shutdown signals for the sessions.
     pub signals: Arc<Signals>,
+    /// Places for sessions (`max_connections`).
+    pub sessions: Arc<Semaphore>,
+    /// Places for connections before their startup packet (`max_startup_connections`).
+    pub opening: opening::OpeningSlots,
 }
 
 /// Serves one client connection to the end. Errors are logged here, not returned: a broken
@@ -82,10 +91,22 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, span: Span) {
 
 /// Negotiation, upstream connection and authentication; `None` when the exchange ended
 /// without a session (a cancel request, a failed login, a client that left).
-async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Relay>, SessionError> {
+async fn open(
+    tcp: TcpStream,
+    shared: &Shared,
+    span: Span,
+) -> Result<Option<(Relay, OwnedSemaphorePermit)>, SessionError> {
+    let slot = shared.opening.enter();
     let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
-    let (mut client, opening) = tokio::time::timeout(STARTUP_TIMEOUT, negotiation)
-        .await
+    let negotiated = tokio::select! {
+        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiation) => negotiated,
+        () = slot.evicted.cancelled() => {
+            tracing::debug!("closed before its startup packet to make room for a newer connection");
+            return Ok(None);
+        }
+    };
+    drop(slot);
+    let (mut client, opening) = negotiated
         .map_err(|_| SessionError::ClientProtocol("no startup packet within 60 s".into()))??;
     let (packet, startup) = match opening {
         Opening::Gone => return Ok(None),
@@ -93,6 +114,10 @@ async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Rela
             return shared.upstream.forward_cancel(&packet).await.map(|()| None)
         }
         Opening::Startup { packet, message } => (packet, message),
+    };
+    let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
+        let err = SessionError::Refused(TOO_MANY.into());
+        return Err(fatal(&mut client, "53300", err).await);
     };
     tracing::debug!(
         user = startup.param("user"),
@@ -120,7 +145,10 @@ async fn open(tcp: TcpStream, shared: &Shared, span: Span) -> Result<Option<Rela
         }
     }
     let max = shared.config.max_message_size;
-    Ok(Some(Relay::new(client, server, status, hook, max, span)))
+    Ok(Some((
+        Relay::new(client, server, status, hook, max, span),
+        permit,
+    )))
 }
 
 async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), SessionError> {
@@ -135,10 +163,10 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         opening.as_mut().poll(cx).map(Some)
     })
     .await;
-    let mut relay = match opened {
+    let (mut relay, _permit) = match opened {
         None => return Ok(()),
         Some(opened) => match opened? {
-            Some(relay) => relay,
+            Some(opened) => opened,
             None => return Ok(()),
         },
     };
