@@ -96,3 +96,105 @@ async fn migrate_grant_gives_a_role_the_public_interface() {
     let missing = fencegate::fence::migrate::run_granting(&url, &["no_such_role".into()]).await;
     assert!(missing.is_err(), "granting a missing role must fail");
 }
+
+/// Every cast PostgreSQL carries out with a function, and the `||` of a non-text value.
+const REVOKE_CASTS: &str = "
+DO $$DECLARE f regprocedure; BEGIN
+    FOR f IN SELECT DISTINCT castfunc::regprocedure FROM pg_cast WHERE castmethod = 'f'
+             UNION SELECT 'anytextcat(anynonarray, text)'::regprocedure
+             UNION SELECT 'textanycat(text, anynonarray)'::regprocedure LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END$$;
+CREATE TABLE casts_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+INSERT INTO casts_t VALUES (1, 0), (2, 0);
+GRANT ALL ON casts_t TO trust_user;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_needs_no_cast_that_public_may_lose() {
+    // pg_regress's privileges test runs REVOKE ALL ON FUNCTION int8(integer) FROM PUBLIC; the
+    // check (as fencegate_owner) and the statement the proxy injects (as the client) must not
+    // depend on any such cast: raise, current token, stale token, settings, preemption and a
+    // REPEATABLE READ snapshot that a raise superseded all still answer as they should.
+    use fencegate_tests::fence::{assert_stale, backend_pid, comment, FenceProxy, Monitor};
+    use std::time::Duration;
+    let cluster = Cluster::shared();
+    let db = fenced_database(cluster, "priv_casts", REVOKE_CASTS).await;
+    let fp = FenceProxy::start(cluster.port(), Duration::from_millis(200));
+    let monitor = Monitor::connect(cluster, &db).await;
+    let client = fp.endpoint().connect(TRUST_USER, &db).await;
+    let bump = |id: i32, token: i64| {
+        format!(
+            "UPDATE casts_t SET n = n + 1 WHERE id = {id} {}",
+            comment("casts", token)
+        )
+    };
+    client.batch_execute(&bump(1, 5)).await.expect("raise to 5");
+    client
+        .batch_execute(&bump(1, 5))
+        .await
+        .expect("token 5 again");
+    let big = 5_000_000_000_i64;
+    let err = expect_code(client.batch_execute(&bump(1, 3)).await, "55Z01");
+    assert_stale(&err, "casts", 3, 5);
+    client
+        .batch_execute("SET fencing.resource = 'casts'; SET fencing.token = '5'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE casts_t SET n = n + 1 WHERE id = 1")
+        .await
+        .expect("settings token 5");
+    client.batch_execute("RESET ALL").await.unwrap();
+    // An open holder of 5 is ended by a raise to a token above 2^32 after the grace.
+    let holder = fp.endpoint().connect(TRUST_USER, &db).await;
+    let holder_pid = backend_pid(&holder).await;
+    holder
+        .batch_execute(&format!("BEGIN; {}", bump(2, 5)))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&bump(2, big))
+        .await
+        .expect("preempting raise");
+    monitor.wait_until_gone(holder_pid).await;
+    assert_eq!(monitor.high_water("casts").await, Some(big));
+    // A REPEATABLE READ snapshot taken before a raise: a serialization failure, not a
+    // permission error.
+    let rr = fp.endpoint().connect(TRUST_USER, &db).await;
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT n FROM casts_t")
+        .await
+        .unwrap();
+    client
+        .batch_execute(&bump(1, big + 1))
+        .await
+        .expect("raise");
+    expect_code(rr.batch_execute(&bump(1, big + 1)).await, "40001");
+    let n: i32 = monitor
+        .client()
+        .query_one("SELECT n FROM casts_t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+    // The lease functions, called the way fencegate's lease service and client crate do.
+    let token: i64 = client
+        .query_one(
+            "SELECT fencegate.acquire('casts', 'me', interval '10 s')",
+            &[],
+        )
+        .await
+        .expect("acquire")
+        .get(0);
+    assert_eq!(token, big + 2);
+    let renewed: bool = client
+        .query_one(
+            "SELECT fencegate.renew('casts', 'me', $1, interval '10 s')",
+            &[&token],
+        )
+        .await
+        .expect("renew")
+        .get(0);
+    assert!(renewed);
+}

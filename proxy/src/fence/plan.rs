@@ -189,7 +189,9 @@ impl FencePolicy {
         match decision {
             Decision::Pass => None,
             Decision::Check(fence) => Some(format!(
-                "SELECT fencegate.check({}, {}, {})",
+                // The token as a typed literal: a bare integer below 2^31 would be cast with
+                // int8(integer), which a database may have revoked from PUBLIC.
+                "SELECT fencegate.check({}, int8 '{}', {})",
                 text_expr(&fence.resource),
                 fence.token,
                 self.grace_ms

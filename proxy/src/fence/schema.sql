@@ -77,7 +77,7 @@ CREATE OR REPLACE FUNCTION fencegate._lock(p_resource text, p_token bigint,
                                            p_exclusive boolean, p_grace_ms int4)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    k int8 := hashtextextended(p_resource, 7405);
+    k int8 := hashtextextended(p_resource, '7405'::int8);
     saved text := current_setting('lock_timeout');
     stuck_since timestamptz;
     bound_ms int4 := GREATEST(2 * p_grace_ms, 10000);
@@ -93,7 +93,7 @@ BEGIN
     END IF;
     LOOP
         BEGIN
-            PERFORM set_config('lock_timeout', p_grace_ms || 'ms', true);
+            PERFORM set_config('lock_timeout', format('%sms', p_grace_ms), true);
             IF p_exclusive THEN PERFORM pg_advisory_xact_lock(k);
             ELSE PERFORM pg_advisory_xact_lock_shared(k); END IF;
             PERFORM set_config('lock_timeout', saved, true);
@@ -103,9 +103,9 @@ BEGIN
             IF p_exclusive AND fencegate._preempt(p_resource, p_token) > 0 THEN
                 stuck_since := NULL;
             ELSE
-                stuck_since := COALESCE(stuck_since, clock_timestamp() - p_grace_ms * interval '1 ms');
+                stuck_since := COALESCE(stuck_since, clock_timestamp() - format('%s ms', p_grace_ms)::interval);
             END IF;
-            IF clock_timestamp() - stuck_since >= bound_ms * interval '1 ms' THEN
+            IF clock_timestamp() - stuck_since >= format('%s ms', bound_ms)::interval THEN
                 RAISE EXCEPTION USING ERRCODE = '55P03',
                     MESSAGE = format('fencing check for resource %s could not lock the resource within %s ms',
                         quote_literal(p_resource), bound_ms),
@@ -127,14 +127,14 @@ DECLARE
     lo int4 := hashtext('fencegate:' || p_resource);
     saved text := current_setting('lock_timeout');
 BEGIN
-    IF pg_try_advisory_xact_lock_shared(hi, (p_token >> 32)::int4)
-       AND pg_try_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::int4) THEN
+    IF pg_try_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4)
+       AND pg_try_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::text::int4) THEN
         RETURN;
     END IF;
     BEGIN
-        PERFORM set_config('lock_timeout', GREATEST(p_grace_ms, 1) || 'ms', true);
-        PERFORM pg_advisory_xact_lock_shared(hi, (p_token >> 32)::int4),
-                pg_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::int4);
+        PERFORM set_config('lock_timeout', format('%sms', GREATEST(p_grace_ms, 1)), true);
+        PERFORM pg_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4),
+                pg_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::text::int4);
         PERFORM set_config('lock_timeout', saved, true);
     EXCEPTION WHEN lock_not_available THEN
         RAISE EXCEPTION USING ERRCODE = '55P03',
@@ -150,7 +150,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION fencegate._published_token(p_pid int4, p_resource text)
 RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     WITH mine AS (
-        SELECT l.classid, l.objid::int8 AS objid
+        SELECT l.classid, l.objid::text::int8 AS objid
         FROM pg_catalog.pg_locks l
         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.pid = p_pid AND l.granted
           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
@@ -179,7 +179,7 @@ BEGIN
           AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
     LOOP
         theirs := fencegate._published_token(victim, p_resource);
-        IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim) THEN
+        IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim, int8 '0') THEN
             RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
                 victim, theirs, p_resource, p_token;
             ended := ended + 1;
@@ -230,6 +230,9 @@ RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     seen record;
     rounds int4 := 0;
+    -- READ COMMITTED: every statement takes a new snapshot, so a raise that committed
+    -- during the check is seen by the next read, and is never a serialization failure.
+    per_statement boolean := current_setting('transaction_isolation') IN ('read committed', 'read uncommitted');
 BEGIN
     IF p_resource IS NULL OR octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
         RAISE EXCEPTION USING ERRCODE = '55Z02',
@@ -249,6 +252,11 @@ BEGIN
                 MESSAGE = format('fencing check for resource %s did not settle', quote_literal(p_resource));
         END IF;
         seen := fencegate._read(p_resource);
+        IF seen.superseded AND per_statement THEN
+            -- Replaced while this statement's snapshot was taken: the next read's snapshot
+            -- (a new one per statement) shows the replacement.
+            CONTINUE;
+        END IF;
         IF seen.token > p_token OR (seen.superseded AND seen.token >= p_token) THEN
             -- Stale at once, without waiting for anyone: H only grows.
             PERFORM fencegate._stale(p_resource, p_token,
@@ -296,6 +304,9 @@ BEGIN
             WHEN SQLSTATE 'FG001' THEN NULL;
             WHEN unique_violation THEN
                 -- A row this snapshot cannot see: inserted after it was taken.
+                IF per_statement THEN
+                    CONTINUE;
+                END IF;
                 RAISE EXCEPTION USING ERRCODE = '40001',
                     MESSAGE = format('could not serialize access: the fencing token of resource %s was raised by a transaction that committed after this transaction took its snapshot',
                         quote_literal(p_resource)),
@@ -344,11 +355,11 @@ AS $fn$
     FROM (SELECT COALESCE((SELECT f0.token FROM fencegate.fence f0
                            WHERE f0.resource = p_resource) = p_token, false)
                  AND octet_length(p_resource) BETWEEN 1 AND 256
-                 AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::int4)
+                 AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
                  AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
-                                                      ((p_token & 4294967295) - 2147483648)::int4)
-                 AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, 7405)) AS held
-          OFFSET 0) l
+                                                      ((p_token & 4294967295) - 2147483648)::text::int4)
+                 AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) AS held
+          OFFSET int8 '0') l
     LEFT JOIN LATERAL (SELECT f.token, f.xmax FROM fencegate.fence f
                        WHERE l.held AND f.resource = p_resource) f ON true
 $fn$;
@@ -432,10 +443,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'holder and a positive ttl are required';
     END IF;
     INSERT INTO fencegate.lease (resource, holder, token, expires_at)
-    VALUES (p_resource, NULL, 0, '-infinity')
+    VALUES (p_resource, NULL, int8 '0', '-infinity')
     ON CONFLICT (resource) DO NOTHING;
     IF (SELECT greatest(l.token, COALESCE((SELECT f.token FROM fencegate.fence f
-                                           WHERE f.resource = p_resource), 0))
+                                           WHERE f.resource = p_resource), int8 '0'))
         FROM fencegate.lease l WHERE l.resource = p_resource) = 9223372036854775807 THEN
         RAISE EXCEPTION USING ERRCODE = '55Z04',
             MESSAGE = format('the fencing tokens of resource %s are used up: its token is 9223372036854775807',
@@ -446,7 +457,7 @@ BEGIN
     SET holder = p_holder,
         token = greatest(l.token,
                          COALESCE((SELECT f.token FROM fencegate.fence f
-                                   WHERE f.resource = p_resource), 0)) + 1,
+                                   WHERE f.resource = p_resource), int8 '0')) + 1,
         expires_at = clock_timestamp() + p_ttl
     WHERE l.resource = p_resource AND (l.holder IS NULL OR l.expires_at <= clock_timestamp())
     RETURNING l.token INTO granted;
