@@ -24,7 +24,7 @@ const PUBLIC_FUNCTIONS: &str = "fencegate.check(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
      fencegate.acquire(text, text, interval), fencegate.renew(text, text, bigint, interval), \
      fencegate.release(text, text, bigint), fencegate.lease_holder(text), \
-     fencegate._settings_invalid(text, text, boolean), fencegate._settings_error(text, text, boolean)";
+     fencegate._settings_invalid(text, text, boolean)";
 
 /// [`run`], then grants each of `roles` the schema's public interface, in the same
 /// transaction (a role that does not exist fails the whole migration).

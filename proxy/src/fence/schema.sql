@@ -43,6 +43,8 @@ WHERE xmax <> '0'::xid
 DROP FUNCTION IF EXISTS fencegate._try_admit(text, bigint);
 DROP FUNCTION IF EXISTS fencegate._admit(text, bigint);
 DROP FUNCTION IF EXISTS fencegate._raised(text);
+DROP FUNCTION IF EXISTS fencegate._slow(text, bigint, int4);
+DROP FUNCTION IF EXISTS fencegate._settings_error(text, text, boolean);
 
 -- The status of a transaction given as a 32-bit xid (a row's xmin or xmax), as
 -- pg_xact_status reports it: 'committed', 'aborted', 'in progress', or NULL when too old.
@@ -316,13 +318,6 @@ BEGIN
 END
 $fn$;
 
--- Calls the slow path. A plain SQL function, so that PostgreSQL loads PL/pgSQL into the
--- session only when the slow path actually runs, not when check() is planned.
-CREATE OR REPLACE FUNCTION fencegate._slow(p_resource text, p_token bigint, p_grace_ms int4)
-RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT fencegate._check_slow(p_resource, p_token, p_grace_ms)
-$fn$;
-
 -- The committed high-water mark of a resource, or NULL.
 CREATE OR REPLACE FUNCTION fencegate.high_water(p_resource text)
 RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -334,34 +329,38 @@ $fn$;
 -- p_grace_ms bounds the wait behind an older holder's open transaction before that
 -- transaction is ended (0: wait as long as the session's own lock_timeout allows).
 --
--- The fast path settles the common case, the token that equals H, in one statement: when
--- the row this snapshot shows holds the token, publish it and take K(r) shared without
--- waiting, then (after the lock, by the lateral join) read the row again; admitted when it
--- still holds the token and no raise replaced it since this snapshot. Nothing is written.
--- Everything else goes to the slow path, which then holds no lock of the fast path's: a
--- raise taken from there never has to upgrade a shared lock (two first touches of a new
--- token would deadlock).
+-- The fast path settles the common case, the token that equals H: when the row the
+-- snapshot shows holds the token, publish it and take K(r) shared without waiting, then
+-- read the row again (after the lock); admitted when it still holds the token and no raise
+-- replaced it. Nothing is written. Everything else goes to the slow path, which then holds
+-- no lock of the fast path's: a raise taken from there never has to upgrade a shared lock
+-- (two first touches of a new token would deadlock).
+--
+-- PL/pgSQL, because it keeps its statements' plans for the session: the same fast path as
+-- one SQL function was planned again on every call and cost 3.7 times as much
+-- (benches/README.md, "The check's own cost").
 CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
                                            p_grace_ms int4 DEFAULT 5000)
-RETURNS bigint LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT CASE
-        WHEN l.held AND f.token = p_token
-             AND (f.xmax = '0'::xid
-                  OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed')
-        THEN p_token
-        ELSE fencegate._slow(p_resource, p_token, p_grace_ms)
-    END
-    FROM (SELECT COALESCE((SELECT f0.token FROM fencegate.fence f0
-                           WHERE f0.resource = p_resource) = p_token, false)
-                 AND octet_length(p_resource) BETWEEN 1 AND 256
-                 AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
-                 AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
-                                                      ((p_token & 4294967295) - 2147483648)::text::int4)
-                 AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) AS held
-          OFFSET int8 '0') l
-    LEFT JOIN LATERAL (SELECT f.token, f.xmax FROM fencegate.fence f
-                       WHERE l.held AND f.resource = p_resource) f ON true
+DECLARE
+    f record;
+BEGIN
+    IF (SELECT f0.token FROM fencegate.fence f0 WHERE f0.resource = p_resource) = p_token
+       AND octet_length(p_resource) BETWEEN 1 AND 256 THEN
+        IF pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
+           AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
+                                                ((p_token & 4294967295) - 2147483648)::text::int4)
+           AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
+            SELECT f1.token, f1.xmax INTO f FROM fencegate.fence f1 WHERE f1.resource = p_resource;
+            IF f.token = p_token
+               AND (f.xmax = '0'::xid OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed') THEN
+                RETURN p_token;
+            END IF;
+        END IF;
+    END IF;
+    RETURN fencegate._check_slow(p_resource, p_token, p_grace_ms);
+END
 $fn$;
 
 -- Raises 55Z02 for fencing settings that are wrong (called only when they are).
@@ -383,36 +382,33 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION fencegate._settings_error(p_resource text, p_token text,
-                                                     p_required boolean)
-RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT fencegate._settings_invalid(p_resource, p_token, p_required)
-$fn$;
-
 -- The check for tokens given as settings (SET [LOCAL] fencing.resource / fencing.token,
 -- or startup options): PostgreSQL resolves SET LOCAL > SET > startup, RESET, DISCARD and
 -- rollbacks itself. Returns NULL when no token is in effect. It keeps no memo of its own:
 -- a repeated check takes the fast path, and nothing a client can SET stands for a check.
 CREATE OR REPLACE FUNCTION fencegate.check_settings(p_grace_ms int4 DEFAULT 5000,
                                                     p_required boolean DEFAULT false)
-RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT CASE
-        WHEN s.t IS NULL AND NOT p_required THEN NULL
-        WHEN s.r IS NOT NULL AND s.t ~ '^[0-9]{1,19}$'
-             AND (length(s.t) < 19 OR s.t COLLATE "C" <= '9223372036854775807')
-        THEN fencegate.check(s.r, s.t::bigint, p_grace_ms)
-        ELSE fencegate._settings_error(s.r, s.t, p_required)
-    END
-    FROM (SELECT NULLIF(current_setting('fencing.resource', true), '') AS r,
-                 NULLIF(current_setting('fencing.token', true), '') AS t) s
+RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r text := NULLIF(current_setting('fencing.resource', true), '');
+    t text := NULLIF(current_setting('fencing.token', true), '');
+BEGIN
+    IF t IS NULL AND NOT p_required THEN
+        RETURN NULL;
+    END IF;
+    IF r IS NOT NULL AND t ~ '^[0-9]{1,19}$'
+       AND (length(t) < 19 OR t COLLATE "C" <= '9223372036854775807') THEN
+        RETURN fencegate.check(r, t::bigint, p_grace_ms);
+    END IF;
+    RETURN fencegate._settings_invalid(r, t, p_required);
+END
 $fn$;
 
 -- Internal functions are for check() only, which runs as the schema's owner.
 REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
-    fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
-    fencegate._slow(text, bigint, int4)
+    fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4)
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 
