@@ -348,3 +348,45 @@ async fn parse_time_errors_and_notices_under_a_session_token_are_the_clients() {
     assert_eq!(seen[0], seen[1], "directly, then through fencegate");
     assert!(!seen[1].3.is_empty(), "the truncation notice: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_by_server_side_code_are_checked_again() {
+    // The proxy remembers what the first settings check of a transaction admitted, but
+    // PostgreSQL compares the settings in effect with it before every statement: a function
+    // that calls set_config (which the proxy cannot see) does not slip a stale token or
+    // another resource past the check.
+    let env = Env::new("settings_server_side").await;
+    env.monitor
+        .client()
+        .batch_execute(
+            "CREATE FUNCTION switch_to(r text, t text) RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('fencing.resource', r, true) || set_config('fencing.token', t, true) $$;
+             GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user",
+        )
+        .await
+        .unwrap();
+    env.raise(5).await;
+    let other_job = "job:8";
+    env.other
+        .batch_execute(&format!("SELECT 1 {}", comment(other_job, 9)))
+        .await
+        .unwrap();
+    let c = env.client().await;
+    for (to_resource, to_token, current) in [(JOB, 4, 5), (other_job, 5, 9)] {
+        c.batch_execute("BEGIN; SET LOCAL fencing.resource = 'job:7'; SET LOCAL fencing.token = 5")
+            .await
+            .unwrap();
+        c.batch_execute(PROBE).await.expect("token 5 is current");
+        c.batch_execute(PROBE)
+            .await
+            .expect("the same settings again");
+        c.batch_execute(&format!("SELECT switch_to('{to_resource}', '{to_token}')"))
+            .await
+            .unwrap();
+        let err = expect_code(c.batch_execute(PROBE).await, STALE);
+        assert_stale(&err, to_resource, to_token, current);
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
+    assert_eq!(env.steps().await, "");
+}

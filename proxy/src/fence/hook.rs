@@ -18,9 +18,10 @@
 //!   DO block, with a probe after it, until the database is known to have the schema), and
 //!   PostgreSQL itself resolves SET LOCAL > SET > startup, RESET, DISCARD and rollbacks.
 //!
-//! The check records what it admitted in the transaction, so repeating it is cheap; the
-//! proxy also remembers which checks it sent in the current transaction and does not send
-//! the same one again while it knows the transaction continues (see [`Admitted`]).
+//! The proxy remembers which checks it sent in the current transaction and does not send
+//! the same one again while it knows the transaction continues (see [`Admitted`]); for
+//! settings it remembers what the first check admitted, and later statements carry only a
+//! comparison that PostgreSQL makes (see [`settings_memo`]).
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::reading::{ClientEncoding, ReadingRules};
 use super::schema::MISSING_SCHEMA_STATES;
+use super::settings_memo;
 use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
 use crate::protocol::backend::{self as be, error_field, TxStatus};
@@ -181,7 +183,10 @@ impl SessionHook for FenceHook {
         self.rules.server_parameter(name, value);
     }
 
-    fn injected_row(&mut self, _body: &[u8]) {
+    fn injected_row(&mut self, body: &[u8]) {
+        if let Some(memo) = settings_memo::learn(body) {
+            self.admitted.settings_admitted(memo);
+        }
         if !self.schema_known {
             self.schema_known = true;
             self.schemas.insert(self.database.clone());
@@ -309,11 +314,18 @@ impl FenceHook {
         if let Decision::Check(fence) = &decision {
             self.admitted.record(fence);
         }
-        let mut out: Vec<String> = self
-            .policy
-            .sql(&decision, self.schema_known)
-            .into_iter()
-            .collect();
+        let mut out: Vec<String> = match decision {
+            Decision::CheckSettings { required } if self.schema_known => {
+                self.admitted.settings_check_sent();
+                let memo = self.admitted.settings();
+                vec![settings_memo::sql(self.policy.grace_ms, required, memo)]
+            }
+            _ => self
+                .policy
+                .sql(&decision, self.schema_known)
+                .into_iter()
+                .collect(),
+        };
         if matches!(decision, Decision::CheckSettings { .. }) && !self.schema_known {
             out.push(SCHEMA_PROBE.to_string());
         }

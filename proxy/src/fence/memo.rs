@@ -2,6 +2,7 @@
 //! rules for when the transaction may have ended (see [`Admitted`]).
 
 use super::classify::Kind;
+use super::settings_memo::SettingsMemo;
 use super::Fence;
 use crate::protocol::backend::TxStatus;
 
@@ -23,9 +24,19 @@ use crate::protocol::backend::TxStatus;
 ///
 /// A check the proxy does send again is still correct, and costs PostgreSQL only the fast
 /// path (the transaction holds the locks already and reads H equal to the token).
+///
+/// It also keeps the settings a settings check admitted in the transaction (see
+/// `super::settings_memo`). That memo is learned from the check's row, which arrives after
+/// later messages may have been sent: it is taken only when nothing was forgotten since the
+/// check was sent (the same `epoch`).
 #[derive(Debug, Default)]
 pub struct Admitted {
     fences: Vec<Fence>,
+    settings: Option<SettingsMemo>,
+    /// Counts every time the record is dropped.
+    epoch: u64,
+    /// The epoch in which the last settings check was sent.
+    settings_sent: Option<u64>,
     /// A statement that may change the transaction was sent since the last boundary.
     unsure: bool,
     /// The portal of the client's last Bind, when that Bind came after the last boundary.
@@ -36,7 +47,7 @@ pub struct Admitted {
 impl Admitted {
     /// No check is recorded.
     pub fn is_empty(&self) -> bool {
-        self.fences.is_empty()
+        self.fences.is_empty() && self.settings.is_none()
     }
 
     /// A statement sent since the last boundary may have ended the transaction block.
@@ -56,9 +67,33 @@ impl Admitted {
         }
     }
 
+    /// What a settings check admitted in the current transaction.
+    pub fn settings(&self) -> Option<&SettingsMemo> {
+        self.settings.as_ref()
+    }
+
+    /// A settings check is being sent.
+    pub fn settings_check_sent(&mut self) {
+        self.settings_sent = Some(self.epoch);
+    }
+
+    /// A settings check's row arrived: keep what it admitted, if the transaction it ran in
+    /// is still the one the record is for.
+    pub fn settings_admitted(&mut self, memo: SettingsMemo) {
+        if self.settings_sent == Some(self.epoch) {
+            self.settings = Some(memo);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.fences.clear();
+        self.settings = None;
+        self.epoch += 1;
+    }
+
     /// The transaction may have ended: forget everything, and do not trust the next boundary.
     pub fn forget(&mut self) {
-        self.fences.clear();
+        self.clear();
         self.unsure = true;
     }
 
@@ -75,7 +110,7 @@ impl Admitted {
     /// At the start of a Query or at a Sync, where an implicit transaction ends.
     pub fn boundary(&mut self, settled_status: Option<TxStatus>) {
         if self.unsure || settled_status != Some(TxStatus::InBlock) {
-            self.fences.clear();
+            self.clear();
         }
         self.unsure = false;
         self.bound_this_round = false;
@@ -128,6 +163,40 @@ mod tests {
         m.record(&fence(1));
         m.boundary(Some(TxStatus::InBlock));
         assert!(!m.contains(&fence(1)), "the round had a control statement");
+    }
+
+    #[test]
+    fn a_settings_row_counts_only_for_the_transaction_it_was_sent_in() {
+        let memo = || {
+            let row = [
+                &[0u8, 3, 0, 0, 0, 1, b'7', 0, 0, 0, 2][..],
+                b"72",
+                &[0, 0, 0, 1, b'7'],
+            ]
+            .concat();
+            crate::fence::settings_memo::learn(&row).expect("memo")
+        };
+        let mut m = Admitted::default();
+        m.boundary(Some(TxStatus::InBlock));
+        m.settings_check_sent();
+        m.settings_admitted(memo());
+        assert!(m.settings().is_some());
+        m.boundary(Some(TxStatus::InBlock));
+        assert!(m.settings().is_some(), "the block continues");
+        m.statement(Kind::Control);
+        assert!(m.settings().is_none());
+        // Sent, then a ROLLBACK TO went out before the row came back: not learned.
+        m.boundary(Some(TxStatus::InBlock));
+        m.settings_check_sent();
+        m.statement(Kind::Control);
+        m.settings_admitted(memo());
+        assert!(m.settings().is_none());
+        // Sent, then the next Query starts before ReadyForQuery: not learned.
+        m.boundary(Some(TxStatus::InBlock));
+        m.settings_check_sent();
+        m.boundary(None);
+        m.settings_admitted(memo());
+        assert!(m.settings().is_none());
     }
 
     #[test]

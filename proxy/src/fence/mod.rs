@@ -26,6 +26,7 @@ pub mod plan;
 pub mod prepared;
 pub mod reading;
 pub mod schema;
+pub mod settings_memo;
 pub mod sql;
 pub mod stats;
 

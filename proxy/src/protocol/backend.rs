@@ -114,6 +114,26 @@ pub fn is_fatal(body: &[u8]) -> bool {
     matches!(severity, Some(b"FATAL") | Some(b"PANIC"))
 }
 
+/// The column values of a DataRow body (`None` for SQL NULL), or `None` when the body is
+/// malformed: a count or a length that does not match the bytes.
+pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut values = Vec::with_capacity(usize::from(count).min(rest.len() / 4));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(rest.get(..len)?));
+        rest = &rest[len..];
+    }
+    rest.is_empty().then_some(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +158,14 @@ mod tests {
         assert_eq!(TxStatus::from_ready_body(b"x"), None);
         assert_eq!(auth_code(&[0, 0, 0, 10, b'S']), Some(10));
         assert_eq!(auth_code(&[0, 0]), None);
+    }
+
+    #[test]
+    fn reads_data_row_values() {
+        let body = [0, 2, 0, 0, 0, 1, b'7', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(data_row_values(&body), Some(vec![Some(&b"7"[..]), None]));
+        assert_eq!(data_row_values(&body[..6]), None, "cut short");
+        assert_eq!(data_row_values(&[0, 1, 0, 0, 0, 9, b'x']), None);
+        assert_eq!(data_row_values(&[0, 0, 1]), None, "trailing bytes");
     }
 }
