@@ -24,27 +24,53 @@ pub struct SettingsMemo {
     token: String,
 }
 
-/// The settings as the statement reads them, hex of the resource's bytes.
-const READ_SETTINGS: &str = "SELECT pg_catalog.current_setting('fencing.resource', true) AS r, \
-     pg_catalog.current_setting('fencing.token', true) AS t";
-const RESOURCE_HEX: &str =
-    "pg_catalog.encode(pg_catalog.convert_to(s.r, pg_catalog.getdatabaseencoding()), 'hex')";
+const RESOURCE: &str = "pg_catalog.current_setting('fencing.resource', true)";
+const TOKEN: &str = "pg_catalog.current_setting('fencing.token', true)";
+const RESOURCE_HEX: &str = "pg_catalog.encode(pg_catalog.convert_to(\
+     pg_catalog.current_setting('fencing.resource', true), pg_catalog.getdatabaseencoding()), 'hex')";
 
-/// The statement (ASCII only) that checks the session's settings: `check_settings` always
-/// without a memo, only when the settings differ from it with one. Its one row holds the
-/// check's result (NULL when it did not run or found no token), the resource as hex and
-/// the token text.
+/// The statement (ASCII only) that checks the session's settings.
+/// - Without a memo: `check_settings`, and in the same row the resource as hex and the
+///   token text it read, for [`learn`].
+/// - With one: `check_settings` only when the settings differ from the memo, and nothing
+///   else (one column, which teaches nothing). No FROM clause, so that PostgreSQL plans it
+///   quickly: this statement precedes every later statement of the transaction.
 pub fn sql(grace_ms: u32, required: bool, memo: Option<&SettingsMemo>) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
-    let first = match memo {
-        None => check,
+    match memo {
+        None => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
         Some(memo) => format!(
-            "CASE WHEN s.t OPERATOR(pg_catalog.=) '{}' AND {RESOURCE_HEX} OPERATOR(pg_catalog.=) '{}' \
-             THEN NULL ELSE {check} END",
-            memo.token, memo.resource_hex
+            "SELECT CASE WHEN {TOKEN} OPERATOR(pg_catalog.=) '{}' AND {} THEN NULL ELSE {check} END",
+            memo.token,
+            memo.resource_matches()
         ),
-    };
-    format!("SELECT {first}, {RESOURCE_HEX}, s.t FROM ({READ_SETTINGS}) s")
+    }
+}
+
+impl SettingsMemo {
+    /// The condition that the resource setting is the memo's: a plain literal for printable
+    /// ASCII without quotes or backslashes (the same bytes in every server encoding), else
+    /// a comparison of the hex of its bytes.
+    fn resource_matches(&self) -> String {
+        let bytes: Option<Vec<u8>> = (0..self.resource_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(self.resource_hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        match bytes {
+            Some(bytes)
+                if bytes
+                    .iter()
+                    .all(|&b| (b' '..=b'~').contains(&b) && b != b'\'' && b != b'\\') =>
+            {
+                let text = String::from_utf8_lossy(&bytes);
+                format!("{RESOURCE} OPERATOR(pg_catalog.=) '{text}'")
+            }
+            _ => format!(
+                "{RESOURCE_HEX} OPERATOR(pg_catalog.=) '{}'",
+                self.resource_hex
+            ),
+        }
+    }
 }
 
 /// The memo a row of [`sql`]'s statement gives: `Some` only when the check ran and
@@ -91,9 +117,18 @@ mod tests {
         let memo = learn(&row(&[Some(b"7"), Some(b"6a6f62"), Some(b"7")])).unwrap();
         assert_eq!(memo.token, "7");
         let sql = sql(5000, false, Some(&memo));
-        assert!(sql.contains("s.t OPERATOR(pg_catalog.=) '7'"), "{sql}");
-        assert!(sql.contains("OPERATOR(pg_catalog.=) '6a6f62'"), "{sql}");
-        assert!(sql.is_ascii());
+        assert!(sql.contains("true) OPERATOR(pg_catalog.=) '7'"), "{sql}");
+        assert!(sql.contains("OPERATOR(pg_catalog.=) 'job'"), "{sql}");
+        // Anything else is compared as hex, and the SQL stays ASCII.
+        for hex in ["6a27", "c3a9", "5c"] {
+            let odd = learn(&row(&[Some(b"7"), Some(hex.as_bytes()), Some(b"7")])).unwrap();
+            let sql = super::sql(5000, false, Some(&odd));
+            assert!(
+                sql.contains(&format!("'hex') OPERATOR(pg_catalog.=) '{hex}'")),
+                "{sql}"
+            );
+            assert!(sql.is_ascii());
+        }
     }
 
     #[test]
