@@ -5,7 +5,7 @@
 //! TOML file named with `--config`. This module owns the file format and the checks; it does
 //! no I/O except reading the file it is asked to read.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,13 +68,16 @@ pub enum UpstreamTls {
 /// Whether the proxy lets through a login the server accepts without asking for any
 /// password (`trust`, `peer`, `ident`). fencegate relays authentication and does not
 /// authenticate clients itself, so such a login is open to every client that reaches
-/// `listen`, under any role name it gives; with `peer` the server compares that name with
-/// fencegate's own operating-system user.
+/// `listen`, under any role name it gives: the server grants it because of where the
+/// *proxy's* connection comes from (loopback, a socket, fencegate's operating-system user
+/// for `peer`), not because of who the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamAuth {
-    /// Refuse passwordless logins over a Unix-domain socket (where `peer` and `trust` are
-    /// the packaged defaults), let them through over TCP.
+    /// Let a passwordless login through only to a client that connected from loopback
+    /// (which could reach a loopback-trusting server itself), over a TCP upstream; refuse
+    /// it to every other client, and over a Unix-domain socket (where `peer` would judge
+    /// fencegate's operating-system user, not the client's).
     #[default]
     Auto,
     /// Refuse every login the server accepts without a password exchange.
@@ -306,12 +309,15 @@ impl Config {
             .then(|| UpstreamAddr::Tcp(self.upstream.clone()))
     }
 
-    /// Whether a login the server accepts without a password exchange is refused.
-    pub fn requires_upstream_auth(&self) -> bool {
+    /// Whether a login the server accepts without a password exchange is refused to a
+    /// client connected from `client` (see [`UpstreamAuth`]).
+    pub fn requires_upstream_auth(&self, client: IpAddr) -> bool {
         match self.upstream_auth {
             UpstreamAuth::Required => true,
             UpstreamAuth::Any => false,
-            UpstreamAuth::Auto => matches!(self.upstream_addr(), Some(UpstreamAddr::Unix(_))),
+            UpstreamAuth::Auto => {
+                matches!(self.upstream_addr(), Some(UpstreamAddr::Unix(_))) || !is_loopback(client)
+            }
         }
     }
 
@@ -353,6 +359,17 @@ mod duration_str {
     }
 }
 
+/// True for 127.0.0.0/8, ::1 and those addresses mapped into IPv6 (`::ffff:127.0.0.1`,
+/// as a dual-stack listener reports an IPv4 client).
+pub fn is_loopback(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,17 +390,26 @@ mod tests {
     }
 
     #[test]
-    fn passwordless_logins_are_refused_over_a_socket_by_default() {
+    fn passwordless_logins_are_for_loopback_clients_over_tcp_by_default() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
         let socket = Config {
             upstream: "/run/postgresql".into(),
             ..Config::default()
         };
-        assert!(socket.requires_upstream_auth());
-        assert!(!Config::default().requires_upstream_auth());
+        assert!(socket.requires_upstream_auth(local));
+        assert!(!Config::default().requires_upstream_auth(local));
+        assert!(Config::default().requires_upstream_auth(remote));
+        for address in ["::1", "::ffff:127.0.0.9", "127.3.2.1"] {
+            assert!(!Config::default().requires_upstream_auth(address.parse().unwrap()));
+        }
+        for address in ["::ffff:192.0.2.7", "2001:db8::1", "0.0.0.0"] {
+            assert!(Config::default().requires_upstream_auth(address.parse().unwrap()));
+        }
         let any: Config = toml::from_str("upstream = \"/tmp\"\nupstream_auth = \"any\"").unwrap();
-        assert!(!any.requires_upstream_auth());
+        assert!(!any.requires_upstream_auth(remote));
         let required: Config = toml::from_str("upstream_auth = \"required\"").unwrap();
-        assert!(required.requires_upstream_auth());
+        assert!(required.requires_upstream_auth(local));
     }
 
     #[test]

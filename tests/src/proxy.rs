@@ -46,7 +46,34 @@ impl TestProxy {
         tweak: impl FnOnce(&mut Config),
         hooks: Arc<dyn HookFactory>,
     ) -> TestProxy {
-        TestProxy::start_inner(upstream_port, tweak, hooks, Arc::default(), false)
+        TestProxy::start_inner(
+            bind_loopback(),
+            upstream_port,
+            tweak,
+            hooks,
+            Arc::default(),
+            None,
+        )
+    }
+
+    /// [`Self::plain_with`], listening on `ip` (a port of the system's choosing) instead
+    /// of loopback: for clients on another host ([`crate::netns::RemoteHost`]).
+    pub fn plain_on(
+        ip: std::net::IpAddr,
+        upstream_port: u16,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestProxy {
+        let listener = bind(SocketAddr::new(ip, 0));
+        let policy = Config::default().fence_policy();
+        let hooks = FenceHooks::new(policy, Arc::new(FenceStats::default()));
+        TestProxy::start_inner(
+            listener,
+            upstream_port,
+            tweak,
+            Arc::new(hooks),
+            Arc::default(),
+            None,
+        )
     }
 
     /// [`Self::start`], counting into `metrics` and serving them on a port of their own
@@ -57,20 +84,27 @@ impl TestProxy {
         hooks: Arc<dyn HookFactory>,
         metrics: Arc<Metrics>,
     ) -> TestProxy {
-        TestProxy::start_inner(upstream_port, tweak, hooks, metrics, true)
+        let metrics_listener = bind_loopback();
+        TestProxy::start_inner(
+            bind_loopback(),
+            upstream_port,
+            tweak,
+            hooks,
+            metrics,
+            Some(metrics_listener),
+        )
     }
 
     fn start_inner(
+        listener: std::net::TcpListener,
         upstream_port: u16,
         tweak: impl FnOnce(&mut Config),
         hooks: Arc<dyn HookFactory>,
         metrics: Arc<Metrics>,
-        serve_metrics: bool,
+        metrics_listener: Option<std::net::TcpListener>,
     ) -> TestProxy {
         crate::init_tracing();
-        let listener = bind_loopback();
         let addr = listener.local_addr().expect("local_addr");
-        let metrics_listener = serve_metrics.then(bind_loopback);
         let metrics_addr = metrics_listener
             .as_ref()
             .map(|l| l.local_addr().expect("local_addr"));
@@ -185,7 +219,12 @@ impl TestProxy {
 /// An error and its causes, `: `-separated.
 /// A nonblocking listener on a port of the system's choosing.
 fn bind_loopback() -> std::net::TcpListener {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// A nonblocking listener on `addr`.
+fn bind(addr: SocketAddr) -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind(addr).expect("bind a listening port");
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");

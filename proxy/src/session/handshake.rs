@@ -132,7 +132,8 @@ pub struct Established {
 /// With `require_password`, an AuthenticationOk that no password or SASL exchange came
 /// before (the server trusted the proxy's connection: `trust`, `peer`, `ident`) is not
 /// relayed: the client gets a FATAL 28000 instead, since every client would get in that
-/// way under any role name.
+/// way under any role name (the caller decides, by the client's address and the upstream:
+/// [`crate::config::Config::requires_upstream_auth`]).
 ///
 /// Only authentication responses (`p`) are forwarded in this phase. A client that pipelines
 /// other messages behind its startup packet is simply not read further until the session
@@ -200,7 +201,7 @@ pub async fn authenticate(
 }
 
 /// Why a passwordless login is refused (see [`authenticate`]).
-const PASSWORDLESS: &str = "the server accepted this login without a password (trust or peer authentication), which through fencegate would admit any client under any role name; configure password or scram-sha-256 authentication for connections from fencegate, or set upstream_auth = any";
+const PASSWORDLESS: &str = "the server accepted this login without a password (trust or peer authentication), which it grants because of where fencegate's connection comes from, not who this client is; fencegate lets such logins through only to clients on its own host's loopback, over TCP; configure password or scram-sha-256 authentication for connections from fencegate, or set upstream_auth = any";
 
 /// Forwards the complete authentication responses at the front of the client's buffer.
 /// Returns true when the next buffered message is something else (the client pipelined

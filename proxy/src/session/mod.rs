@@ -97,6 +97,7 @@ async fn open(
     span: Span,
 ) -> Result<Option<(Relay, OwnedSemaphorePermit)>, SessionError> {
     let slot = shared.opening.enter();
+    let client_ip = tcp.peer_addr().map(|a| a.ip()).ok();
     let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
     let negotiated = tokio::select! {
         negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiation) => negotiated,
@@ -131,7 +132,8 @@ async fn open(
     if let Err(e) = server.write_flush(&packet).await {
         return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
     }
-    let require_password = shared.config.requires_upstream_auth();
+    // A peer address that cannot be read is treated as remote.
+    let require_password = client_ip.is_none_or(|ip| shared.config.requires_upstream_auth(ip));
     let Some(established) =
         handshake::authenticate(&mut client, &mut server, require_password).await?
     else {
