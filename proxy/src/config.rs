@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_STARTUP_CONNECTIONS: usize = 256;
 /// for a single message (1 GiB - 1), so nothing the server accepts is refused by the proxy.
 /// Memory is reserved as bytes arrive, never from the length header.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = (1 << 30) - 1;
+/// Default memory for unfinished client messages across all sessions: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 /// Default time allowed to establish the upstream TCP (and TLS) connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time open sessions get to finish after a shutdown signal.
@@ -113,6 +115,9 @@ pub struct Config {
     pub max_startup_connections: usize,
     /// Largest message a client may send after authentication, in bytes. Default 1 GiB - 1.
     pub max_message_size: usize,
+    /// Bytes all sessions together may hold in unfinished client messages, beyond 256 KiB
+    /// each; a session whose message does not fit ends with FATAL 53200. Default 256 MiB.
+    pub max_buffered_bytes: usize,
     /// PEM certificate chain for TLS towards clients. TLS is offered only when both
     /// `tls_cert` and `tls_key` are set; otherwise SSLRequest is answered `N`.
     pub tls_cert: Option<PathBuf>,
@@ -157,6 +162,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startup_connections: DEFAULT_MAX_STARTUP_CONNECTIONS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             tls_cert: None,
             tls_key: None,
             upstream_tls: UpstreamTls::Disable,
@@ -228,6 +234,9 @@ impl Config {
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads must be at most 1024 (0 means one per CPU)");
+        }
+        if self.max_buffered_bytes < 1 << 20 {
+            return invalid("max_buffered_bytes must be at least 1048576 bytes (1 MiB)");
         }
         if self.max_message_size < MAX_STARTUP_PACKET {
             return invalid("max_message_size must be at least 10000 bytes");

@@ -21,6 +21,10 @@ pub enum SessionError {
     /// The proxy refused to relay a message it could not handle safely.
     #[error("{0}")]
     Refused(String),
+    /// The proxy's memory for unfinished client messages is used up
+    /// (`max_buffered_bytes`).
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The upstream server could not be reached.
     #[error("cannot connect to upstream {addr}: {cause}")]
     UpstreamConnect {

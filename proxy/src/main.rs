@@ -75,6 +75,10 @@ struct ServeArgs {
     /// Largest message accepted after authentication, in bytes [default: 1073741823].
     #[arg(long, env = "FENCEGATE_MAX_MESSAGE_SIZE")]
     max_message_size: Option<usize>,
+    /// Memory all sessions may hold in unfinished client messages, in bytes; a session
+    /// whose message does not fit ends with FATAL 53200 [default: 268435456].
+    #[arg(long, env = "FENCEGATE_MAX_BUFFERED_BYTES")]
+    max_buffered_bytes: Option<usize>,
     /// PEM certificate chain for TLS towards clients (with --tls-key).
     #[arg(long, env = "FENCEGATE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -134,6 +138,7 @@ impl ServeArgs {
             max_connections,
             max_startup_connections,
             max_message_size,
+            max_buffered_bytes,
             upstream_tls,
             upstream_auth,
             connect_timeout,

@@ -79,6 +79,7 @@ pub async fn run(
         signals: Arc::new(Signals::default()),
         sessions: Arc::new(Semaphore::new(config.max_connections)),
         opening: session::opening::OpeningSlots::new(config.max_startup_connections),
+        buffers: session::budget::BufferBudget::new(config.max_buffered_bytes),
     });
     let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
     let sessions = TaskTracker::new();

@@ -7,11 +7,13 @@
 //! - [`hook`]: the interface a policy uses to inject messages and hide their replies.
 //! - [`conn`] and [`outbox`]: read buffers and write queues.
 //! - [`opening`]: the budget of connections before their startup packet.
+//! - [`budget`]: the memory all sessions may hold in unfinished client messages.
 //!
 //! One server connection per client connection (session mode). The client's StartupMessage
 //! and every later message go upstream as the client sent them; BackendKeyData reaches the
 //! client unchanged, so cancel requests (forwarded as-is) reach the right backend.
 
+pub mod budget;
 pub mod conn;
 pub mod handshake;
 pub mod hook;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub sessions: Arc<Semaphore>,
     /// Places for connections before their startup packet (`max_startup_connections`).
     pub opening: opening::OpeningSlots,
+    /// Memory for unfinished client messages, across sessions (`max_buffered_bytes`).
+    pub buffers: Arc<budget::BufferBudget>,
 }
 
 /// Serves one client connection to the end. Errors are logged here, not returned: a broken
@@ -148,7 +152,14 @@ async fn open(
     }
     let max = shared.config.max_message_size;
     Ok(Some((
-        Relay::new(client, server, status, hook, max, span),
+        Relay::new(
+            client,
+            server,
+            status,
+            hook,
+            (max, shared.buffers.share()),
+            span,
+        ),
         permit,
     )))
 }
@@ -193,6 +204,7 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => return Err(e),
         Err(e @ SessionError::ClientProtocol(_)) => ("08P01", e),
         Err(e @ SessionError::Refused(_)) => ("XX000", e),
+        Err(e @ SessionError::OutOfMemory(_)) => ("53200", e),
         Err(e) => ("08006", e),
     };
     relay

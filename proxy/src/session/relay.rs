@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio_util::io::poll_read_buf;
 
+use super::budget::Share;
 use super::conn::Conn;
 use super::hook::{Injector, SessionHook};
 use super::outbox::Outbox;
@@ -56,6 +57,8 @@ pub struct Relay {
     injected: Vec<(Bytes, Action)>,
     /// Largest client message accepted (`max_message_size`).
     max_message: usize,
+    /// What this session holds of the budget for unfinished client messages.
+    buffered: Share,
     client_eof: bool,
     server_eof: bool,
     fatal_forwarded: bool,
@@ -83,7 +86,7 @@ impl Relay {
         server: Conn,
         status: TxStatus,
         hook: Option<Box<dyn SessionHook>>,
-        max_message: usize,
+        (max_message, buffered): (usize, Share),
         span: tracing::Span,
     ) -> Self {
         let mut tracker = ReplyTracker::new(status);
@@ -99,6 +102,7 @@ impl Relay {
             hook,
             injected: Vec::new(),
             max_message,
+            buffered,
             client_eof: false,
             server_eof: false,
             fatal_forwarded: false,
@@ -199,6 +203,7 @@ impl Relay {
                     }
                     Poll::Ready(Ok(_)) => {
                         self.on_client_bytes()?;
+                        self.cover_unfinished()?;
                         read_something = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
@@ -291,6 +296,19 @@ impl Relay {
             self.to_client.push(reply);
         }
         Ok(())
+    }
+
+    /// Takes from the budget what the unfinished message left in the client's buffer
+    /// holds (every complete one has just been moved out), or ends the session.
+    fn cover_unfinished(&mut self) -> Result<(), SessionError> {
+        self.buffered.cover(self.client.rbuf.len()).map_err(|e| {
+            SessionError::OutOfMemory(format!(
+                "out of memory for unfinished messages: the {} bytes buffered of this \
+                 session's message do not fit in what remains of max_buffered_bytes \
+                 ({} bytes for all sessions)",
+                e.buffered, e.limit
+            ))
+        })
     }
 
     /// Moves every complete server message to the client queue or drops it, as the tracker
