@@ -125,10 +125,10 @@ mod tests {
                 limit: 1 << 20
             })
         );
-        assert!(b.cover(FREE_PER_SESSION + (300 << 10)).is_ok());
+        assert!(b.cover(FREE_PER_SESSION + (324 << 10)).is_ok());
         assert_eq!(budget.in_use(), 1 << 20);
         a.cover(0).unwrap();
-        assert_eq!(budget.in_use(), 300 << 10);
+        assert_eq!(budget.in_use(), 324 << 10);
         drop(b);
         assert_eq!(budget.in_use(), 0);
         drop(a);
