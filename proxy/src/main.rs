@@ -33,6 +33,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Install or upgrade the `fencegate` schema in one database (idempotent).
     Migrate(MigrateArgs),
+    /// Make tables refuse every write in a transaction where no fencing check admitted a
+    /// current token: a trigger, so it holds however the write reaches the table, through
+    /// the proxy or around it. Without TABLE: list the tables that require a token.
+    Require(RequireArgs),
     /// Start a throwaway PostgreSQL and the proxy, and show a stale lock holder's write
     /// landing directly and rejected through fencegate (exit status 0 when it is).
     Demo,
@@ -49,6 +53,21 @@ struct MigrateArgs {
     /// check_settings, high_water and the lease functions); repeatable.
     #[arg(long = "grant", value_name = "ROLE")]
     grant: Vec<String>,
+}
+
+#[derive(Args)]
+struct RequireArgs {
+    /// The database, e.g. postgres://admin@127.0.0.1:5432/app: connect directly to
+    /// PostgreSQL as the tables' owner or a superuser, after `fencegate migrate`.
+    #[arg(long, env = "FENCEGATE_DATABASE_URL")]
+    database_url: String,
+    /// Take the requirement off the tables instead.
+    #[arg(long)]
+    remove: bool,
+    /// Tables (SQL names: schema.table, quoted for mixed case); their partitions and
+    /// inheritance children are included.
+    #[arg(value_name = "TABLE")]
+    tables: Vec<String>,
 }
 
 /// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
@@ -180,6 +199,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
         Command::Migrate(args) => migrate(&args.database_url, &args.grant),
+        Command::Require(args) => require(&args),
         Command::Demo => demo(),
     }
 }
@@ -196,10 +216,35 @@ fn demo() -> anyhow::Result<()> {
 fn migrate(url: &str, grant: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let version = fencegate::fence::migrate::run_granting(url, grant).await?;
+        let version = fencegate::fence::migrate::run_granting(url, grant)
+            .await
+            .context("migration failed")?;
         println!("fencegate schema version {version} is installed");
         for role in grant {
             println!("granted role {role} the use of fencing");
+        }
+        Ok(())
+    })
+}
+
+fn require(args: &RequireArgs) -> anyhow::Result<()> {
+    use fencegate::fence::require;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let url = &args.database_url;
+        if args.tables.is_empty() {
+            anyhow::ensure!(!args.remove, "--remove needs the tables to remove it from");
+            for table in require::list(url).await? {
+                println!("{table}");
+            }
+        } else if args.remove {
+            for table in require::remove(url, &args.tables).await? {
+                println!("table {table} no longer requires a fencing token");
+            }
+        } else {
+            for table in require::install(url, &args.tables).await? {
+                println!("table {table} requires a fencing token");
+            }
         }
         Ok(())
     })
@@ -265,6 +310,24 @@ mod tests {
             Command::Serve(args) => *args,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn require_takes_tables_and_remove() {
+        let cli = Cli::parse_from([
+            "fencegate",
+            "require",
+            "--database-url=postgres://a@h/db",
+            "--remove",
+            "public.orders",
+            "\"Jobs\"",
+        ]);
+        let Command::Require(args) = cli.command else {
+            panic!("not the require command")
+        };
+        assert_eq!(args.database_url, "postgres://a@h/db");
+        assert!(args.remove);
+        assert_eq!(args.tables, ["public.orders", "\"Jobs\""]);
     }
 
     #[test]

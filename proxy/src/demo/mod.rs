@@ -34,7 +34,7 @@ pub enum DemoError {
     Postgres(#[from] tokio_postgres::Error),
     /// Installing the schema.
     #[error(transparent)]
-    Migrate(#[from] crate::fence::migrate::MigrateError),
+    Migrate(#[from] crate::fence::admin::AdminError),
     /// Setting up the proxy.
     #[error("proxy: {0}")]
     Proxy(String),

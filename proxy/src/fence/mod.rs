@@ -9,13 +9,16 @@
 //!   outside a transaction block) and whether it may change the fencing settings.
 //! - [`plan`]: the decision for one statement and the SQL that carries it out.
 //! - [`schema`]: the `fencegate` schema that `migrate` installs (the authority).
+//! - [`admin`]: direct connections of the administrative commands.
 //! - [`migrate`]: installing the schema (`fencegate migrate`).
+//! - [`require`]: tables that refuse writes without a token (`fencegate require`).
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
 //! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
 //! - [`memo`]: the checks a session already sent in its current transaction.
 //! - [`reading`]: the client encoding and string rules the session's SQL is read by.
 //! - [`stats`]: counters shared by all sessions.
 
+pub mod admin;
 pub mod annotation;
 pub mod cache;
 pub mod classify;
@@ -25,6 +28,7 @@ pub mod migrate;
 pub mod plan;
 pub mod prepared;
 pub mod reading;
+pub mod require;
 pub mod schema;
 pub mod settings_memo;
 pub mod sql;

@@ -1,5 +1,5 @@
 //! The `fencegate` schema: the authority for fencing decisions, installed in each upstream
-//! database by `fencegate migrate`. The SQL lives in `schema.sql` beside this file (read it
+//! database by `fencegate migrate`. The SQL lives in `schema.sql`, `require.sql` and `owners.sql` beside this file (read it
 //! there: it is the code PostgreSQL runs); the design and the argument for why G1-G7 hold,
 //! case by case, are in docs/fencing.md.
 //!
@@ -11,10 +11,16 @@
 //! xmax, so REPEATABLE READ and SERIALIZABLE transactions need no row lock.
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
-/// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction.
-pub const INSTALL: &str = include_str!("schema.sql");
+/// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
+/// and the lease service (`schema.sql`), the tables that require a token (`require.sql`),
+/// then the ownership of everything (`owners.sql`).
+pub const INSTALL: &str = concat!(
+    include_str!("schema.sql"),
+    include_str!("require.sql"),
+    include_str!("owners.sql")
+);
 
 /// SQLSTATEs a check raises when the schema is missing (no schema / no function).
 pub const MISSING_SCHEMA_STATES: &[&[u8]] = &[b"3F000", b"42883"];

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 5: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 6: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -339,12 +339,16 @@ $fn$;
 -- PL/pgSQL, because it keeps its statements' plans for the session: the same fast path as
 -- one SQL function was planned again on every call and cost 3.7 times as much
 -- (benches/README.md, "The check's own cost").
+--
+-- Once a table requires a token (`fencegate require`), an admission also leaves its proof in
+-- the transaction for that table's trigger (require.sql); until then that costs nothing.
 CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
                                            p_grace_ms int4 DEFAULT 5000)
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     f record;
+    admitted bigint;
 BEGIN
     IF (SELECT f0.token FROM fencegate.fence f0 WHERE f0.resource = p_resource) = p_token
        AND octet_length(p_resource) BETWEEN 1 AND 256 THEN
@@ -355,11 +359,24 @@ BEGIN
             SELECT f1.token, f1.xmax INTO f FROM fencegate.fence f1 WHERE f1.resource = p_resource;
             IF f.token = p_token
                AND (f.xmax = '0'::xid OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed') THEN
-                RETURN p_token;
+                admitted := p_token;
             END IF;
         END IF;
     END IF;
-    RETURN fencegate._check_slow(p_resource, p_token, p_grace_ms);
+    IF admitted IS NULL THEN
+        admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
+    END IF;
+    -- The proof for required tables (require.sql): only in a database that has some, and
+    -- once per transaction (a value already there, right or forged, is left for the
+    -- trigger to judge).
+    IF fencegate._proving() AND COALESCE(current_setting('fencegate.admitted', true), '') = '' THEN
+        -- fencegate._proof(key) written out, in one statement with the key's lookup.
+        PERFORM set_config('fencegate.admitted',
+            encode(sha256(convert_to(m.value || ':' || pg_backend_pid()::text || ':'
+                                     || extract(epoch FROM now())::text, 'UTF8')), 'hex'), true)
+        FROM fencegate.meta m WHERE m.key = 'proof_key';
+    END IF;
+    RETURN admitted;
 END
 $fn$;
 
@@ -496,39 +513,6 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '5')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '6')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
--- Ownership: everything of the schema belongs to `fencegate_owner`, a role that cannot log
--- in and is no superuser. The SECURITY DEFINER functions run as it, so they can read and
--- write the schema's tables and, as a member of pg_signal_backend, end the sessions of
--- older holders (preemption) -- but never a superuser's session, and nothing else.
--- Roles are shared by the cluster's databases, whose migrations may run at once (the
--- migration lock above is per database): a concurrent creation or grant is no error.
-DO $own$BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'fencegate_owner') THEN
-        BEGIN
-            CREATE ROLE fencegate_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
-    IF NOT pg_catalog.pg_has_role('fencegate_owner', 'pg_signal_backend', 'MEMBER') THEN
-        BEGIN
-            GRANT pg_signal_backend TO fencegate_owner;
-        EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
-        END;
-    END IF;
-END$own$;
-ALTER SCHEMA fencegate OWNER TO fencegate_owner;
-ALTER TABLE fencegate.meta OWNER TO fencegate_owner;
-ALTER TABLE fencegate.fence OWNER TO fencegate_owner;
-ALTER TABLE fencegate.lease OWNER TO fencegate_owner;
-DO $own$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = 'fencegate'::regnamespace LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO fencegate_owner', f);
-    END LOOP;
-END$own$;
