@@ -1,4 +1,5 @@
--- Run by `fencegate migrate` last, after schema.sql and require.sql, in the same transaction.
+-- Run by `fencegate migrate` last, after schema.sql and require.sql, in the same transaction:
+-- the roles, and the ownership of everything in the schema.
 
 -- Ownership: everything of the schema belongs to `fencegate_owner`, a role that cannot log
 -- in and is no superuser. The SECURITY DEFINER functions run as it, so they can read and
@@ -6,13 +7,20 @@
 -- older holders (preemption) -- but never a superuser's session, and nothing else.
 -- Roles are shared by the cluster's databases, whose migrations may run at once (the
 -- migration lock above is per database): a concurrent creation or grant is no error.
-DO $own$BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'fencegate_owner') THEN
-        BEGIN
-            CREATE ROLE fencegate_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
+-- `fencegate_maintenance` (NOLOGIN, no rights of its own): its members may write tables that
+-- require a token without one (require.sql).
+DO $own$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['fencegate_owner', 'fencegate_maintenance'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END;
+        END IF;
+    END LOOP;
     IF NOT pg_catalog.pg_has_role('fencegate_owner', 'pg_signal_backend', 'MEMBER') THEN
         BEGIN
             GRANT pg_signal_backend TO fencegate_owner;

@@ -87,15 +87,5 @@ INSERT INTO fencegate.meta (key, value)
 VALUES ('proof_key', gen_random_uuid()::text || gen_random_uuid()::text)
 ON CONFLICT (key) DO NOTHING;
 
--- Writes without a token, for maintenance, by its members (explicit; created once per cluster).
-DO $maint$BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'fencegate_maintenance') THEN
-        BEGIN
-            CREATE ROLE fencegate_maintenance NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
-END$maint$;
-
 REVOKE ALL ON FUNCTION fencegate._proof(text), fencegate._refresh_proving() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fencegate._admitted(), fencegate.require_token() TO PUBLIC;

@@ -25,6 +25,7 @@ pub trait HookFactory: Send + Sync + 'static {
 /// Per-session policy called for each client message.
 pub trait SessionHook: Send + 'static {
     /// Sees a complete client message before it is forwarded; may inject messages ahead of it.
+    /// CopyData is never shown: it is relayed as it arrives, a long one before it is whole.
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>);
 
     /// Sees an ErrorResponse body caused by the hook's own injected work before it reaches

@@ -5,7 +5,8 @@
 //! write queue is above a high-water mark (backpressure), so neither side can make the proxy
 //! buffer without bound, and a peer that is slow to read never blocks the other direction.
 //! Complete messages are split off the read buffers and forwarded as shared slices; each one
-//! passes the [`ReplyTracker`] (and the session hook, if any) on its way.
+//! passes the [`ReplyTracker`] (and the session hook, if any) on its way. A long client
+//! CopyData is the exception: it is relayed as its bytes arrive, never buffered whole.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -29,6 +30,11 @@ use crate::protocol::frontend::{self as fe, FrontendMessage};
 
 /// Stop reading from one side while this many bytes wait to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// A CopyData at least this long is relayed as its bytes arrive instead of being buffered
+/// whole: nothing in it needs inspecting, so an honest COPY row of any size costs the proxy
+/// no more than the backpressure bound.
+const STREAM_COPY_DATA_FROM: usize = 64 * 1024;
 
 /// How the relay ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +65,9 @@ pub struct Relay {
     max_message: usize,
     /// What this session holds of the budget for unfinished client messages.
     buffered: Share,
+    /// Bytes of a client CopyData being streamed that are still to come (see
+    /// [`STREAM_COPY_DATA_FROM`]); they are relayed unframed.
+    copy_rest: usize,
     client_eof: bool,
     server_eof: bool,
     fatal_forwarded: bool,
@@ -103,6 +112,7 @@ impl Relay {
             injected: Vec::new(),
             max_message,
             buffered,
+            copy_rest: 0,
             client_eof: false,
             server_eof: false,
             fatal_forwarded: false,
@@ -119,6 +129,7 @@ impl Relay {
             && self.to_client.is_empty()
             && self.to_server.is_empty()
             && self.client.rbuf.is_empty()
+            && self.copy_rest == 0
             && self.server.rbuf.is_empty()
     }
 
@@ -235,8 +246,12 @@ impl Relay {
     }
 
     /// Moves every complete client message to the server queue, through the hook and the
-    /// tracker. Unchanged messages leave as one slice of the read buffer.
+    /// tracker. Unchanged messages leave as one slice of the read buffer. CopyData goes to
+    /// the tracker only (hooks never see it), and a long one is streamed.
     fn on_client_bytes(&mut self) -> Result<(), SessionError> {
+        if !self.relay_copy_rest() {
+            return Ok(());
+        }
         let mut run = 0;
         while let Some(info) = peek_tagged(&self.client.rbuf[run..], self.max_message)
             .map_err(SessionError::client_frame)?
@@ -246,6 +261,11 @@ impl Relay {
                 tag: info.tag,
                 body: &frame[HEADER_LEN..],
             };
+            if info.tag == fe::COPY_DATA {
+                self.tracker.client_message(&msg, Action::Forward);
+                run += info.total_len;
+                continue;
+            }
             let mut replacement = None;
             let mut abort = None;
             if let Some(hook) = self.hook.as_mut() {
@@ -292,10 +312,43 @@ impl Relay {
             }
         }
         self.to_server.push(take(&mut self.client.rbuf, run));
+        self.start_copy_stream();
         while let Some(reply) = self.tracker.take_synthesized() {
             self.to_client.push(reply);
         }
         Ok(())
+    }
+
+    /// Relays what has arrived of a streamed CopyData; true once it is complete (or none is
+    /// being streamed), so that framing resumes at the next message.
+    fn relay_copy_rest(&mut self) -> bool {
+        if self.copy_rest > 0 {
+            let n = self.copy_rest.min(self.client.rbuf.len());
+            self.to_server.push(take(&mut self.client.rbuf, n));
+            self.copy_rest -= n;
+        }
+        self.copy_rest == 0
+    }
+
+    /// Begins streaming when the unfinished message left at the front of the buffer is a
+    /// long CopyData (its header already checked by `peek_tagged`).
+    fn start_copy_stream(&mut self) {
+        let buf = &self.client.rbuf;
+        if buf.len() < HEADER_LEN || buf[0] != fe::COPY_DATA {
+            return;
+        }
+        let total = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+        if total < STREAM_COPY_DATA_FROM {
+            return;
+        }
+        let msg = FrontendMessage {
+            tag: fe::COPY_DATA,
+            body: &[],
+        };
+        self.tracker.client_message(&msg, Action::Forward);
+        let have = buf.len();
+        self.to_server.push(take(&mut self.client.rbuf, have));
+        self.copy_rest = total - have;
     }
 
     /// Takes from the budget what the unfinished message left in the client's buffer
