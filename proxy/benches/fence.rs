@@ -8,8 +8,9 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fencegate::fence::annotation;
 use fencegate::fence::plan::{Decision, FencePolicy};
-use fencegate::fence::{annotation, classify, sql};
+use fencegate::sql::{classify, lexer};
 
 fn statements() -> Vec<(&'static str, String)> {
     vec![
@@ -31,7 +32,7 @@ fn per_statement(c: &mut Criterion) {
         });
         group.bench_function("classify", |b| b.iter(|| classify::classify(black_box(s))));
         group.bench_function("split_statements", |b| {
-            b.iter(|| sql::split_statements(black_box(s)))
+            b.iter(|| lexer::split_statements(black_box(s)))
         });
         group.bench_function("policy_analyze", |b| {
             b.iter(|| policy.analyze(black_box(s)))
@@ -61,7 +62,7 @@ fn whole_query(c: &mut Criterion) {
         .collect::<Vec<_>>()
         .join(" ");
     let q = query.as_bytes();
-    let checks = sql::split_statements(q)
+    let checks = lexer::split_statements(q)
         .into_iter()
         .filter(|r| matches!(policy.decide(&q[r.clone()], false), Decision::Check(_)))
         .count();
@@ -70,7 +71,7 @@ fn whole_query(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(q.len() as u64));
     group.bench_function("split_and_decide", |b| {
         b.iter(|| {
-            sql::split_statements(black_box(q))
+            lexer::split_statements(black_box(q))
                 .into_iter()
                 .map(|r| policy.decide(&q[r], false))
                 .filter(Decision::needs_injection)

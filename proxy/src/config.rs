@@ -3,7 +3,8 @@
 //! Values come from three places, highest precedence first: command-line flags,
 //! `FENCEGATE_*` environment variables (both handled by clap in `main.rs`), and an optional
 //! TOML file named with `--config`. This module owns the file format and the checks; it does
-//! no I/O except reading the file it is asked to read.
+//! no I/O except reading the file it is asked to read, and depends on no other module of the
+//! crate: every other room may read it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::fence::plan::{FenceMode, FencePolicy};
+/// Which statements carrying a token are checked (`--fence-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMode {
+    /// Every statement that touches data, reads included (the default; required for safe
+    /// read-modify-write across transactions).
+    #[default]
+    All,
+    /// Only statements that may write. Faster, but a newer holder's first read no longer
+    /// fences out an older holder: read-modify-write across transactions can lose updates.
+    Writes,
+}
 
 /// Default listen address (the port PgBouncer users expect).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
@@ -147,7 +159,7 @@ pub struct Config {
     /// matched case-insensitively); a write without one is rejected with 55Z02.
     pub require_token_tables: Vec<String>,
     /// Threads that run sessions, each a single-threaded event loop that keeps its
-    /// sessions (see [`crate::workers`]): 1 runs everything on one thread, 0 one per CPU.
+    /// sessions (see the `workers` module): 1 runs everything on one thread, 0 one per CPU.
     /// Default 1 (see the README's performance section for the measurements behind it).
     pub worker_threads: usize,
     /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
@@ -286,19 +298,6 @@ impl Config {
             return invalid("preempt_grace must be 0 (off) or at least 100ms");
         }
         Ok(())
-    }
-
-    /// The fencing policy these settings describe.
-    pub fn fence_policy(&self) -> FencePolicy {
-        FencePolicy {
-            mode: self.fence_mode,
-            grace_ms: self.preempt_grace.as_millis().min(i32::MAX as u128) as u32,
-            require_token_tables: self
-                .require_token_tables
-                .iter()
-                .map(|t| t.to_lowercase())
-                .collect(),
-        }
     }
 
     /// Where the upstream listens: `host:port` over TCP, or, for a value starting with `/`,

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use fencegate::config::FenceMode;
 use fencegate::config::{parse_duration, Config, UpstreamAuth, UpstreamTls};
 use fencegate::fence::hook::FenceHooks;
-use fencegate::fence::plan::FenceMode;
+use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -216,7 +217,7 @@ fn demo() -> anyhow::Result<()> {
 fn migrate(url: &str, grant: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let version = fencegate::fence::migrate::run_granting(url, grant)
+        let version = fencegate::schema::migrate::run_granting(url, grant)
             .await
             .context("migration failed")?;
         println!("fencegate schema version {version} is installed");
@@ -228,7 +229,7 @@ fn migrate(url: &str, grant: &[String]) -> anyhow::Result<()> {
 }
 
 fn require(args: &RequireArgs) -> anyhow::Result<()> {
-    use fencegate::fence::require;
+    use fencegate::schema::require;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let url = &args.database_url;
@@ -262,7 +263,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
         let stats = Arc::new(FenceStats::default());
-        let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
+        let hooks = FenceHooks::new(FencePolicy::from_config(&config), stats.clone());
         let metrics = Arc::new(Metrics::new(stats));
         fencegate::server::run(
             listeners,

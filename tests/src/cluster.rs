@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL cluster for tests, with one test user per authentication method.
 //!
-//! Built on [`fencegate::pgtemp::TempCluster`] (initdb into a temporary directory, `pg_ctl`
+//! Built on [`fencegate::demo::pgtemp::TempCluster`] (initdb into a temporary directory, `pg_ctl`
 //! on a free loopback port, run as an unprivileged user when the tests run as root, and a
 //! watchdog process that removes the cluster when the test process is gone, however it
 //! ended). Each test binary shares one cluster ([`Cluster::shared`], started on first use)
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use fencegate::pgtemp::TempCluster;
+use fencegate::demo::pgtemp::TempCluster;
 
 use crate::endpoint::{run, Endpoint};
 use crate::pgbin::PgBin;
@@ -172,5 +172,5 @@ impl Cluster {
 
 /// A loopback port that was free when asked (the listener is dropped before returning).
 pub fn free_port() -> u16 {
-    fencegate::pgtemp::free_port().expect("bind 127.0.0.1:0")
+    fencegate::demo::pgtemp::free_port().expect("bind 127.0.0.1:0")
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use fencegate::config::Config;
 use fencegate::fence::hook::FenceHooks;
+use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use tokio_postgres::error::DbError;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -50,7 +51,7 @@ impl FenceProxy {
         let mut config = Config::default();
         tweak(&mut config);
         let stats = Arc::new(FenceStats::default());
-        let hooks = FenceHooks::new(config.fence_policy(), stats.clone());
+        let hooks = FenceHooks::new(FencePolicy::from_config(&config), stats.clone());
         let proxy = TestProxy::start(upstream_port, tweak, Arc::new(hooks));
         FenceProxy { proxy, stats }
     }
@@ -110,7 +111,7 @@ impl FenceEnv {
 /// Postgres directly as the superuser.
 pub async fn install(port: u16, db: &str) {
     let url = format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}");
-    fencegate::fence::migrate::run(&url)
+    fencegate::schema::migrate::run(&url)
         .await
         .unwrap_or_else(|e| panic!("fencegate migrate {url}: {e}"));
 }

@@ -4,7 +4,7 @@
 //! - [`activity`]: wait until a query is running (`pg_stat_activity`), then cancel it.
 //! - [`compare`]: run one scenario directly and through the proxy, require equal results.
 //! - [`pgbin`]: the installed PostgreSQL binaries, located once per test process.
-//! - [`cluster`]: a throwaway PostgreSQL cluster (on `fencegate::pgtemp`) with the test users
+//! - [`cluster`]: a throwaway PostgreSQL cluster (on `fencegate::demo::pgtemp`) with the test users
 //!   and their authentication methods; one shared per test binary, a fresh database per test.
 //! - [`fake_upstream`]: a scripted fake server, for faults a real Postgres will not produce.
 //! - [`inject`]: a no-op injecting hook, to prove the reply queue hides what it injects.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use fencegate::config::Config;
 use fencegate::fence::hook::FenceHooks;
+use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
 use fencegate::session::hook::{HookFactory, NoHooks};
@@ -64,7 +65,7 @@ impl TestProxy {
         tweak: impl FnOnce(&mut Config),
     ) -> TestProxy {
         let listener = bind(SocketAddr::new(ip, 0));
-        let policy = Config::default().fence_policy();
+        let policy = FencePolicy::from_config(&Config::default());
         let hooks = FenceHooks::new(policy, Arc::new(FenceStats::default()));
         TestProxy::start_inner(
             listener,
@@ -160,7 +161,7 @@ impl TestProxy {
 
     /// [`Self::plain`] with the config changed by `tweak`.
     pub fn plain_with(upstream_port: u16, tweak: impl FnOnce(&mut Config)) -> TestProxy {
-        let policy = Config::default().fence_policy();
+        let policy = FencePolicy::from_config(&Config::default());
         let hooks = FenceHooks::new(policy, Arc::new(FenceStats::default()));
         TestProxy::start(upstream_port, tweak, Arc::new(hooks))
     }

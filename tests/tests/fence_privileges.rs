@@ -74,7 +74,7 @@ async fn migrate_grant_gives_a_role_the_public_interface() {
          THEN CREATE ROLE fence_app NOLOGIN; END IF; END$$;",
     );
     let url = format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", cluster.port());
-    fencegate::fence::migrate::run_granting(&url, &["fence_app".to_string()])
+    fencegate::schema::migrate::run_granting(&url, &["fence_app".to_string()])
         .await
         .expect("migrate --grant fence_app");
     let admin = cluster.endpoint().connect(SUPERUSER, &db).await;
@@ -93,7 +93,7 @@ async fn migrate_grant_gives_a_role_the_public_interface() {
             .get(0);
         assert_eq!(can, want, "{function}");
     }
-    let missing = fencegate::fence::migrate::run_granting(&url, &["no_such_role".into()]).await;
+    let missing = fencegate::schema::migrate::run_granting(&url, &["no_such_role".into()]).await;
     assert!(missing.is_err(), "granting a missing role must fail");
 }
 

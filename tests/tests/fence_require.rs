@@ -6,7 +6,7 @@
 //! is verified by reading the table afterwards.
 #![forbid(unsafe_code)]
 
-use fencegate::fence::require;
+use fencegate::schema::require;
 use fencegate_tests::cluster::{Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::fence::{comment, expect_code, psql_command, run_text, FenceEnv, INVALID};
 use tokio_postgres::Client;

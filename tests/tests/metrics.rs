@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use fencegate::config::Config;
 use fencegate::fence::hook::FenceHooks;
+use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
@@ -51,7 +52,7 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
     let cluster = Cluster::shared();
     let db = fenced_database(cluster, "metrics", SETUP).await;
     let stats = Arc::new(FenceStats::default());
-    let hooks = FenceHooks::new(Config::default().fence_policy(), stats.clone());
+    let hooks = FenceHooks::new(FencePolicy::from_config(&Config::default()), stats.clone());
     let proxy = TestProxy::start_with_metrics(
         cluster.port(),
         |_| {},

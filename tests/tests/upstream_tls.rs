@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use fencegate::config::UpstreamTls;
-use fencegate::pgtemp::TempCluster;
+use fencegate::demo::pgtemp::TempCluster;
 use fencegate::session::hook::NoHooks;
 use fencegate_tests::cluster::TRUST_USER;
 use fencegate_tests::pgbin::PgBin;

@@ -27,7 +27,7 @@ impl Env {
         let cluster = Cluster::shared();
         let db = cluster.create_database(prefix);
         let url = direct_url(cluster.port(), &db);
-        fencegate::fence::migrate::run(&url)
+        fencegate::schema::migrate::run(&url)
             .await
             .unwrap_or_else(|e| panic!("fencegate migrate {url}: {e}"));
         if !setup.is_empty() {

@@ -5,6 +5,7 @@
 //! The demo succeeds (exit status 0) only when the direct path shows the corruption and the
 //! proxy prevents it in both variants.
 
+pub mod pgtemp;
 pub mod scenario;
 
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use self::pgtemp::{PgBin, PgTempError, TempCluster};
 use self::scenario::{Outcome, Pause};
 use crate::config::Config;
 use crate::fence::hook::FenceHooks;
+use crate::fence::plan::FencePolicy;
 use crate::fence::stats::FenceStats;
 use crate::metrics::Metrics;
-use crate::pgtemp::{PgBin, PgTempError, TempCluster};
 use crate::session::hook::HookFactory;
 
 /// How long a newer holder waits behind a frozen older holder in the demo.
@@ -34,7 +36,7 @@ pub enum DemoError {
     Postgres(#[from] tokio_postgres::Error),
     /// Installing the schema.
     #[error(transparent)]
-    Migrate(#[from] crate::fence::admin::AdminError),
+    Migrate(#[from] crate::schema::admin::AdminError),
     /// Setting up the proxy.
     #[error("proxy: {0}")]
     Proxy(String),
@@ -56,7 +58,7 @@ pub async fn run() -> Result<bool, DemoError> {
     })
     .await
     .map_err(|e| DemoError::Proxy(e.to_string()))??;
-    let admin = scenario::connect_as(cluster.port(), "postgres", crate::pgtemp::SUPERUSER).await?;
+    let admin = scenario::connect_as(cluster.port(), "postgres", pgtemp::SUPERUSER).await?;
     let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -76,8 +78,10 @@ pub async fn run() -> Result<bool, DemoError> {
         ..Config::default()
     };
     let stats = Arc::new(FenceStats::default());
-    let hooks: Arc<dyn HookFactory> =
-        Arc::new(FenceHooks::new(config.fence_policy(), stats.clone()));
+    let hooks: Arc<dyn HookFactory> = Arc::new(FenceHooks::new(
+        FencePolicy::from_config(&config),
+        stats.clone(),
+    ));
     let shutdown = CancellationToken::new();
     let listeners = crate::server::Listeners {
         clients: listener,
@@ -129,8 +133,8 @@ async fn run_once(
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await?;
-    crate::fence::migrate::run(&cluster.url(&database)).await?;
-    scenario::connect_as(cluster.port(), &database, crate::pgtemp::SUPERUSER)
+    crate::schema::migrate::run(&cluster.url(&database)).await?;
+    scenario::connect_as(cluster.port(), &database, pgtemp::SUPERUSER)
         .await?
         .batch_execute(scenario::SETUP)
         .await?;

@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
-use super::sql::{Lexer, Token};
 use super::Fence;
+use crate::sql::lexer::{Lexer, Token};
 
 /// Comment key for the resource.
 pub const RESOURCE_KEY: &str = "fencing_resource";

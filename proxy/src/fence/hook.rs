@@ -30,23 +30,23 @@ use dashmap::DashSet;
 
 use super::annotation::LastComment;
 use super::cache::HighWaterCache;
-use super::classify::{classify, Kind};
-use super::contains_ignore_case;
 use super::memo::Admitted;
 use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
-use super::reading::{ClientEncoding, ReadingRules};
-use super::schema::MISSING_SCHEMA_STATES;
 use super::settings_memo;
-use super::sql::{has_inner_semicolon, split_statements};
 use super::stats::FenceStats;
 use crate::protocol::backend::{self as be, error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
 use crate::protocol::startup::StartupMessage;
+use crate::schema::MISSING_SCHEMA_STATES;
 use crate::session::hook::{
     Action, CheckDone, HookFactory, Injector, Insertion, Rewrite, SessionHook,
 };
+use crate::sql::classify::{classify, Kind};
+use crate::sql::contains_ignore_case;
+use crate::sql::lexer::{has_inner_semicolon, split_statements};
+use crate::sql::reading::{ClientEncoding, ReadingRules};
 
 /// Largest Query the proxy builds by inserting checks (PostgreSQL's own limit is 1 GiB).
 const MAX_REWRITE: usize = 64 << 20;
@@ -275,7 +275,7 @@ impl FenceHook {
             .filter(|_| decision.needs_injection())
         {
             // The lexer cannot find quotes reliably under these rules: refuse fencing
-            // rather than guess (see `super::reading`).
+            // rather than guess (see `crate::sql::reading`).
             decision = Decision::Invalid(reason.into());
         }
         if analysis.class.kind == Kind::Procedure && !atomic {

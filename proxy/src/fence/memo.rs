@@ -1,10 +1,10 @@
 //! The proxy's record of the checks it sent in the session's current transaction, and the
 //! rules for when the transaction may have ended (see [`Admitted`]).
 
-use super::classify::Kind;
 use super::settings_memo::SettingsMemo;
 use super::Fence;
 use crate::protocol::backend::TxStatus;
+use crate::sql::classify::Kind;
 
 /// The (resource, token) checks this session sent in its current transaction, so that the
 /// next statement with the same token does not carry the check again. The check holds the

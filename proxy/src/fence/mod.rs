@@ -1,37 +1,26 @@
-//! Fencing: which statements carry a token, and what the proxy sends to have PostgreSQL
-//! check it. Knows nothing about sockets; the session reaches it through [`hook`].
+//! Fencing decisions: which statements carry a token, and what the proxy sends to have
+//! PostgreSQL check it. Reads SQL through [`crate::sql`]; knows nothing about sockets, the
+//! async runtime or database clients; the session reaches it through [`hook`], the one
+//! file that adapts it to [`crate::session::hook`].
 //!
-//! - [`sql`]: a lexer that splits Query strings into statements and finds keywords and
-//!   comments without decoding the client's bytes.
 //! - [`annotation`]: sqlcommenter comments (`fencing_resource`, `fencing_token`).
-//! - [`cache`]: the per-process lower bound of high-water marks (early rejection).
-//! - [`classify`]: what a statement may do (transaction control, read, write, must run
-//!   outside a transaction block) and whether it may change the fencing settings.
 //! - [`plan`]: the decision for one statement and the SQL that carries it out.
-//! - [`schema`]: the `fencegate` schema that `migrate` installs (the authority).
-//! - [`admin`]: direct connections of the administrative commands.
-//! - [`migrate`]: installing the schema (`fencegate migrate`).
-//! - [`require`]: tables that refuse writes without a token (`fencegate require`).
-//! - [`hook`]: the per-session hook that applies the decisions to client traffic.
-//! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
+//! - [`cache`]: the per-process lower bound of high-water marks (early rejection).
 //! - [`memo`]: the checks a session already sent in its current transaction.
-//! - [`reading`]: the client encoding and string rules the session's SQL is read by.
+//! - [`settings_memo`]: the fencing settings a check of this transaction admitted.
+//! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
+//! - [`hook`]: the per-session hook that applies the decisions to client traffic.
 //! - [`stats`]: counters shared by all sessions.
+//!
+//! The database side (the schema, `migrate`, `require`) is [`crate::schema`].
 
-pub mod admin;
 pub mod annotation;
 pub mod cache;
-pub mod classify;
 pub mod hook;
 pub mod memo;
-pub mod migrate;
 pub mod plan;
 pub mod prepared;
-pub mod reading;
-pub mod require;
-pub mod schema;
 pub mod settings_memo;
-pub mod sql;
 pub mod stats;
 
 use annotation::{AnnotationError, MAX_RESOURCE_LEN};
@@ -69,22 +58,6 @@ pub fn parse_token(text: &[u8]) -> Option<i64> {
     std::str::from_utf8(text).ok()?.parse::<i64>().ok()
 }
 
-/// Finds `needle` (lower-case ASCII) in `hay`, ignoring ASCII case.
-pub(crate) fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    // Runs on every Query: jump between candidate first bytes with memchr instead of
-    // comparing a window at every offset.
-    let last_start = match hay.len().checked_sub(needle.len()) {
-        Some(n) => n,
-        None => return false,
-    };
-    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay)
-        .take_while(|&at| at <= last_start)
-        .any(|at| hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,11 +77,5 @@ mod tests {
         ] {
             assert_eq!(parse_token(bad), None, "{:?}", bad);
         }
-    }
-
-    #[test]
-    fn case_insensitive_search() {
-        assert!(contains_ignore_case(b"SET FENCING.token = 1", b"fencing."));
-        assert!(!contains_ignore_case(b"fenc", b"fencing."));
     }
 }

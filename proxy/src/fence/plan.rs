@@ -1,22 +1,11 @@
 //! The decision for one statement, and the SQL the proxy sends to carry it out.
 
 use super::annotation::{self, AnnotationError, LastComment};
-use super::classify::{classify_noting_comments, Class, Kind};
-use super::sql::{Lexer, Token};
 use super::Fence;
-
-/// Which statements carrying a token are checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FenceMode {
-    /// Every statement that touches data, reads included (the default; required for safe
-    /// read-modify-write across transactions).
-    #[default]
-    All,
-    /// Only statements that may write. Faster, but a newer holder's first read no longer
-    /// fences out an older holder: read-modify-write across transactions can lose updates.
-    Writes,
-}
+use crate::config::Config;
+pub use crate::config::FenceMode;
+use crate::sql::classify::{classify_noting_comments, Class, Kind};
+use crate::sql::lexer::{Lexer, Token};
 
 /// The operator's fencing settings.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +17,21 @@ pub struct FencePolicy {
     pub grace_ms: u32,
     /// Tables (lower-case names) that may only be written with a token.
     pub require_token_tables: Vec<String>,
+}
+
+impl FencePolicy {
+    /// The fencing policy the proxy's settings describe.
+    pub fn from_config(config: &Config) -> Self {
+        FencePolicy {
+            mode: config.fence_mode,
+            grace_ms: config.preempt_grace.as_millis().min(i32::MAX as u128) as u32,
+            require_token_tables: config
+                .require_token_tables
+                .iter()
+                .map(|t| t.to_lowercase())
+                .collect(),
+        }
+    }
 }
 
 /// What to do before one statement.

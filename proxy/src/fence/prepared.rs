@@ -154,7 +154,8 @@ impl PreparedStatements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fence::plan::{FenceMode, FencePolicy};
+    use crate::config::FenceMode;
+    use crate::fence::plan::FencePolicy;
 
     fn analysis(sql: &str) -> Arc<Analysis> {
         let policy = FencePolicy {

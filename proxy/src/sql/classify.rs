@@ -8,7 +8,7 @@
 //! counts as a read: the documented exception.
 
 use super::contains_ignore_case;
-use super::sql::{Lexer, Token};
+use super::lexer::{Lexer, Token};
 
 /// What a statement may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,15 @@
-//! The `fencegate` schema: the authority for fencing decisions, installed in each upstream
-//! database by `fencegate migrate`. The SQL lives in `schema.sql`, `require.sql` and `owners.sql` beside this file (read it
-//! there: it is the code PostgreSQL runs); the design and the argument for why G1-G7 hold,
-//! case by case, are in docs/fencing.md.
+//! The database side of fencing: the `fencegate` schema, the authority for every fencing
+//! decision, and the administrative commands that install and shape it. The SQL lives in
+//! `schema.sql`, `require.sql` and `owners.sql` beside this file (read it there: it is the
+//! code PostgreSQL runs); the design and the argument for why G1-G7 hold, case by case, are
+//! in docs/fencing.md.
+//!
+//! - [`admin`]: direct connections of the administrative commands and their errors.
+//! - [`migrate`]: installing the schema (`fencegate migrate`).
+//! - [`require`]: tables that refuse writes without a token (`fencegate require`).
+//!
+//! The proxy side (which statements carry a token, what it sends) is [`crate::fence`]; the
+//! two meet only in the SQL the proxy sends and the SQLSTATEs listed here.
 //!
 //! In short: H(r) is a row of `fencegate.fence`. Transactions presenting the token that
 //! equals H hold the resource's advisory lock in shared mode and write nothing; raising H
@@ -9,6 +17,10 @@
 //! tokens) and updates the row in the client's own transaction. A token below H is refused
 //! at once. Whether the row version a snapshot shows is still the newest is read from its
 //! xmax, so REPEATABLE READ and SERIALIZABLE transactions need no row lock.
+
+pub mod admin;
+pub mod migrate;
+pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
 pub const SCHEMA_VERSION: i32 = 6;

@@ -9,7 +9,7 @@
 //! clone statement triggers); partitions attached later need `fencegate require` again.
 
 use super::admin::{connect, AdminError};
-use super::schema::SCHEMA_VERSION;
+use super::SCHEMA_VERSION;
 
 /// The trigger's name on every required table.
 pub const TRIGGER: &str = "fencegate_require";

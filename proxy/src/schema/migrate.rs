@@ -1,7 +1,7 @@
 //! `fencegate migrate`: connect to one database directly and install the schema.
 
 use super::admin::{connect, quote_ident, AdminError};
-use super::schema::{INSTALL, SCHEMA_VERSION};
+use super::{INSTALL, SCHEMA_VERSION};
 
 /// Installs or upgrades the `fencegate` schema in the database `url` names, in one
 /// transaction (serialized against concurrent runs). Returns the installed version.
