@@ -14,33 +14,35 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{Config, UpstreamTls};
-use crate::error::ServerError;
+use crate::error::{ServerError, TlsSetupError};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let file = File::open(path)
-        .map_err(|e| ServerError::TlsSetup(format!("cannot open {}: {e}", path.display())))?;
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsSetupError + '_ {
+    move |source| TlsSetupError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let file = File::open(path).map_err(file_error(path))?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(file))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServerError::TlsSetup(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(file_error(path))?;
     if certs.is_empty() {
-        return Err(ServerError::TlsSetup(format!(
-            "no PEM certificate in {}",
-            path.display()
-        )));
+        return Err(TlsSetupError::NoCertificate(path.to_path_buf()));
     }
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let file = File::open(path)
-        .map_err(|e| ServerError::TlsSetup(format!("cannot open {}: {e}", path.display())))?;
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let file = File::open(path).map_err(file_error(path))?;
     rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| ServerError::TlsSetup(format!("cannot read {}: {e}", path.display())))?
-        .ok_or_else(|| ServerError::TlsSetup(format!("no PEM private key in {}", path.display())))
+        .map_err(file_error(path))?
+        .ok_or_else(|| TlsSetupError::NoKey(path.to_path_buf()))
 }
 
 /// The acceptor for client TLS, when a certificate and key are configured.
@@ -50,10 +52,10 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServerError> {
     };
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::TlsSetup(e.to_string()))?
+        .map_err(TlsSetupError::from)?
         .with_no_client_auth()
         .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| ServerError::TlsSetup(e.to_string()))?;
+        .map_err(TlsSetupError::from)?;
     // PostgreSQL 17 clients offer ALPN "postgresql"; clients offering none are accepted.
     server.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
@@ -65,7 +67,7 @@ pub fn connector(
 ) -> Result<Option<(TlsConnector, ServerName<'static>)>, ServerError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::TlsSetup(e.to_string()))?;
+        .map_err(TlsSetupError::from)?;
     let client = match config.upstream_tls {
         UpstreamTls::Disable => return Ok(None),
         UpstreamTls::Prefer | UpstreamTls::Require => builder
@@ -76,18 +78,16 @@ pub fn connector(
             let ca = config
                 .upstream_ca
                 .as_deref()
-                .ok_or_else(|| ServerError::TlsSetup("verify-full needs upstream_ca".into()))?;
+                .ok_or(TlsSetupError::VerifyFullNeedsCa)?;
             let mut roots = RootCertStore::empty();
             for cert in load_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| ServerError::TlsSetup(format!("bad CA certificate: {e}")))?;
+                roots.add(cert).map_err(TlsSetupError::BadCa)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    let name = ServerName::try_from(config.upstream_host().to_string())
-        .map_err(|e| ServerError::TlsSetup(format!("upstream host name: {e}")))?;
+    let name =
+        ServerName::try_from(config.upstream_host().to_string()).map_err(TlsSetupError::from)?;
     Ok(Some((TlsConnector::from(Arc::new(client)), name)))
 }
 

@@ -10,7 +10,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, UpstreamAddr, UpstreamTls};
-use crate::error::{ServerError, SessionError};
+use crate::error::{ConnectError, ServerError, SessionError, TlsSetupError};
 use crate::protocol::startup::SSL_REQUEST;
 use crate::stream::Stream;
 
@@ -33,11 +33,7 @@ impl Upstream {
         let tls = match (&target, config.upstream_tls) {
             (UpstreamAddr::Tcp(_), _) => crate::tls::connector(config)?,
             (UpstreamAddr::Unix(_), UpstreamTls::Disable | UpstreamTls::Prefer) => None,
-            (UpstreamAddr::Unix(_), _) => {
-                return Err(ServerError::TlsSetup(
-                    "PostgreSQL does not use TLS over Unix-domain sockets".into(),
-                ))
-            }
+            (UpstreamAddr::Unix(_), _) => return Err(TlsSetupError::OverUnixSocket.into()),
         };
         let addr = match &target {
             UpstreamAddr::Tcp(addr) => addr.clone(),
@@ -57,10 +53,10 @@ impl Upstream {
         &self.addr
     }
 
-    fn fail(&self, cause: impl std::fmt::Display) -> SessionError {
+    fn fail(&self, cause: impl Into<ConnectError>) -> SessionError {
         SessionError::UpstreamConnect {
             addr: self.addr.clone(),
-            cause: cause.to_string(),
+            cause: cause.into(),
         }
     }
 
@@ -68,7 +64,7 @@ impl Upstream {
     pub async fn connect(&self) -> Result<Stream, SessionError> {
         match tokio::time::timeout(self.timeout, self.connect_inner()).await {
             Ok(result) => result,
-            Err(_) => Err(self.fail(format!("timed out after {:?}", self.timeout))),
+            Err(_) => Err(self.fail(ConnectError::Timeout(self.timeout))),
         }
     }
 
@@ -98,15 +94,12 @@ impl Upstream {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| self.fail(format!("TLS handshake: {e}")))?;
+                    .map_err(|e| self.fail(ConnectError::Tls(e)))?;
                 Ok(Stream::ClientTls(Box::new(tls)))
             }
             (b'N', UpstreamTls::Prefer) => Ok(Stream::Plain(tcp)),
-            (b'N', _) => Err(self.fail("server does not support TLS (upstream_tls requires it)")),
-            (other, _) => Err(self.fail(format!(
-                "unexpected answer {:?} to SSLRequest",
-                other as char
-            ))),
+            (b'N', _) => Err(self.fail(ConnectError::TlsUnsupported)),
+            (other, _) => Err(self.fail(ConnectError::BadSslAnswer(other))),
         }
     }
 

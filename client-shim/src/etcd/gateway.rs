@@ -117,9 +117,17 @@ impl Gateway {
         let response = request.send().await?;
         let status = response.status();
         let text = response.text().await?;
-        let reply: Value = serde_json::from_str(&text).map_err(|e| {
-            EtcdError::Protocol(format!("{path}: HTTP {status}, not JSON ({e}): {text}"))
-        })?;
+        let reply: Value = match serde_json::from_str(&text) {
+            Ok(reply) => reply,
+            Err(source) => {
+                return Err(EtcdError::NotJson {
+                    path: path.to_string(),
+                    status,
+                    source,
+                    text,
+                })
+            }
+        };
         if !status.is_success() {
             return Err(server_error(&reply));
         }
@@ -169,9 +177,10 @@ fn bytes(message: &Value, field: &str) -> Result<Vec<u8>, EtcdError> {
         .get(field)
         .and_then(Value::as_str)
         .ok_or_else(|| EtcdError::Protocol(format!("missing field {field} in {message}")))?;
-    BASE64
-        .decode(text)
-        .map_err(|e| EtcdError::Protocol(format!("field {field} is not base64: {e}")))
+    BASE64.decode(text).map_err(|source| EtcdError::NotBase64 {
+        field: field.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

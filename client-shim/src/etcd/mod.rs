@@ -66,6 +66,28 @@ pub enum EtcdError {
     /// etcd's answer did not have the expected shape.
     #[error("unexpected etcd reply: {0}")]
     Protocol(String),
+    /// etcd's answer was not JSON.
+    #[error("unexpected etcd reply: {path}: HTTP {status}, not JSON ({source}): {text}")]
+    NotJson {
+        /// The gateway path called.
+        path: String,
+        /// The HTTP status of the answer.
+        status: reqwest::StatusCode,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+        /// The answer's text.
+        text: String,
+    },
+    /// A field that etcd sends base64-encoded was not.
+    #[error("unexpected etcd reply: field {field} is not base64: {source}")]
+    NotBase64 {
+        /// The field.
+        field: String,
+        /// The decoding error.
+        #[source]
+        source: base64::DecodeError,
+    },
     /// The lock was granted but the lease was gone before its token could be read.
     #[error("the lease ended before the lock's token could be read")]
     LeaseLost,

@@ -37,9 +37,12 @@ pub enum DemoError {
     /// Installing the schema.
     #[error(transparent)]
     Migrate(#[from] crate::schema::admin::AdminError),
-    /// Setting up the proxy.
+    /// Setting up the proxy's listener.
     #[error("proxy: {0}")]
-    Proxy(String),
+    Listen(#[from] std::io::Error),
+    /// The task starting the cluster ended without an answer.
+    #[error("throwaway PostgreSQL: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One run's place in the table.
@@ -56,22 +59,14 @@ pub async fn run() -> Result<bool, DemoError> {
     let cluster = tokio::task::spawn_blocking(|| {
         TempCluster::start(PgBin::find()?, "max_connections = 40", None)
     })
-    .await
-    .map_err(|e| DemoError::Proxy(e.to_string()))??;
+    .await??;
     let admin = scenario::connect_as(cluster.port(), "postgres", pgtemp::SUPERUSER).await?;
     let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| DemoError::Proxy(e.to_string()))?;
-    let proxy_port = listener
-        .local_addr()
-        .map_err(|e| DemoError::Proxy(e.to_string()))?
-        .port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_port = listener.local_addr()?.port();
     let config = Config {
-        listen: listener
-            .local_addr()
-            .map_err(|e| DemoError::Proxy(e.to_string()))?,
+        listen: listener.local_addr()?,
         upstream: format!("127.0.0.1:{}", cluster.port()),
         preempt_grace: DEMO_GRACE,
         shutdown_grace: Duration::from_secs(1),

@@ -54,6 +54,10 @@ const MAX_REWRITE: usize = 64 << 20;
 /// Name of the proxy's own prepared statement and portal for extended-protocol checks.
 const CHECK_NAME: &str = "__fencegate_check";
 
+/// The SQLSTATE for [`TRACKING_LOST`]: internal_error, since the proxy, not the client's
+/// statement, is what cannot go on (as PostgreSQL uses XX000 for a state it cannot
+/// continue from).
+const TRACKING_LOST_STATE: &str = "XX000";
 const TRACKING_LOST: &str =
     "fencegate cannot check this statement: reply tracking was lost on this connection";
 
@@ -381,7 +385,7 @@ impl FenceHook {
                     .is_err()
                 {
                     // Fail closed: the original Query must not go upstream unchecked.
-                    inject.abort_session(TRACKING_LOST);
+                    inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
                 }
                 return;
             }
@@ -411,7 +415,7 @@ impl FenceHook {
                 .replace_query(build::query_bytes(&out), rewrite)
                 .is_err()
             {
-                inject.abort_session(TRACKING_LOST);
+                inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
             }
         }
     }
@@ -473,7 +477,7 @@ impl FenceHook {
             ];
             for message in messages {
                 if inject.send(message, Action::Check).is_err() {
-                    inject.abort_session(TRACKING_LOST);
+                    inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
                     return;
                 }
             }

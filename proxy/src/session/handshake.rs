@@ -9,12 +9,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Read, ReadError};
 use crate::config::{MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET};
-use crate::error::SessionError;
+use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
 use crate::protocol::framing::peek_tagged;
 use crate::protocol::frontend as fe;
-use crate::protocol::startup::{self, StartupError, StartupMessage, StartupPacket};
+use crate::protocol::startup::{self, StartupMessage, StartupPacket};
 use crate::stream::Stream;
 
 /// How a client opened its connection.
@@ -33,10 +33,13 @@ pub enum Opening {
     Gone,
 }
 
-/// Sends a FATAL ErrorResponse (best effort: the client may be gone) and returns the error.
-pub async fn fatal(client: &mut Conn, sqlstate: &str, err: SessionError) -> SessionError {
-    let msg = error_response(Severity::Fatal, sqlstate, &err.to_string(), None, None);
-    let _ = client.write_flush(&msg).await;
+/// Sends a FATAL ErrorResponse with the error's SQLSTATE (best effort: the client may be
+/// gone) and returns the error.
+pub async fn fatal(client: &mut Conn, err: SessionError) -> SessionError {
+    if let Some(sqlstate) = err.sqlstate() {
+        let msg = error_response(Severity::Fatal, sqlstate, &err.to_string(), None, None);
+        let _ = client.write_flush(&msg).await;
+    }
     err
 }
 
@@ -53,16 +56,13 @@ pub async fn negotiate(
             Ok(Read::Closed | Read::Truncated) => return Ok((client, Opening::Gone)),
             Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),
             Err(ReadError::Frame(e)) => {
-                let err = SessionError::ClientProtocol(format!("invalid startup packet: {e}"));
-                return Err(fatal(&mut client, "08P01", err).await);
+                let err = ClientViolation::StartupFrame(e).into();
+                return Err(fatal(&mut client, err).await);
             }
         };
         let parsed = match startup::parse(&packet) {
             Ok(p) => p,
-            Err(e @ StartupError::UnsupportedVersion { .. }) => {
-                return Err(fatal(&mut client, "0A000", e.into()).await)
-            }
-            Err(e) => return Err(fatal(&mut client, "08P01", e.into()).await),
+            Err(e) => return Err(fatal(&mut client, ClientViolation::from(e).into()).await),
         };
         match parsed {
             StartupPacket::SslRequest if !ssl_answered && !client.stream.is_tls() => {
@@ -77,8 +77,8 @@ pub async fn negotiate(
                     .map_err(SessionError::ClientIo)?;
             }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                let err = SessionError::ClientProtocol("repeated encryption negotiation".into());
-                return Err(fatal(&mut client, "08P01", err).await);
+                let err = ClientViolation::RepeatedNegotiation.into();
+                return Err(fatal(&mut client, err).await);
             }
             StartupPacket::Cancel { .. } => return Ok((client, Opening::Cancel(packet))),
             StartupPacket::Startup(message) => {
@@ -99,16 +99,15 @@ async fn answer_ssl(mut client: Conn, tls: Option<&TlsAcceptor>) -> Result<Conn,
     if !client.rbuf.is_empty() {
         // Bytes sent before the handshake could be injected by a man in the middle
         // (CVE-2021-23214): refuse them rather than treat them as encrypted traffic.
-        let err =
-            SessionError::ClientProtocol("received unencrypted data after SSL request".into());
-        return Err(fatal(&mut client, "08P01", err).await);
+        let err = ClientViolation::DataAfterSslRequest.into();
+        return Err(fatal(&mut client, err).await);
     }
     client
         .write_flush(b"S")
         .await
         .map_err(SessionError::ClientIo)?;
     let Stream::Plain(tcp) = client.stream else {
-        return Err(SessionError::ClientProtocol("TLS requested twice".into()));
+        return Err(ClientViolation::RepeatedNegotiation.into());
     };
     let tls = acceptor
         .accept(tcp)
@@ -153,22 +152,20 @@ pub async fn authenticate(
                 let frame = match read {
                     Ok(Read::Frame(f)) => f,
                     Ok(Read::Closed | Read::Truncated) => {
-                        let err = SessionError::UpstreamProtocol(
-                            "server closed the connection during authentication".into());
-                        return Err(fatal(client, "08006", err).await);
+                        let err = UpstreamViolation::ClosedDuringAuthentication.into();
+                        return Err(fatal(client, err).await);
                     }
                     Err(ReadError::Io(e)) => {
-                        return Err(fatal(client, "08006", SessionError::UpstreamIo(e)).await)
+                        return Err(fatal(client, SessionError::UpstreamIo(e)).await)
                     }
                     Err(ReadError::Frame(e)) => {
-                        return Err(fatal(client, "08P01", SessionError::upstream_frame(e)).await)
+                        return Err(fatal(client, UpstreamViolation::from(e).into()).await)
                     }
                 };
                 if frame[0] == be::AUTHENTICATION {
                     match be::auth_code(&frame[5..]) {
                         Some(be::AUTH_OK) if require_password && !challenged => {
-                            return Err(fatal(client, "28000", SessionError::Refused(
-                                PASSWORDLESS.into())).await);
+                            return Err(fatal(client, Refusal::PasswordlessLogin.into()).await);
                         }
                         Some(be::AUTH_OK) => {}
                         _ => challenged = true,
@@ -200,9 +197,6 @@ pub async fn authenticate(
     }
 }
 
-/// Why a passwordless login is refused (see [`authenticate`]).
-const PASSWORDLESS: &str = "the server accepted this login without a password (trust or peer authentication), which it grants because of where fencegate's connection comes from, not who this client is; fencegate lets such logins through only to clients on its own host's loopback, over TCP; configure password or scram-sha-256 authentication for connections from fencegate, or set upstream_auth = any";
-
 /// Forwards the complete authentication responses at the front of the client's buffer.
 /// Returns true when the next buffered message is something else (the client pipelined
 /// its first queries): the caller stops reading the client until the session is up.
@@ -219,7 +213,7 @@ async fn forward_auth_responses(
         let info = match peek_tagged(&client.rbuf, MAX_AUTH_MESSAGE) {
             Ok(Some(info)) => info,
             Ok(None) => return Ok(false),
-            Err(e) => return Err(fatal(client, "08P01", SessionError::client_frame(e)).await),
+            Err(e) => return Err(fatal(client, ClientViolation::from(e).into()).await),
         };
         let frame = client.rbuf.split_to(info.total_len);
         server

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::error::Refusal;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::framing::peek_tagged;
 use crate::protocol::frontend::FrontendMessage;
@@ -79,7 +80,7 @@ pub enum InjectError {
 /// Query that replaces it.
 pub struct Injector<'a> {
     pub(super) queued: &'a mut Vec<(Bytes, Action)>,
-    pub(super) abort: &'a mut Option<String>,
+    pub(super) abort: &'a mut Option<Refusal>,
     pub(super) replacement: &'a mut Option<(Bytes, Rewrite)>,
     pub(super) status: TxStatus,
     pub(super) awaiting_ready: bool,
@@ -117,10 +118,11 @@ impl Injector<'_> {
         }
     }
 
-    /// Ends the session (FATAL to the client) instead of forwarding the message: for a hook
-    /// that must not let a message through unchecked and cannot check it.
-    pub fn abort_session(&mut self, reason: &str) {
-        *self.abort = Some(reason.to_string());
+    /// Ends the session (FATAL `sqlstate` with `reason` to the client) instead of
+    /// forwarding the message: for a hook that must not let a message through unchecked
+    /// and cannot check it.
+    pub fn abort_session(&mut self, sqlstate: &'static str, reason: &'static str) {
+        *self.abort = Some(Refusal::ByHook { sqlstate, reason });
     }
 
     /// Replaces the client's Query message with `query` (a whole Query message), which is

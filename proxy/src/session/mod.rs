@@ -38,7 +38,7 @@ use self::hook::HookFactory;
 use self::relay::{End, Relay};
 use self::signals::Signals;
 use crate::config::Config;
-use crate::error::SessionError;
+use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
 use crate::upstream::Upstream;
 
 /// How long a client may take to send its startup packet (and finish TLS), as PostgreSQL's
@@ -46,8 +46,6 @@ use crate::upstream::Upstream;
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 const SHUTTING_DOWN: &str = "terminating connection because the proxy is shutting down";
-
-const TOO_MANY: &str = "sorry, too many clients already (fencegate's max_connections)";
 
 /// What every session shares.
 pub struct Shared {
@@ -83,9 +81,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, span: Span) {
     let _entered = span.enter();
     match ended {
         Ok(()) => tracing::debug!("session closed"),
-        Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => {
-            tracing::debug!(error = %e, "client connection ended")
-        }
+        Err(e) if e.is_client_gone() => tracing::debug!(error = %e, "client connection ended"),
         Err(e @ SessionError::ClientProtocol(_)) => {
             tracing::info!(error = %e, "client broke the protocol")
         }
@@ -111,8 +107,8 @@ async fn open(
         }
     };
     drop(slot);
-    let (mut client, opening) = negotiated
-        .map_err(|_| SessionError::ClientProtocol("no startup packet within 60 s".into()))??;
+    let (mut client, opening) =
+        negotiated.map_err(|_| ClientViolation::StartupTimeout(STARTUP_TIMEOUT))??;
     let (packet, startup) = match opening {
         Opening::Gone => return Ok(None),
         Opening::Cancel(packet) => {
@@ -121,8 +117,7 @@ async fn open(
         Opening::Startup { packet, message } => (packet, message),
     };
     let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
-        let err = SessionError::Refused(TOO_MANY.into());
-        return Err(fatal(&mut client, "53300", err).await);
+        return Err(fatal(&mut client, Refusal::TooManyClients.into()).await);
     };
     tracing::debug!(
         user = startup.param("user"),
@@ -131,10 +126,10 @@ async fn open(
     );
     let mut server = match shared.upstream.connect().await {
         Ok(stream) => Conn::new(stream),
-        Err(e) => return Err(fatal(&mut client, "08006", e).await),
+        Err(e) => return Err(fatal(&mut client, e).await),
     };
     if let Err(e) = server.write_flush(&packet).await {
-        return Err(fatal(&mut client, "08006", SessionError::UpstreamIo(e)).await);
+        return Err(fatal(&mut client, SessionError::UpstreamIo(e)).await);
     }
     // A peer address that cannot be read is treated as remote.
     let require_password = client_ip.is_none_or(|ip| shared.config.requires_upstream_auth(ip));
@@ -184,7 +179,7 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         },
     };
     let ended = relay.run(&mut signals).await;
-    let (sqlstate, err) = match ended {
+    let err = match ended {
         Ok(
             End::ClientClosed
             | End::ServerClosed {
@@ -197,18 +192,13 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         }
         Ok(End::ServerClosed {
             fatal_forwarded: false,
-        }) => (
-            "08006",
-            SessionError::UpstreamProtocol("server closed the connection unexpectedly".into()),
-        ),
-        Err(e @ (SessionError::ClientIo(_) | SessionError::ClientTls(_))) => return Err(e),
-        Err(e @ SessionError::ClientProtocol(_)) => ("08P01", e),
-        Err(e @ SessionError::Refused(_)) => ("XX000", e),
-        Err(e @ SessionError::OutOfMemory(_)) => ("53200", e),
-        Err(e) => ("08006", e),
+        }) => UpstreamViolation::ClosedUnexpectedly.into(),
+        Err(e) => e,
     };
-    relay
-        .send_fatal(sqlstate, &format!("fencegate: {err}"))
-        .await;
+    if let Some(sqlstate) = err.sqlstate() {
+        relay
+            .send_fatal(sqlstate, &format!("fencegate: {err}"))
+            .await;
+    }
     Err(err)
 }

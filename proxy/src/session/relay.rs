@@ -23,6 +23,7 @@ use super::replies::{Action, ReplyTracker, Route};
 use super::signals::Subscription;
 use crate::config::MAX_SERVER_MESSAGE;
 use crate::error::SessionError;
+use crate::error::{ClientViolation, Refusal, UpstreamViolation};
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, replace_field, Severity};
 use crate::protocol::framing::{peek_tagged, HEADER_LEN};
@@ -254,7 +255,7 @@ impl Relay {
         }
         let mut run = 0;
         while let Some(info) = peek_tagged(&self.client.rbuf[run..], self.max_message)
-            .map_err(SessionError::client_frame)?
+            .map_err(ClientViolation::from)?
         {
             let frame = &self.client.rbuf[run..run + info.total_len];
             let msg = FrontendMessage {
@@ -281,7 +282,7 @@ impl Relay {
                 if let Some(reason) = abort {
                     // Forward what came before this message, then end the session.
                     self.to_server.push(take(&mut self.client.rbuf, run));
-                    return Err(SessionError::Refused(reason));
+                    return Err(reason.into());
                 }
                 for (bytes, action) in &self.injected {
                     let injected = FrontendMessage {
@@ -355,12 +356,11 @@ impl Relay {
     /// holds (every complete one has just been moved out), or ends the session.
     fn cover_unfinished(&mut self) -> Result<(), SessionError> {
         self.buffered.cover(self.client.rbuf.len()).map_err(|e| {
-            SessionError::OutOfMemory(format!(
-                "out of memory for unfinished messages: the {} bytes buffered of this \
-                 session's message do not fit in what remains of max_buffered_bytes \
-                 ({} bytes for all sessions)",
-                e.buffered, e.limit
-            ))
+            Refusal::OutOfMemory {
+                buffered: e.buffered,
+                limit: e.limit,
+            }
+            .into()
         })
     }
 
@@ -369,7 +369,7 @@ impl Relay {
     fn on_server_bytes(&mut self) -> Result<(), SessionError> {
         let mut run = 0;
         while let Some(info) = peek_tagged(&self.server.rbuf[run..], MAX_SERVER_MESSAGE)
-            .map_err(SessionError::upstream_frame)?
+            .map_err(UpstreamViolation::from)?
         {
             if let Some(reply) = self.tracker.take_synthesized() {
                 self.to_client.push(take(&mut self.server.rbuf, run));
