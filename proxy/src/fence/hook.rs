@@ -336,6 +336,37 @@ impl FenceHook {
         out
     }
 
+    /// A Query that mentions no fencing in a session that needs no checks: nothing to
+    /// inject, but its statements may end the transaction the memo is about.
+    fn follow_unchecked_query(&mut self, text: &[u8]) {
+        if self.admitted.is_empty() {
+            return;
+        }
+        for range in split_statements(text) {
+            let statement = &text[range];
+            if has_inner_semicolon(statement) {
+                self.admitted.forget();
+            }
+            self.admitted.statement(classify(statement).kind);
+        }
+    }
+
+    /// Refuses rather than let a Query of many tiny statements grow without bound: the
+    /// whole Query fails with 55Z02 and nothing of it runs.
+    fn refuse_oversized_query(&self, inject: &mut Injector<'_>) {
+        let refuse = Decision::Invalid(format!(
+            "a Query that needs fencing checks may be at most {MAX_REWRITE} bytes once checked; split it"
+        ));
+        let sql = self.policy.sql(&refuse, false).unwrap_or_default();
+        if inject
+            .replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default())
+            .is_err()
+        {
+            // Fail closed: the original Query must not go upstream unchecked.
+            inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
+        }
+    }
+
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some(text) = msg.query_text() else { return };
         self.admitted.boundary(inject.settled_status());
@@ -343,16 +374,7 @@ impl FenceHook {
             && self.policy.require_token_tables.is_empty()
             && !contains_ignore_case(text, b"fencing")
         {
-            if !self.admitted.is_empty() {
-                // Nothing to check, but the statements may end the transaction.
-                for range in split_statements(text) {
-                    let statement = &text[range];
-                    if has_inner_semicolon(statement) {
-                        self.admitted.forget();
-                    }
-                    self.admitted.statement(classify(statement).kind);
-                }
-            }
+            self.follow_unchecked_query(text);
             return;
         }
         let mut rewritten: Option<Vec<u8>> = None;
@@ -374,19 +396,7 @@ impl FenceHook {
                 .as_ref()
                 .is_some_and(|out| out.len() > MAX_REWRITE)
             {
-                // Refuse rather than let a Query of many tiny statements grow without
-                // bound: the whole Query fails with 55Z02 and nothing of it runs.
-                let refuse = Decision::Invalid(format!(
-                    "a Query that needs fencing checks may be at most {MAX_REWRITE} bytes once checked; split it"
-                ));
-                let sql = self.policy.sql(&refuse, false).unwrap_or_default();
-                if inject
-                    .replace_query(build::query_bytes(sql.as_bytes()), Rewrite::default())
-                    .is_err()
-                {
-                    // Fail closed: the original Query must not go upstream unchecked.
-                    inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
-                }
+                self.refuse_oversized_query(inject);
                 return;
             }
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));

@@ -427,8 +427,14 @@ impl Relay {
             }
         }
         self.to_client.push(take(&mut self.server.rbuf, run));
-        // Once per read, not per message: what the replies told about the client's own
-        // Parse and Close messages, and a loss of tracking.
+        self.report_outcomes();
+        Ok(())
+    }
+
+    /// Once per read, not per message: tells the hook what the replies said about the
+    /// client's own Parse and Close messages and the proxy's checks, and logs a loss of
+    /// tracking once.
+    fn report_outcomes(&mut self) {
         if let Some(hook) = self.hook.as_mut() {
             while let Some(completed) = self.tracker.take_outcome() {
                 hook.client_outcome(completed);
@@ -445,11 +451,8 @@ impl Relay {
                 );
             }
         }
-        Ok(())
     }
 
-    /// An error or notice from a rewritten Query with its position field given back in
-    /// the client's own text; `None` when nothing needs changing.
     /// True when an error's position (`P`) points into the client's own text of a
     /// rewritten Query rather than into what the proxy inserted.
     fn in_client_text(&self, body: &[u8]) -> bool {
@@ -458,6 +461,8 @@ impl Relay {
             .is_some_and(|p| self.tracker.original_position(p).is_some())
     }
 
+    /// An error or notice from a rewritten Query with its position field given back in
+    /// the client's own text; `None` when nothing needs changing.
     fn reposition(&self, tag: u8, body: &[u8]) -> Option<Bytes> {
         if tag != be::ERROR_RESPONSE && tag != be::NOTICE_RESPONSE {
             return None;

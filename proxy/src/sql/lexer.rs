@@ -223,9 +223,10 @@ impl<'a> Iterator for Lexer<'a> {
 /// Semicolons inside parentheses (a CREATE RULE action list) and inside the `BEGIN ATOMIC
 /// ... END` body of a `CREATE [OR REPLACE] FUNCTION|PROCEDURE` do not end a statement. In a
 /// body, as in PostgreSQL's grammar, only `CASE ... END` nests (psql also counts `BEGIN`,
-/// which a column named `begin` then fools); `case` and `end` after `.` or `AS` are names. A segment with nothing but comments (a sqlcommenter
-/// tag written after the final `;`) belongs to the statement before it, since PostgreSQL
-/// skips such segments; one before any statement is dropped, like an empty statement.
+/// which a column named `begin` then fools); `case` and `end` after `.` or `AS` are names.
+/// A segment with nothing but comments (a sqlcommenter tag written after the final `;`)
+/// belongs to the statement before it, since PostgreSQL skips such segments; one before any
+/// statement is dropped, like an empty statement.
 pub fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
     match lone_statement(sql) {
         Some(statement) => vec![statement],
@@ -238,77 +239,117 @@ fn split_lexed(sql: &[u8]) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut lexer = Lexer::new(sql);
     let mut start = 0;
-    let mut has_tokens = false;
-    let mut has_comments = false;
-    let mut routine = false;
-    let mut head: [&[u8]; 4] = [b""; 4];
-    let mut prev: Option<Token<'_>> = None;
-    let mut before_prev_dot = false;
-    let mut atomic_depth = 0usize;
-    let mut parens = 0usize;
-    let mut token_index = 0;
+    let mut statement = Statement::default();
     loop {
         let before = lexer.offset();
         let Some(tok) = lexer.next() else { break };
         match tok {
-            Token::Punct(b';') if atomic_depth == 0 && parens == 0 => {
-                if has_tokens {
-                    out.push(start..before);
-                } else if let (true, Some(last)) = (has_comments, out.last_mut()) {
-                    last.end = before;
-                }
+            Token::Punct(b';') if statement.may_end() => {
+                statement.close(start..before, &mut out);
                 start = lexer.offset();
-                has_tokens = false;
-                has_comments = false;
-                routine = false;
-                head = [b""; 4];
-                prev = None;
-                before_prev_dot = false;
-                token_index = 0;
-                continue;
+                statement = Statement::default();
             }
-            Token::Comment(_) => {
-                has_comments = true;
-                continue;
-            }
-            Token::Punct(b'(') => parens += 1,
-            Token::Punct(b')') => parens = parens.saturating_sub(1),
+            Token::Comment(_) => statement.note_comment(),
+            _ => statement.push(tok),
+        }
+    }
+    statement.close(start..sql.len(), &mut out);
+    out
+}
+
+/// What a statement held between its start and the `;` that ends it.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    /// Nothing yet (or whitespace).
+    #[default]
+    Empty,
+    /// Only comments: it belongs to the statement before it.
+    Comments,
+    /// Tokens (comments among them do not matter).
+    Tokens,
+}
+
+/// What [`split_lexed`] knows of the statement it is in.
+#[derive(Default)]
+struct Statement<'a> {
+    content: Content,
+    /// Its first four tokens: words as written, any other token as empty.
+    head: [&'a [u8]; 4],
+    tokens: usize,
+    /// It is a `CREATE [OR REPLACE] FUNCTION|PROCEDURE`, whose `BEGIN ATOMIC` body may
+    /// hold `;`.
+    routine: bool,
+    /// `BEGIN ATOMIC` and `CASE` opened and not yet closed by `END`.
+    atomic_depth: usize,
+    /// Parentheses opened and not yet closed.
+    parens: usize,
+    prev: Option<Token<'a>>,
+    before_prev_dot: bool,
+}
+
+impl<'a> Statement<'a> {
+    /// Whether a `;` here ends the statement (not inside parentheses or an atomic body).
+    fn may_end(&self) -> bool {
+        self.atomic_depth == 0 && self.parens == 0
+    }
+
+    fn note_comment(&mut self) {
+        if self.content == Content::Empty {
+            self.content = Content::Comments;
+        }
+    }
+
+    /// Adds the statement's `range` to `out`, or, holding only comments, extends the one
+    /// before it.
+    fn close(&self, range: Range<usize>, out: &mut Vec<Range<usize>>) {
+        match (self.content, out.last_mut()) {
+            (Content::Tokens, _) => out.push(range),
+            (Content::Comments, Some(last)) => last.end = range.end,
+            (Content::Comments, None) | (Content::Empty, _) => {}
+        }
+    }
+
+    /// Takes the next token that is neither a comment nor a terminating `;`.
+    fn push(&mut self, tok: Token<'a>) {
+        match tok {
+            Token::Punct(b'(') => self.parens += 1,
+            Token::Punct(b')') => self.parens = self.parens.saturating_sub(1),
             _ => {}
         }
-        has_tokens = true;
-        if token_index < head.len() {
-            head[token_index] = match tok {
+        self.content = Content::Tokens;
+        if self.tokens < self.head.len() {
+            self.head[self.tokens] = match tok {
                 Token::Word(w) => w,
                 _ => b"",
             };
-            let word = |i: usize, w: &str| head[i].eq_ignore_ascii_case(w.as_bytes());
+            let word = |i: usize, w: &str| self.head[i].eq_ignore_ascii_case(w.as_bytes());
             let kind = |i: usize| word(i, "function") || word(i, "procedure");
-            routine =
+            self.routine =
                 word(0, "create") && (kind(1) || (word(1, "or") && word(2, "replace") && kind(3)));
         }
-        token_index += 1;
-        if routine {
-            let after_dot = prev == Some(Token::Punct(b'.'));
-            let opens_body = atomic_depth == 0
-                && !before_prev_dot
-                && prev.is_some_and(|p| p.is_word("begin"))
-                && tok.is_word("atomic");
-            let keyword = atomic_depth > 0 && !after_dot && !prev.is_some_and(|p| p.is_word("as"));
-            if opens_body || (keyword && tok.is_word("case")) {
-                atomic_depth += 1;
-            } else if keyword && tok.is_word("end") {
-                atomic_depth -= 1;
-            }
+        self.tokens += 1;
+        if self.routine {
+            self.track_atomic_body(tok);
         }
-        before_prev_dot = prev == Some(Token::Punct(b'.'));
-        prev = Some(tok);
+        self.before_prev_dot = self.prev == Some(Token::Punct(b'.'));
+        self.prev = Some(tok);
     }
-    if has_tokens {
-        out.push(start..sql.len());
-    } else if let (true, Some(last)) = (has_comments, out.last_mut()) {
-        last.end = sql.len();
+
+    /// Counts `BEGIN ATOMIC` and `CASE` against `END` in a routine's body.
+    fn track_atomic_body(&mut self, tok: Token<'a>) {
+        let prev = self.prev;
+        let after_dot = prev == Some(Token::Punct(b'.'));
+        let opens_body = self.atomic_depth == 0
+            && !self.before_prev_dot
+            && prev.is_some_and(|p| p.is_word("begin"))
+            && tok.is_word("atomic");
+        let keyword = self.atomic_depth > 0 && !after_dot && !prev.is_some_and(|p| p.is_word("as"));
+        if opens_body || (keyword && tok.is_word("case")) {
+            self.atomic_depth += 1;
+        } else if keyword && tok.is_word("end") {
+            self.atomic_depth -= 1;
+        }
     }
-    out
 }
 
 /// The usual Query string, one statement with at most `;` and whitespace after it, found
