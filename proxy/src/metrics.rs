@@ -66,30 +66,35 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        metric(
-            "fencegate_client_connections_open",
-            "gauge",
-            "Client connections being served.",
-            &[("", get(&self.connections_open))],
-        );
-        metric(
-            "fencegate_client_connections_total",
-            "counter",
-            "Client connections accepted.",
-            &[("", get(&self.connections_total))],
-        );
-        metric(
-            "fencegate_checks_total",
-            "counter",
-            "Fencing checks sent to PostgreSQL in clients' transactions, and refusals of tokens already known stale.",
-            &[("", get(&f.checks))],
-        );
-        metric(
-            "fencegate_checks_admitted_total",
-            "counter",
-            "Fencing checks that passed: the statement behind them ran.",
-            &[("", get(&f.admitted))],
-        );
+        let single: [(&str, &str, &str, &AtomicU64); 4] = [
+            (
+                "fencegate_client_connections_open",
+                "gauge",
+                "Client connections being served.",
+                &self.connections_open,
+            ),
+            (
+                "fencegate_client_connections_total",
+                "counter",
+                "Client connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "fencegate_checks_total",
+                "counter",
+                "Fencing checks sent to PostgreSQL in clients' transactions, and refusals of tokens already known stale.",
+                &f.checks,
+            ),
+            (
+                "fencegate_checks_admitted_total",
+                "counter",
+                "Fencing checks that passed: the statement behind them ran.",
+                &f.admitted,
+            ),
+        ];
+        for (name, kind, help, value) in single {
+            metric(name, kind, help, &[("", get(value))]);
+        }
         metric(
             "fencegate_rejections_total",
             "counter",

@@ -130,31 +130,28 @@ pub fn error_response(
 /// An ErrorResponse or NoticeResponse (`tag`) rebuilt from `body` with one field's value
 /// replaced; every other field is copied byte for byte.
 pub fn replace_field(tag: u8, body: &[u8], field: u8, value: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 16);
-    out.extend_from_slice(&[tag, 0, 0, 0, 0]);
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let Some(nul) = after.iter().position(|&b| b == 0) else {
-            break;
-        };
-        out.extend_from_slice(&[code]);
-        out.extend_from_slice(if code == field { value } else { &after[..nul] });
-        out.extend_from_slice(&[0]);
-        rest = &after[nul + 1..];
-    }
-    out.extend_from_slice(&[0]);
-    let len = (out.len() - 1) as i32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    out.freeze()
+    rebuild_fields(tag, body, 16, |code, old| {
+        Some(if code == field { value } else { old })
+    })
 }
 
 /// An ErrorResponse or NoticeResponse (`tag`) rebuilt from `body` without the fields whose
 /// codes are in `drop`; every other field is copied byte for byte, in order.
 pub fn without_fields(tag: u8, body: &[u8], drop: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 5);
+    rebuild_fields(tag, body, 0, |code, old| {
+        (!drop.contains(&code)).then_some(old)
+    })
+}
+
+/// Rebuilds the fields of an ErrorResponse or NoticeResponse body in order: `field` gives
+/// each field's new value, or `None` to leave it out. Stops at a field without its NUL.
+fn rebuild_fields<'a>(
+    tag: u8,
+    body: &'a [u8],
+    extra: usize,
+    mut field: impl FnMut(u8, &'a [u8]) -> Option<&'a [u8]>,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 5 + extra);
     out.extend_from_slice(&[tag, 0, 0, 0, 0]);
     let mut rest = body;
     while let Some((&code, after)) = rest.split_first() {
@@ -164,9 +161,10 @@ pub fn without_fields(tag: u8, body: &[u8], drop: &[u8]) -> Bytes {
         let Some(nul) = memchr::memchr(0, after) else {
             break;
         };
-        if !drop.contains(&code) {
+        if let Some(value) = field(code, &after[..nul]) {
             out.extend_from_slice(&[code]);
-            out.extend_from_slice(&after[..=nul]);
+            out.extend_from_slice(value);
+            out.extend_from_slice(&[0]);
         }
         rest = &after[nul + 1..];
     }

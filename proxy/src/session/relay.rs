@@ -71,13 +71,43 @@ pub struct Relay {
     copy_rest: usize,
     client_eof: bool,
     server_eof: bool,
-    fatal_forwarded: bool,
-    /// The client sent Terminate: the server closing next is the normal end.
-    terminated: bool,
+    /// What the server closing its connection would mean now.
+    server_close: ServerClose,
     draining: bool,
     /// The session's log span, entered only around the relay's own log lines.
     span: tracing::Span,
     desync_reported: bool,
+}
+
+/// What the server closing its connection means, by what came before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerClose {
+    /// Nothing announced it: the client must be told.
+    Unexpected,
+    /// The client already got the server's FATAL.
+    AfterFatal,
+    /// The client sent Terminate: the normal end, whatever else came.
+    AfterTerminate,
+}
+
+impl ServerClose {
+    fn fatal_forwarded(&mut self) {
+        if *self == ServerClose::Unexpected {
+            *self = ServerClose::AfterFatal;
+        }
+    }
+
+    fn end(self) -> End {
+        match self {
+            ServerClose::AfterTerminate => End::ClientClosed,
+            ServerClose::AfterFatal => End::ServerClosed {
+                fatal_forwarded: true,
+            },
+            ServerClose::Unexpected => End::ServerClosed {
+                fatal_forwarded: false,
+            },
+        }
+    }
 }
 
 /// Which directions of a session said Pending during one [`Relay::poll_run`].
@@ -116,8 +146,7 @@ impl Relay {
             copy_rest: 0,
             client_eof: false,
             server_eof: false,
-            fatal_forwarded: false,
-            terminated: false,
+            server_close: ServerClose::Unexpected,
             draining: false,
             span,
             desync_reported: false,
@@ -197,14 +226,7 @@ impl Relay {
                 return Poll::Ready(Ok(End::ClientClosed));
             }
             if self.server_eof && self.to_client.is_empty() {
-                let end = if self.terminated {
-                    End::ClientClosed
-                } else {
-                    End::ServerClosed {
-                        fatal_forwarded: self.fatal_forwarded,
-                    }
-                };
-                return Poll::Ready(Ok(end));
+                return Poll::Ready(Ok(self.server_close.end()));
             }
             if !self.client_eof && !pending.client_read && self.to_server.len() < HIGH_WATER {
                 self.client.reserve_for_read();
@@ -296,7 +318,9 @@ impl Relay {
                 Some((_, rewrite)) => self.tracker.rewritten_query(std::mem::take(rewrite)),
                 None => self.tracker.client_message(&msg, Action::Forward),
             }
-            self.terminated |= info.tag == fe::TERMINATE;
+            if info.tag == fe::TERMINATE {
+                self.server_close = ServerClose::AfterTerminate;
+            }
             if !self.injected.is_empty() || replacement.is_some() {
                 self.to_server.push(take(&mut self.client.rbuf, run));
                 for (bytes, _) in self.injected.drain(..) {
@@ -412,7 +436,7 @@ impl Relay {
             match (route, reworded) {
                 (Route::Forward | Route::InjectedError, None) => {
                     if info.tag == be::ERROR_RESPONSE && be::is_fatal(body) {
-                        self.fatal_forwarded = true;
+                        self.server_close.fatal_forwarded();
                     }
                     run += info.total_len;
                 }
