@@ -494,3 +494,6 @@ impl FenceHook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

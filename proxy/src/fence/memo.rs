@@ -23,12 +23,18 @@ use crate::sql::classify::Kind;
 ///   transaction).
 ///
 /// A check the proxy does send again is still correct, and costs PostgreSQL only the fast
-/// path (the transaction holds the locks already and reads H equal to the token).
+/// path (the transaction holds the locks already and reads H equal to the token). So the
+/// memo keeps at most [`MAX_REMEMBERED`] fences: a transaction touching more resources
+/// gets the later ones checked at each statement, and a Query naming thousands of
+/// resources costs the proxy linear time, not quadratic.
 ///
 /// It also keeps the settings a settings check admitted in the transaction (see
 /// `super::settings_memo`). That memo is learned from the check's row, which arrives after
 /// later messages may have been sent: it is taken only when nothing was forgotten since the
 /// check was sent (the same `epoch`).
+/// The most fences [`Admitted`] keeps per transaction.
+pub const MAX_REMEMBERED: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct Admitted {
     fences: Vec<Fence>,
@@ -62,7 +68,7 @@ impl Admitted {
 
     /// A check for `fence` is being sent.
     pub fn record(&mut self, fence: &Fence) {
-        if !self.contains(fence) {
+        if self.fences.len() < MAX_REMEMBERED && !self.contains(fence) {
             self.fences.push(fence.clone());
         }
     }
@@ -140,6 +146,21 @@ mod tests {
             resource: "r".into(),
             token,
         }
+    }
+
+    #[test]
+    fn the_record_is_bounded_and_keeps_what_came_first() {
+        let mut m = Admitted::default();
+        let many: Vec<Fence> = (0..=MAX_REMEMBERED as i64).map(fence).collect();
+        for f in &many {
+            m.record(f);
+        }
+        assert!(m.contains(&many[0]));
+        assert!(m.contains(&many[MAX_REMEMBERED - 1]));
+        assert!(
+            !m.contains(&many[MAX_REMEMBERED]),
+            "past the bound: checked again"
+        );
     }
 
     #[test]

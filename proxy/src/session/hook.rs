@@ -143,3 +143,37 @@ impl Injector<'_> {
         }
     }
 }
+
+/// The session's side of an [`Injector`], for running a hook without a session (its unit
+/// tests): set the state the relay would report, hand [`Injected::injector`] to
+/// [`SessionHook::before_client_message`], then read what the hook queued, replaced or
+/// refused.
+#[derive(Default)]
+pub struct Injected {
+    /// Messages queued ahead of the client's, with their actions.
+    pub queued: Vec<(Bytes, Action)>,
+    /// The hook ended the session instead.
+    pub abort: Option<Refusal>,
+    /// The Query that replaces the client's, and what was inserted into it.
+    pub replacement: Option<(Bytes, Rewrite)>,
+    /// The last ReadyForQuery's status.
+    pub status: TxStatus,
+    /// A ReadyForQuery still to come may change `status`.
+    pub awaiting_ready: bool,
+    /// Reply tracking is lost: injection is refused.
+    pub desynchronized: bool,
+}
+
+impl Injected {
+    /// The injector a hook writes into.
+    pub fn injector(&mut self) -> Injector<'_> {
+        Injector {
+            queued: &mut self.queued,
+            abort: &mut self.abort,
+            replacement: &mut self.replacement,
+            status: self.status,
+            awaiting_ready: self.awaiting_ready,
+            desynchronized: self.desynchronized,
+        }
+    }
+}
