@@ -6,6 +6,9 @@ use super::Fence;
 use crate::protocol::backend::TxStatus;
 use crate::sql::classify::Kind;
 
+/// The most fences [`Admitted`] keeps per transaction.
+pub const MAX_REMEMBERED: usize = 64;
+
 /// The (resource, token) checks this session sent in its current transaction, so that the
 /// next statement with the same token does not carry the check again. The check holds the
 /// resource's lock until the transaction ends, and a failed check aborts the transaction,
@@ -32,9 +35,6 @@ use crate::sql::classify::Kind;
 /// `super::settings_memo`). That memo is learned from the check's row, which arrives after
 /// later messages may have been sent: it is taken only when nothing was forgotten since the
 /// check was sent (the same `epoch`).
-/// The most fences [`Admitted`] keeps per transaction.
-pub const MAX_REMEMBERED: usize = 64;
-
 #[derive(Debug, Default)]
 pub struct Admitted {
     fences: Vec<Fence>,
