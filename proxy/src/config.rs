@@ -110,7 +110,7 @@ pub enum UpstreamAddr {
 }
 
 /// The proxy's settings. Every field has a documented default; unknown keys are an error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
@@ -164,6 +164,9 @@ pub struct Config {
     pub worker_threads: usize,
     /// Where to serve Prometheus metrics (`GET /metrics`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// What is logged: a `tracing` filter such as `info` or `fencegate=debug,info`. Default:
+    /// the `FENCEGATE_LOG` environment variable, else `info`.
+    pub log_level: Option<String>,
 }
 
 impl Default for Config {
@@ -187,6 +190,7 @@ impl Default for Config {
             require_token_tables: Vec::new(),
             worker_threads: DEFAULT_WORKER_THREADS,
             metrics_listen: None,
+            log_level: None,
         }
     }
 }
@@ -194,6 +198,15 @@ impl Default for Config {
 /// A configuration that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `log_level` is not a tracing filter.
+    #[error("log_level {level:?}: {source}")]
+    LogLevel {
+        /// The value given.
+        level: String,
+        /// Why it does not parse.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
     /// The named config file could not be read (a named file that is missing is an error).
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -240,6 +253,14 @@ impl Config {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
+        }
+        if let Some(level) = &self.log_level {
+            if let Err(source) = tracing_subscriber::EnvFilter::try_new(level) {
+                return Err(ConfigError::LogLevel {
+                    level: level.clone(),
+                    source,
+                });
+            }
         }
         if self.max_startup_connections == 0 {
             return invalid("max_startup_connections must be at least 1");

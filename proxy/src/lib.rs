@@ -22,6 +22,7 @@
 //!   its own messages and hide their results. Knows fencing only through its hook trait.
 //! - [`workers`]: the session threads, one single-threaded runtime each.
 //! - [`server`]: the accept loop, the connection limit and the shutdown drain.
+//! - [`reload`]: what a SIGHUP changes while serving, and what needs a restart.
 //! - [`metrics`]: the Prometheus endpoint (connection counts, fencing counters, check
 //!   latency).
 //! - [`demo`]: `fencegate demo`, the FM12 scenario directly and through the proxy, and
@@ -40,6 +41,7 @@ pub mod error;
 pub mod fence;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod session;

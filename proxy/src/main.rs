@@ -16,6 +16,9 @@ use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -74,7 +77,7 @@ struct RequireArgs {
 /// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
 /// named by `--config` (key = flag name with `_`); flags win over the environment, which
 /// wins over the file.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// TOML config file; a named file that is missing is an error.
     #[arg(long, env = "FENCEGATE_CONFIG")]
@@ -141,6 +144,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 [default: off].
     #[arg(long, env = "FENCEGATE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// What is logged, as a tracing filter (`info`, `debug`, `fencegate=debug,info`)
+    /// [default: $FENCEGATE_LOG, else info].
+    #[arg(long, env = "FENCEGATE_LOG_LEVEL")]
+    log_level: Option<String>,
 }
 
 impl ServeArgs {
@@ -182,23 +189,38 @@ impl ServeArgs {
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }
+        if self.log_level.is_some() {
+            c.log_level = self.log_level;
+        }
         c.validate()?;
         Ok(c)
     }
 }
 
+/// Changes what is logged while serving.
+type LogHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter: `log_level` when set, else `$FENCEGATE_LOG`, else `info`.
+fn log_filter(level: Option<&str>) -> EnvFilter {
+    match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| "info".into()),
+        None => EnvFilter::try_from_env("FENCEGATE_LOG").unwrap_or_else(|_| "info".into()),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FENCEGATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+    let (filter, log) = tracing_subscriber::reload::Layer::new(log_filter(None));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args.into_config()?),
+        Command::Serve(args) => serve(*args, log),
         Command::Migrate(args) => migrate(&args.database_url, &args.grant),
         Command::Require(args) => require(&args),
         Command::Demo => demo(),
@@ -251,7 +273,11 @@ fn require(args: &RequireArgs) -> anyhow::Result<()> {
     })
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, log: LogHandle) -> anyhow::Result<()> {
+    let config = args.clone().into_config()?;
+    if config.log_level.is_some() {
+        let _ = log.reload(log_filter(config.log_level.as_deref()));
+    }
     // Accepting and signals on this thread; sessions here too with one worker thread, or on
     // their own threads (see `fencegate::workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -259,22 +285,55 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Before anything is served: from here on SIGHUP reloads instead of terminating.
+        let reloads = reload_on_hangup(args, log)?;
         let listeners = fencegate::server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
         let stats = Arc::new(FenceStats::default());
         let hooks = FenceHooks::new(FencePolicy::from_config(&config), stats.clone());
         let metrics = Arc::new(Metrics::new(stats));
-        fencegate::server::run(
+        fencegate::server::run_reloading(
             listeners,
             Arc::new(config),
             Arc::new(hooks),
             metrics,
             shutdown,
+            Some(reloads),
         )
         .await?;
         Ok(())
     })
+}
+
+/// On every SIGHUP, reads the settings again (the flags and environment as at start, the
+/// config file anew), applies the log level, and hands the rest to the server; settings
+/// that do not validate are refused with a log line and the running ones stay.
+fn reload_on_hangup(
+    args: ServeArgs,
+    log: LogHandle,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the settings again");
+            match args.clone().into_config() {
+                Ok(config) => {
+                    let _ = log.reload(log_filter(config.log_level.as_deref()));
+                    if tx.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "reload refused: the running settings stay"
+                ),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn signal_shutdown(token: CancellationToken) {

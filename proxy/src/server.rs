@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,6 +56,20 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    run_reloading(listeners, config, hooks, metrics, shutdown, None).await
+}
+
+/// [`run`], also applying each new set of settings that arrives on `reloads` (see
+/// [`crate::reload`]).
+pub async fn run_reloading(
+    listeners: Listeners,
+    config: Arc<Config>,
+    hooks: Arc<dyn HookFactory>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    mut reloads: Option<UnboundedReceiver<Config>>,
+) -> Result<(), ServerError> {
+    let mut running = (*config).clone();
     let Listeners {
         clients: listener,
         metrics: metrics_listener,
@@ -73,11 +87,11 @@ pub async fn run(
     }
     let shared = Arc::new(Shared {
         upstream: Upstream::new(&config)?,
-        tls: crate::tls::acceptor(&config)?,
+        tls: std::sync::RwLock::new(crate::tls::acceptor(&config)?),
         hooks,
         config: config.clone(),
         signals: Arc::new(Signals::default()),
-        sessions: Arc::new(Semaphore::new(config.max_connections)),
+        sessions: session::limit::SessionLimit::new(config.max_connections),
         opening: session::opening::OpeningSlots::new(config.max_startup_connections),
         buffers: session::budget::BufferBudget::new(config.max_buffered_bytes),
     });
@@ -97,6 +111,13 @@ pub async fn run(
                 }
             },
             () = shutdown.cancelled() => break,
+            new = recv(&mut reloads), if reloads.is_some() => {
+                match new {
+                    Some(new) => running = crate::reload::apply(&shared, &running, new),
+                    None => reloads = None,
+                }
+                continue;
+            }
         };
         let shared = shared.clone();
         let counted = metrics.connection_opened();
@@ -121,6 +142,13 @@ pub async fn run(
     }
     workers.shutdown().await;
     Ok(())
+}
+
+async fn recv(reloads: &mut Option<UnboundedReceiver<Config>>) -> Option<Config> {
+    match reloads {
+        Some(r) => r.recv().await,
+        None => None,
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! settings it remembers what the first check admitted, and later statements carry only a
 //! comparison that PostgreSQL makes (see [`settings_memo`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use dashmap::DashSet;
@@ -35,6 +35,7 @@ use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::settings_memo;
 use super::stats::FenceStats;
+use crate::config::Config;
 use crate::protocol::backend::{self as be, error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
 use crate::protocol::frontend::{self as fe, FrontendMessage, Target};
@@ -63,7 +64,8 @@ const TRACKING_LOST: &str =
 
 /// Makes a [`FenceHook`] for every session.
 pub struct FenceHooks {
-    policy: Arc<FencePolicy>,
+    /// The policy new sessions follow (a reload replaces it).
+    policy: RwLock<Arc<FencePolicy>>,
     stats: Arc<FenceStats>,
     cache: Arc<HighWaterCache>,
     schemas: Arc<DashSet<String>>,
@@ -73,7 +75,7 @@ impl FenceHooks {
     /// Hooks applying `policy`, counting into `stats`.
     pub fn new(policy: FencePolicy, stats: Arc<FenceStats>) -> Self {
         FenceHooks {
-            policy: Arc::new(policy),
+            policy: RwLock::new(Arc::new(policy)),
             stats,
             cache: Arc::new(HighWaterCache::default()),
             schemas: Arc::new(DashSet::new()),
@@ -95,7 +97,11 @@ impl HookFactory for FenceHooks {
         let rules = ReadingRules::at_startup(startup.param("client_encoding"));
         Some(Box::new(FenceHook {
             rules,
-            policy: self.policy.clone(),
+            policy: self
+                .policy
+                .read()
+                .map(|p| p.clone())
+                .unwrap_or_else(|p| p.into_inner().clone()),
             stats: self.stats.clone(),
             cache: self.cache.clone(),
             schema_known: self.schemas.contains(&database),
@@ -107,6 +113,14 @@ impl HookFactory for FenceHooks {
             last_parse: None,
             last_comment: LastComment::default(),
         }))
+    }
+
+    fn reconfigure(&self, config: &Config) {
+        let policy = Arc::new(FencePolicy::from_config(config));
+        match self.policy.write() {
+            Ok(mut current) => *current = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
     }
 }
 

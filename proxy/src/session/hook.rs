@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::config::Config;
 use crate::error::Refusal;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::framing::peek_tagged;
@@ -21,6 +22,11 @@ pub trait HookFactory: Send + Sync + 'static {
     /// Called once the client's StartupMessage is known, before authentication.
     /// `None` means the session needs no hook (the relay then skips the call entirely).
     fn session_hook(&self, startup: &StartupMessage) -> Option<Box<dyn SessionHook>>;
+
+    /// The settings changed (a reload): sessions that start from now on follow `config`.
+    fn reconfigure(&self, config: &Config) {
+        let _ = config;
+    }
 }
 
 /// Per-session policy called for each client message.

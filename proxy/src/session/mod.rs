@@ -8,6 +8,7 @@
 //! - [`conn`] and [`outbox`]: read buffers and write queues.
 //! - [`opening`]: the budget of connections before their startup packet.
 //! - [`budget`]: the memory all sessions may hold in unfinished client messages.
+//! - [`limit`]: how many sessions may be open (`max_connections`, changed by a reload).
 //!
 //! One server connection per client connection (session mode). The client's StartupMessage
 //! and every later message go upstream as the client sent them; BackendKeyData reaches the
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod conn;
 pub mod handshake;
 pub mod hook;
+pub mod limit;
 pub mod opening;
 pub mod outbox;
 pub mod relay;
@@ -24,11 +26,10 @@ pub mod replies;
 pub mod signals;
 
 use std::future::{poll_fn, Future};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::Poll;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, Span};
 
@@ -53,14 +54,14 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// How to reach the server.
     pub upstream: Upstream,
-    /// Client TLS, when configured.
-    pub tls: Option<TlsAcceptor>,
+    /// Client TLS, when configured (a reload may replace it).
+    pub tls: RwLock<Option<TlsAcceptor>>,
     /// Makes the per-session hook.
     pub hooks: Arc<dyn HookFactory>,
     /// Shutdown signals for the sessions.
     pub signals: Arc<Signals>,
     /// Places for sessions (`max_connections`).
-    pub sessions: Arc<Semaphore>,
+    pub sessions: Arc<limit::SessionLimit>,
     /// Places for connections before their startup packet (`max_startup_connections`).
     pub opening: opening::OpeningSlots,
     /// Memory for unfinished client messages, across sessions (`max_buffered_bytes`).
@@ -95,10 +96,11 @@ async fn open(
     tcp: TcpStream,
     shared: &Shared,
     span: Span,
-) -> Result<Option<(Relay, OwnedSemaphorePermit)>, SessionError> {
+) -> Result<Option<(Relay, limit::SessionPlace)>, SessionError> {
     let slot = shared.opening.enter();
     let client_ip = tcp.peer_addr().map(|a| a.ip()).ok();
-    let negotiation = handshake::negotiate(tcp, shared.tls.as_ref());
+    let tls = shared.tls.read().map(|tls| tls.clone()).unwrap_or_default();
+    let negotiation = handshake::negotiate(tcp, tls.as_ref());
     let negotiated = tokio::select! {
         negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiation) => negotiated,
         () = slot.evicted.cancelled() => {
@@ -116,7 +118,7 @@ async fn open(
         }
         Opening::Startup { packet, message } => (packet, message),
     };
-    let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
+    let Some(permit) = shared.sessions.try_enter() else {
         return Err(fatal(&mut client, Refusal::TooManyClients.into()).await);
     };
     tracing::debug!(

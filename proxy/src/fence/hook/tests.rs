@@ -150,3 +150,27 @@ fn a_query_too_large_once_checked_is_refused_whole() {
     );
     assert!(text.contains("ERRCODE = '55Z02'"), "{text:.300}");
 }
+
+#[test]
+fn a_reload_changes_the_policy_of_sessions_that_start_after_it() {
+    let hooks = FenceHooks::new(
+        FencePolicy::from_config(&Config::default()),
+        Arc::new(FenceStats::default()),
+    );
+    let startup = StartupMessage {
+        major: 3,
+        minor: 0,
+        params: vec![("user".into(), "app".into())],
+    };
+    let read = format!("SELECT v FROM t {TOKEN_COMMENT}");
+    let mut before = hooks.session_hook(&startup).unwrap();
+    hooks.reconfigure(&Config {
+        fence_mode: crate::config::FenceMode::Writes,
+        ..Config::default()
+    });
+    let mut after = hooks.session_hook(&startup).unwrap();
+    let checked = query(&mut *before, &read, Injected::default());
+    assert!(checked.replacement.is_some(), "open session: reads still checked");
+    let unchecked = query(&mut *after, &read, Injected::default());
+    assert!(unchecked.replacement.is_none(), "new session: fence_mode = writes");
+}

@@ -1,0 +1,198 @@
+//! SIGHUP reloads the settings of a running `fencegate serve` instead of ending it: the
+//! live settings change (max_connections, log_level), the others are refused with a log
+//! line naming them, a file that does not parse is refused, and open sessions stay.
+//!
+//! Runs the real binary against a stand-in upstream that accepts connections and never
+//! answers (a session then holds its place while it waits for the server), so no
+//! PostgreSQL is needed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An upstream that accepts and keeps every connection, silent, counting them.
+fn silent_upstream() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for conn in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            kept.push(conn);
+        }
+    });
+    (port, accepted)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The proxy process and every line it logged so far.
+struct Proxy {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(config: &Path) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fencegate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("FENCEGATE_LOG")
+            .env_remove("FENCEGATE_LOG_LEVEL")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fencegate");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Proxy { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn logged(&self, needle: &[&str]) -> bool {
+        let log = self.log.lock().unwrap();
+        log.iter().any(|l| needle.iter().all(|n| l.contains(n)))
+    }
+
+    fn wait_logged(&self, needle: &[&str]) {
+        wait_for(&format!("a log line with {needle:?}"), || {
+            self.logged(needle)
+        });
+    }
+
+    fn assert_running(&mut self) {
+        let status = self.child.try_wait().expect("try_wait");
+        assert!(
+            status.is_none(),
+            "fencegate exited: {status:?}; log: {:#?}",
+            self.log.lock().unwrap()
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn startup(port: u16) -> TcpStream {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let params = b"user\0app\0database\0app\0\0";
+    let len = (8 + params.len()) as i32;
+    let mut packet = len.to_be_bytes().to_vec();
+    packet.extend_from_slice(&196608i32.to_be_bytes());
+    packet.extend_from_slice(params);
+    conn.write_all(&packet).expect("startup");
+    conn
+}
+
+/// The SQLSTATE of the ErrorResponse the proxy answers with, if it answers within 2 s.
+fn answered_sqlstate(conn: &mut TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = Vec::new();
+    let _ = conn.read_to_end(&mut buf);
+    let at = buf.windows(2).position(|w| w == b"\0C".as_slice())?;
+    Some(String::from_utf8_lossy(&buf[at + 2..at + 7]).into_owned())
+}
+
+fn write_config(path: &Path, body: &str) {
+    std::fs::write(path, body).expect("write config");
+}
+
+#[test]
+fn sighup_reloads_live_settings_and_refuses_the_rest() {
+    let dir = std::env::temp_dir().join(format!("fencegate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("fencegate.toml");
+    let (upstream, accepted) = silent_upstream();
+    let port = free_port();
+    let base = format!("listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n");
+    write_config(&config, &format!("{base}max_connections = 1\n"));
+    let mut proxy = Proxy::start(&config);
+    proxy.wait_logged(&["fencegate serving"]);
+
+    // One place: the first session holds it while the server stays silent.
+    let _first = startup(port);
+    wait_for("the first session upstream", || {
+        accepted.load(Ordering::SeqCst) == 1
+    });
+    let mut refused = startup(port);
+    assert_eq!(answered_sqlstate(&mut refused).as_deref(), Some("53300"));
+
+    // Raise the limit, ask for debug logs, and try to move the listener.
+    let moved = free_port();
+    write_config(
+        &config,
+        &format!(
+            "listen = \"127.0.0.1:{moved}\"\nupstream = \"127.0.0.1:{upstream}\"\nmax_connections = 2\nlog_level = \"debug\"\n"
+        ),
+    );
+    proxy.signal("HUP");
+    proxy.wait_logged(&["reload: changed", "max_connections"]);
+    proxy.wait_logged(&["listen cannot change while serving"]);
+    proxy.assert_running();
+    let _second = startup(port);
+    wait_for("a second session under the raised limit", || {
+        accepted.load(Ordering::SeqCst) == 2
+    });
+    assert!(
+        TcpStream::connect(("127.0.0.1", moved)).is_err(),
+        "the listener did not move"
+    );
+    // Debug lines now show: a connection that leaves before its startup packet.
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    proxy.wait_logged(&["DEBUG", "session closed"]);
+
+    // A file that does not parse changes nothing.
+    write_config(&config, "max_connections = = 1\n");
+    proxy.signal("HUP");
+    proxy.wait_logged(&["reload refused"]);
+    proxy.assert_running();
+    let mut third = startup(port);
+    assert_eq!(
+        answered_sqlstate(&mut third).as_deref(),
+        Some("53300"),
+        "still 2 places, both held"
+    );
+
+    proxy.signal("TERM");
+    wait_for("fencegate to exit", || {
+        matches!(proxy.child.try_wait(), Ok(Some(_)))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
