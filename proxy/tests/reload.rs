@@ -5,6 +5,7 @@
 //! Runs the real binary against a stand-in upstream that accepts connections and never
 //! answers (a session then holds its place while it waits for the server), so no
 //! PostgreSQL is needed.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -170,7 +170,13 @@ fn a_reload_changes_the_policy_of_sessions_that_start_after_it() {
     });
     let mut after = hooks.session_hook(&startup).unwrap();
     let checked = query(&mut *before, &read, Injected::default());
-    assert!(checked.replacement.is_some(), "open session: reads still checked");
+    assert!(
+        checked.replacement.is_some(),
+        "open session: reads still checked"
+    );
     let unchecked = query(&mut *after, &read, Injected::default());
-    assert!(unchecked.replacement.is_none(), "new session: fence_mode = writes");
+    assert!(
+        unchecked.replacement.is_none(),
+        "new session: fence_mode = writes"
+    );
 }
