@@ -41,6 +41,9 @@ enum Command {
     /// current token: a trigger, so it holds however the write reaches the table, through
     /// the proxy or around it. Without TABLE: list the tables that require a token.
     Require(RequireArgs),
+    /// Show each resource's high-water mark, when it last rose, its lease holder, and the
+    /// sessions holding its fence lock now (pid, client, state, token, transaction age).
+    Fences(FencesArgs),
     /// Start a throwaway PostgreSQL and the proxy, and show a stale lock holder's write
     /// landing directly and rejected through fencegate (exit status 0 when it is).
     Demo,
@@ -72,6 +75,20 @@ struct RequireArgs {
     /// inheritance children are included.
     #[arg(value_name = "TABLE")]
     tables: Vec<String>,
+}
+
+#[derive(Args)]
+struct FencesArgs {
+    /// The database, e.g. postgres://monitor@127.0.0.1:5432/app: connect directly to
+    /// PostgreSQL as a member of pg_monitor (or a superuser), after `fencegate migrate`.
+    #[arg(long, env = "FENCEGATE_DATABASE_URL")]
+    database_url: String,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only this resource.
+    #[arg(value_name = "RESOURCE")]
+    resource: Option<String>,
 }
 
 /// Every flag can also be set by its `FENCEGATE_*` environment variable or in the TOML file
@@ -223,6 +240,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args, log),
         Command::Migrate(args) => migrate(&args.database_url, &args.grant),
         Command::Require(args) => require(&args),
+        Command::Fences(args) => fences(&args),
         Command::Demo => demo(),
     }
 }
@@ -248,6 +266,20 @@ fn migrate(url: &str, grant: &[String]) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn fences(args: &FencesArgs) -> anyhow::Result<()> {
+    use fencegate::schema::fences;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let resources = runtime.block_on(fences::read(&args.database_url, args.resource.as_deref()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resources)?);
+    } else if resources.is_empty() {
+        println!("no resource has been fenced yet");
+    } else {
+        print!("{}", fences::render_text(&resources));
+    }
+    Ok(())
 }
 
 fn require(args: &RequireArgs) -> anyhow::Result<()> {

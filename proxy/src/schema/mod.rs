@@ -1,12 +1,13 @@
 //! The database side of fencing: the `fencegate` schema, the authority for every fencing
 //! decision, and the administrative commands that install and shape it. The SQL lives in
-//! `schema.sql`, `require.sql` and `owners.sql` beside this file (read it there: it is the
+//! `schema.sql`, `require.sql`, `views.sql` and `owners.sql` beside this file (read it there: it is the
 //! code PostgreSQL runs); the design and the argument for why G1-G7 hold, case by case, are
 //! in docs/fencing.md.
 //!
 //! - [`admin`]: direct connections of the administrative commands and their errors.
 //! - [`migrate`]: installing the schema (`fencegate migrate`).
 //! - [`require`]: tables that refuse writes without a token (`fencegate require`).
+//! - [`fences`]: the operator's view of every resource (`fencegate fences`).
 //!
 //! The proxy side (which statements carry a token, what it sends) is [`crate::fence`]; the
 //! two meet only in the SQL the proxy sends and the SQLSTATEs listed here.
@@ -19,18 +20,20 @@
 //! xmax, so REPEATABLE READ and SERIALIZABLE transactions need no row lock.
 
 pub mod admin;
+pub mod fences;
 pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
 /// and the lease service (`schema.sql`), the tables that require a token (`require.sql`),
-/// then the ownership of everything (`owners.sql`).
+/// the operator's views (`views.sql`), then the ownership of everything (`owners.sql`).
 pub const INSTALL: &str = concat!(
     include_str!("schema.sql"),
     include_str!("require.sql"),
+    include_str!("views.sql"),
     include_str!("owners.sql")
 );
 

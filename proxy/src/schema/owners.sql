@@ -32,6 +32,8 @@ ALTER SCHEMA fencegate OWNER TO fencegate_owner;
 ALTER TABLE fencegate.meta OWNER TO fencegate_owner;
 ALTER TABLE fencegate.fence OWNER TO fencegate_owner;
 ALTER TABLE fencegate.lease OWNER TO fencegate_owner;
+ALTER VIEW fencegate.fences OWNER TO fencegate_owner;
+ALTER VIEW fencegate.holders OWNER TO fencegate_owner;
 DO $own$
 DECLARE
     f regprocedure;

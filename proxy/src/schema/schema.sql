@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 6: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 7: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -513,6 +513,6 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '6')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '7')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
