@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -317,14 +318,14 @@ fn serve(args: ServeArgs, log: LogHandle) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let stats = Arc::new(FenceStats::default());
+        let metrics = Arc::new(Metrics::new(stats.clone()));
         // Before anything is served: from here on SIGHUP reloads instead of terminating.
-        let reloads = reload_on_hangup(args, log)?;
+        let reloads = reload_on_hangup(args, log, metrics.clone())?;
         let listeners = fencegate::server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        let stats = Arc::new(FenceStats::default());
-        let hooks = FenceHooks::new(FencePolicy::from_config(&config), stats.clone());
-        let metrics = Arc::new(Metrics::new(stats));
+        let hooks = FenceHooks::new(FencePolicy::from_config(&config), stats);
         fencegate::server::run_reloading(
             listeners,
             Arc::new(config),
@@ -344,6 +345,7 @@ fn serve(args: ServeArgs, log: LogHandle) -> anyhow::Result<()> {
 fn reload_on_hangup(
     args: ServeArgs,
     log: LogHandle,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -358,10 +360,13 @@ fn reload_on_hangup(
                         return;
                     }
                 }
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "reload refused: the running settings stay"
-                ),
+                Err(e) => {
+                    metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "reload refused: the running settings stay"
+                    )
+                }
             }
         }
     });

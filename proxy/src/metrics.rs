@@ -1,17 +1,18 @@
 //! The Prometheus metrics endpoint: `GET /metrics` on `--metrics-listen`, in the text
-//! exposition format (version 0.0.4).
+//! exposition format (version 0.0.4), and `GET /status`, the same live state as one JSON
+//! object for people and scripts.
 //!
 //! The figures are relaxed atomics that the sessions update as they go (connection counts
 //! here, fencing counters and the check-latency histogram in [`FenceStats`]); a scrape only
 //! reads them. The HTTP side is deliberately small: one request per connection, the request
 //! head capped at 8 KiB and 5 seconds, at most 16 scrapes at once (more are closed
-//! unanswered), `GET`/`HEAD` of `/metrics` answered, anything else refused with a status
+//! unanswered), `GET`/`HEAD` of `/metrics` and `/status` answered, anything else refused with a status
 //! line. No HTTP crate is needed for that, and none runs on the sessions' threads.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,8 +36,16 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     /// Client connections accepted since the start.
     pub connections_total: AtomicU64,
+    /// The session limit in force (`max_connections`; a reload may change it).
+    pub max_connections: AtomicU64,
+    /// Reloads whose settings were put into effect.
+    pub reloads_applied: AtomicU64,
+    /// Reloads refused because the settings did not read or validate.
+    pub reloads_refused: AtomicU64,
     /// Fencing counters and check latency.
     pub fence: Arc<FenceStats>,
+    /// When the proxy started serving.
+    started: Option<Instant>,
 }
 
 impl Metrics {
@@ -44,6 +53,7 @@ impl Metrics {
     pub fn new(fence: Arc<FenceStats>) -> Self {
         Metrics {
             fence,
+            started: Some(Instant::now()),
             ..Metrics::default()
         }
     }
@@ -66,12 +76,18 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let single: [(&str, &str, &str, &AtomicU64); 4] = [
+        let single: [(&str, &str, &str, &AtomicU64); 5] = [
             (
                 "fencegate_client_connections_open",
                 "gauge",
                 "Client connections being served.",
                 &self.connections_open,
+            ),
+            (
+                "fencegate_client_connections_limit",
+                "gauge",
+                "Client connections that may be served at once (max_connections).",
+                &self.max_connections,
             ),
             (
                 "fencegate_client_connections_total",
@@ -105,6 +121,15 @@ impl Metrics {
                 ("{reason=\"not_installed\"}", get(&f.not_installed)),
             ],
         );
+        metric(
+            "fencegate_reloads_total",
+            "counter",
+            "Reloads (SIGHUP) by result: applied, or refused because the settings did not read or validate.",
+            &[
+                ("{result=\"applied\"}", get(&self.reloads_applied)),
+                ("{result=\"refused\"}", get(&self.reloads_refused)),
+            ],
+        );
         let (cumulative, count, sum) = f.check_seconds.snapshot();
         let name = "fencegate_check_duration_seconds";
         let _ = writeln!(
@@ -118,6 +143,37 @@ impl Metrics {
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
         out
+    }
+}
+
+impl Metrics {
+    /// The live state as one JSON object (`GET /status`).
+    pub fn status_json(&self) -> String {
+        let f = &*self.fence;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.map_or(0, |t| t.elapsed().as_secs()),
+            "sessions": {
+                "open": get(&self.connections_open),
+                "limit": get(&self.max_connections),
+                "accepted_total": get(&self.connections_total),
+            },
+            "checks": {
+                "sent_total": get(&f.checks),
+                "admitted_total": get(&f.admitted),
+            },
+            "rejections": {
+                "stale": get(&f.stale),
+                "invalid": get(&f.invalid),
+                "not_installed": get(&f.not_installed),
+            },
+            "reloads": {
+                "applied": get(&self.reloads_applied),
+                "refused": get(&self.reloads_refused),
+            },
+        })
+        .to_string()
     }
 }
 
@@ -207,22 +263,33 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
         origin_form(path)
     });
     match (method, path) {
-        (b"GET" | b"HEAD", Some(b"/metrics")) => {
-            let body = metrics.render();
-            let mut out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            if method == b"GET" {
-                out.extend_from_slice(body.as_bytes());
-            }
-            out
+        (b"GET" | b"HEAD", Some(b"/metrics")) => ok(
+            method,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &metrics.render(),
+        ),
+        (b"GET" | b"HEAD", Some(b"/status")) => {
+            ok(method, "application/json", &metrics.status_json())
         }
-        (_, Some(b"/metrics")) => status_only("405 Method Not Allowed\r\nAllow: GET, HEAD"),
+        (_, Some(b"/metrics" | b"/status")) => {
+            status_only("405 Method Not Allowed\r\nAllow: GET, HEAD")
+        }
         (_, Some(_)) => status_only("404 Not Found"),
         (_, None) => status_only("400 Bad Request"),
     }
+}
+
+/// A 200 response with `body` (its head only, for HEAD).
+fn ok(method: &[u8], content_type: &str, body: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method == b"GET" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 /// The path of an absolute-form target (`http://host:port/metrics`, which a server must
@@ -310,6 +377,25 @@ mod tests {
         };
         assert_eq!(status(&answered), "HTTP/1.1 200 OK");
         stop.cancel();
+    }
+
+    #[test]
+    fn status_is_one_json_object_of_the_live_figures() {
+        let m = Metrics::new(Arc::default());
+        m.connections_open.store(3, Ordering::Relaxed);
+        m.max_connections.store(10, Ordering::Relaxed);
+        m.fence.stale.store(2, Ordering::Relaxed);
+        let response = respond(b"GET /status HTTP/1.1\r\n\r\n", &m);
+        let text = String::from_utf8_lossy(&response);
+        assert_eq!(status(&response), "HTTP/1.1 200 OK");
+        assert!(text.contains("Content-Type: application/json"), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(v["sessions"]["open"], 3);
+        assert_eq!(v["sessions"]["limit"], 10);
+        assert_eq!(v["rejections"]["stale"], 2);
+        let post = respond(b"POST /status HTTP/1.1\r\n\r\n", &m);
+        assert!(status(&post).starts_with("HTTP/1.1 405"));
     }
 
     #[test]

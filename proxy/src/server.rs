@@ -70,6 +70,12 @@ pub async fn run_reloading(
     mut reloads: Option<UnboundedReceiver<Config>>,
 ) -> Result<(), ServerError> {
     let mut running = (*config).clone();
+    let limit_gauge = |metrics: &Metrics, max: usize| {
+        metrics
+            .max_connections
+            .store(max as u64, std::sync::atomic::Ordering::Relaxed)
+    };
+    limit_gauge(&metrics, running.max_connections);
     let Listeners {
         clients: listener,
         metrics: metrics_listener,
@@ -113,7 +119,11 @@ pub async fn run_reloading(
             () = shutdown.cancelled() => break,
             new = recv(&mut reloads), if reloads.is_some() => {
                 match new {
-                    Some(new) => running = crate::reload::apply(&shared, &running, new),
+                    Some(new) => {
+                        running = crate::reload::apply(&shared, &running, new);
+                        limit_gauge(&metrics, running.max_connections);
+                        metrics.reloads_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     None => reloads = None,
                 }
                 continue;

@@ -131,6 +131,17 @@ fn answered_sqlstate(conn: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[at + 2..at + 7]).into_owned())
 }
 
+/// The proxy's `/status` object.
+fn status(metrics_port: u16) -> serde_json::Value {
+    let mut conn = TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics endpoint");
+    conn.write_all(b"GET /status HTTP/1.1\r\nHost: fencegate\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 fn write_config(path: &Path, body: &str) {
     std::fs::write(path, body).expect("write config");
 }
@@ -142,7 +153,13 @@ fn sighup_reloads_live_settings_and_refuses_the_rest() {
     let config = dir.join("fencegate.toml");
     let (upstream, accepted) = silent_upstream();
     let port = free_port();
-    let base = format!("listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\n");
+    let metrics = free_port();
+    let settings = |listen: u16| {
+        format!(
+            "listen = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:{upstream}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n"
+        )
+    };
+    let base = settings(port);
     write_config(&config, &format!("{base}max_connections = 1\n"));
     let mut proxy = Proxy::start(&config);
     proxy.wait_logged(&["fencegate serving"]);
@@ -154,19 +171,23 @@ fn sighup_reloads_live_settings_and_refuses_the_rest() {
     });
     let mut refused = startup(port);
     assert_eq!(answered_sqlstate(&mut refused).as_deref(), Some("53300"));
+    assert_eq!(status(metrics)["sessions"]["limit"], 1);
 
     // Raise the limit, ask for debug logs, and try to move the listener.
     let moved = free_port();
     write_config(
         &config,
         &format!(
-            "listen = \"127.0.0.1:{moved}\"\nupstream = \"127.0.0.1:{upstream}\"\nmax_connections = 2\nlog_level = \"debug\"\n"
+            "{}max_connections = 2\nlog_level = \"debug\"\n",
+            settings(moved)
         ),
     );
     proxy.signal("HUP");
     proxy.wait_logged(&["reload: changed", "max_connections"]);
     proxy.wait_logged(&["listen cannot change while serving"]);
     proxy.assert_running();
+    assert_eq!(status(metrics)["sessions"]["limit"], 2);
+    assert_eq!(status(metrics)["reloads"]["applied"], 1);
     let _second = startup(port);
     wait_for("a second session under the raised limit", || {
         accepted.load(Ordering::SeqCst) == 2
@@ -184,6 +205,7 @@ fn sighup_reloads_live_settings_and_refuses_the_rest() {
     proxy.signal("HUP");
     proxy.wait_logged(&["reload refused"]);
     proxy.assert_running();
+    assert_eq!(status(metrics)["reloads"]["refused"], 1);
     let mut third = startup(port);
     assert_eq!(
         answered_sqlstate(&mut third).as_deref(),
