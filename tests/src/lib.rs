@@ -13,6 +13,7 @@
 //! - [`endpoint`]: where a client connects (Postgres directly or the proxy), and how to build
 //!   `psql`/`pgbench`/`pg_dump` commands and tokio-postgres configs for it.
 //! - [`netns`]: a second host in a network namespace, for clients not on loopback.
+//! - [`pgbouncer`]: PgBouncer in transaction mode in front of the cluster.
 //! - [`proxy`]: the proxy started in-process on `127.0.0.1:0`, on its own runtime thread.
 //! - [`wire`]: a small blocking raw-protocol client for byte-level comparisons.
 //! - [`raw`]: raw sockets for fault tests: arbitrary bytes, reads with deadlines, resets.
@@ -32,6 +33,7 @@ pub mod inject;
 pub mod lockset;
 pub mod netns;
 pub mod pgbin;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod raw;
 pub mod wire;
