@@ -1,7 +1,10 @@
 //! Unit tests of the expected-reply queue: scripted client and server message sequences.
 
+use bytes::Bytes;
+
 use super::*;
 use crate::protocol::backend::TxStatus;
+use crate::protocol::frontend::FrontendMessage;
 
 fn client(t: &mut ReplyTracker, tag: u8, body: &[u8], action: Action) {
     t.client_message(&FrontendMessage { tag, body }, action);
