@@ -414,7 +414,7 @@ fn error_positions_map_back_to_the_clients_text() {
 }
 
 #[test]
-fn what_the_replies_report() {
+fn transaction_status_and_outcomes() {
     run(&[
         (
             // A round that prepares or closes but executes nothing cannot begin or end a
@@ -442,6 +442,31 @@ fn what_the_replies_report() {
                 Awaiting(false),
             ],
         ),
+        (
+            // Injected ones are not reported; skipped ones are, as failed.
+            "the outcomes of the client's Parse and Close, in order",
+            &[
+                ReportOutcomes,
+                Send("PC"),
+                Inject("P", Action::Check),
+                Send("PS"),
+                Reply("13", "13"),
+                Outcomes(&[true, true]),
+                Reply("EZ", "eZ"),
+                Outcomes(&[false]),
+                Idle,
+            ],
+        ),
+        (
+            "outcomes are not kept unless asked for",
+            &[Send("PCS"), Reply("13Z", "13Z"), Outcomes(&[])],
+        ),
+    ]);
+}
+
+#[test]
+fn checks_done() {
+    run(&[
         (
             "each check of a rewritten query is reported once, with whether it ran",
             &[
@@ -483,25 +508,6 @@ fn what_the_replies_report() {
                 Checks(&[false]),
                 Idle,
             ],
-        ),
-        (
-            // Injected ones are not reported; skipped ones are, as failed.
-            "the outcomes of the client's Parse and Close, in order",
-            &[
-                ReportOutcomes,
-                Send("PC"),
-                Inject("P", Action::Check),
-                Send("PS"),
-                Reply("13", "13"),
-                Outcomes(&[true, true]),
-                Reply("EZ", "eZ"),
-                Outcomes(&[false]),
-                Idle,
-            ],
-        ),
-        (
-            "outcomes are not kept unless asked for",
-            &[Send("PCS"), Reply("13Z", "13Z"), Outcomes(&[])],
         ),
     ]);
 }
