@@ -1,10 +1,74 @@
-//! Unit tests of the expected-reply queue: scripted client and server message sequences.
+//! Unit tests of the expected-reply queue: scripted client and server message sequences,
+//! one table row a case. A script is a list of [`Step`]s run against a fresh tracker; a
+//! failure names the case and the step. Unless a case says otherwise, tracking must still
+//! hold (no desync) at its end.
+
+use bytes::Bytes;
 
 use super::*;
 use crate::protocol::backend::TxStatus;
+use crate::protocol::frontend::FrontendMessage;
 
-fn client(t: &mut ReplyTracker, tag: u8, body: &[u8], action: Action) {
-    t.client_message(&FrontendMessage { tag, body }, action);
+use Step::*;
+
+/// The body of a FATAL ErrorResponse.
+const FATAL: &[u8] = b"SFATAL\0VFATAL\0C57P01\0\0";
+
+#[derive(Debug)]
+enum Step {
+    /// The client's own messages, one per tag, with empty bodies.
+    Send(&'static str),
+    /// Messages the proxy injects with this action, one per tag, with empty bodies.
+    Inject(&'static str, Action),
+    /// One message with a body (a Describe of a portal or a statement).
+    Message(u8, &'static [u8], Action),
+    /// A Query the proxy rewrote, hiding the results of the statements at these positions.
+    Rewritten(&'static [u32]),
+    /// A reply the proxy makes itself.
+    Synthesize(&'static [u8]),
+    /// What [`ReplyTracker::take_synthesized`] gives now.
+    Take(Option<&'static [u8]>),
+    /// Server messages by tag (empty bodies; ReadyForQuery reports idle) and the tags the
+    /// client sees: lower case for a [`Route::InjectedError`].
+    Reply(&'static str, &'static str),
+    /// One server message with this body, and where it goes.
+    Server(u8, &'static [u8], Route),
+    /// No reply is outstanding.
+    Idle,
+    /// Whether tracking was lost.
+    Desynced(bool),
+    /// What [`ReplyTracker::awaiting_ready`] says.
+    Awaiting(bool),
+    /// What [`ReplyTracker::status`] says.
+    Status(TxStatus),
+    /// Keep the outcomes of the client's Parse and Close messages.
+    ReportOutcomes,
+    /// Every outcome not taken yet, oldest first.
+    Outcomes(&'static [bool]),
+    /// Whether each check that ended since the last look ran, oldest first.
+    Checks(&'static [bool]),
+}
+
+type Case = (&'static str, &'static [Step]);
+
+fn send(t: &mut ReplyTracker, tags: &str, action: &Action) {
+    for tag in tags.bytes() {
+        t.client_message(&FrontendMessage { tag, body: b"" }, action.clone());
+    }
+}
+
+/// Feeds server tags and returns the ones the client sees, as a string.
+fn reply(t: &mut ReplyTracker, tags: &str) -> String {
+    let mut seen = String::new();
+    for tag in tags.bytes() {
+        let body: &[u8] = if tag == b'Z' { b"I" } else { b"" };
+        match t.server_message(tag, body) {
+            Route::Forward => seen.push(tag as char),
+            Route::InjectedError => seen.push((tag as char).to_ascii_lowercase()),
+            Route::Drop => {}
+        }
+    }
+    seen
 }
 
 fn hide(indices: &[u32]) -> Rewrite {
@@ -14,302 +78,325 @@ fn hide(indices: &[u32]) -> Rewrite {
     }
 }
 
-fn fwd(t: &mut ReplyTracker, tag: u8) {
-    client(t, tag, b"", Action::Forward);
-}
-
-/// Feeds server tags and returns the ones the client sees, as a string.
-fn server(t: &mut ReplyTracker, tags: &str) -> String {
-    let mut seen = String::new();
-    for tag in tags.bytes() {
-        let body: &[u8] = if tag == b'Z' { b"I" } else { b"" };
-        match t.server_message(tag, body) {
-            Route::Forward => seen.push(tag as char),
-            // Shown lower-case: an error from the proxy's own work, forwarded.
-            Route::InjectedError => seen.push((tag as char).to_ascii_lowercase()),
-            Route::Drop => {}
+/// Runs one step; `at` names the case and the step for failure messages.
+fn step(t: &mut ReplyTracker, step: &Step, at: &str) {
+    match step {
+        Send(tags) => send(t, tags, &Action::Forward),
+        Inject(tags, action) => send(t, tags, action),
+        Message(tag, body, action) => {
+            t.client_message(&FrontendMessage { tag: *tag, body }, action.clone())
+        }
+        Rewritten(indices) => t.rewritten_query(hide(indices)),
+        Synthesize(bytes) => t.synthesize(Bytes::from_static(bytes)),
+        Take(want) => {
+            let want = want.map(Bytes::from_static);
+            assert_eq!(t.take_synthesized(), want, "{at}");
+        }
+        Reply(tags, seen) => assert_eq!(reply(t, tags), *seen, "{at}"),
+        Server(tag, body, route) => assert_eq!(t.server_message(*tag, body), *route, "{at}"),
+        Idle => assert!(t.is_idle(), "{at}"),
+        Desynced(want) => assert_eq!(t.desync().is_some(), *want, "{at}: {:?}", t.desync()),
+        Awaiting(want) => assert_eq!(t.awaiting_ready(), *want, "{at}"),
+        Status(want) => assert_eq!(t.status(), *want, "{at}"),
+        ReportOutcomes => t.report_outcomes(),
+        Outcomes(want) => {
+            let got: Vec<bool> = std::iter::from_fn(|| t.take_outcome()).collect();
+            assert_eq!(got, *want, "{at}");
+        }
+        Checks(want) => {
+            let got: Vec<bool> = t.take_checks_done().map(|done| done.ok).collect();
+            assert_eq!(got, *want, "{at}");
         }
     }
-    seen
 }
 
-#[test]
-fn simple_query_forwards_everything_until_ready() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "TDDCTCZ"), "TDDCTCZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn injected_query_is_hidden_including_its_error() {
-    let mut t = ReplyTracker::default();
-    client(&mut t, b'Q', b"", Action::Ignore);
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "NTDCZ"), "");
-    assert_eq!(server(&mut t, "TDCZ"), "TDCZ");
-    client(&mut t, b'Q', b"", Action::Ignore);
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "EZ"), "");
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn extended_batch_with_injected_check() {
-    let mut t = ReplyTracker::default();
-    for tag in [b'P', b'B'] {
-        fwd(&mut t, tag);
+fn run(cases: &[Case]) {
+    for (name, steps) in cases {
+        let mut t = ReplyTracker::default();
+        for (i, s) in steps.iter().enumerate() {
+            step(&mut t, s, &format!("case {name:?}, step {i} ({s:?})"));
+        }
+        if !steps.iter().any(|s| matches!(s, Desynced(true))) {
+            assert_eq!(t.desync(), None, "case {name:?}: tracking was lost");
+        }
     }
-    client(&mut t, b'D', b"P\0", Action::Forward);
-    for tag in [b'P', b'B', b'E'] {
-        client(&mut t, tag, b"", Action::Check);
-    }
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "12T" /* client */), "12T");
-    assert_eq!(server(&mut t, "12DC" /* injected */), "");
-    assert_eq!(server(&mut t, "DDCZ"), "DDCZ");
-    assert!(t.is_idle());
 }
 
 #[test]
-fn error_in_injected_check_reaches_client_and_skips_to_sync() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'P');
-    client(&mut t, b'B', b"", Action::Check);
-    client(&mut t, b'E', b"", Action::Check);
-    fwd(&mut t, b'B');
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "1eZ"), "1eZ");
-    assert!(t.is_idle());
+fn simple_query_and_function_call() {
+    run(&[
+        (
+            "a simple query forwards everything until ready",
+            &[Send("Q"), Reply("TDDCTCZ", "TDDCTCZ"), Idle],
+        ),
+        (
+            "an injected query is hidden, its error included",
+            &[
+                Inject("Q", Action::Ignore),
+                Send("Q"),
+                Reply("NTDCZ", ""),
+                Reply("TDCZ", "TDCZ"),
+                Inject("Q", Action::Ignore),
+                Send("Q"),
+                Reply("EZ", ""),
+                Reply("CZ", "CZ"),
+                Idle,
+            ],
+        ),
+        (
+            "a function call waits for ready",
+            &[Send("F"), Reply("VZ", "VZ"), Idle],
+        ),
+        (
+            "notices follow their entry and async messages always pass",
+            &[
+                Inject("Q", Action::Ignore),
+                Reply("NSAC", "SA"),
+                Reply("Z", ""),
+                Reply("NA", "NA"),
+            ],
+        ),
+        (
+            "ready for query updates the status",
+            &[
+                Send("Q"),
+                Server(b'Z', b"T", Route::Forward),
+                Status(TxStatus::InBlock),
+                Inject("Q", Action::Ignore),
+                Server(b'Z', b"E", Route::Drop),
+                Status(TxStatus::Failed),
+            ],
+        ),
+    ]);
 }
 
 #[test]
-fn client_error_mid_pipeline_drops_entries_until_its_sync_only() {
-    let mut t = ReplyTracker::default();
-    // Segment 1 fails at Bind; segment 2 succeeds.
-    for tag in [b'P', b'B', b'E', b'S', b'P', b'B', b'E', b'S'] {
-        fwd(&mut t, tag);
-    }
-    assert_eq!(server(&mut t, "1EZ"), "1EZ");
-    assert_eq!(server(&mut t, "12CZ"), "12CZ");
-    assert!(t.is_idle());
+fn extended_protocol() {
+    run(&[
+        (
+            "an extended batch with an injected check",
+            &[
+                Send("PB"),
+                Message(b'D', b"P\0", Action::Forward),
+                Inject("PBE", Action::Check),
+                Send("ES"),
+                Reply("12T" /* client */, "12T"),
+                Reply("12DC" /* injected */, ""),
+                Reply("DDCZ", "DDCZ"),
+                Idle,
+            ],
+        ),
+        (
+            "an error in an injected check reaches the client and skips to Sync",
+            &[
+                Send("P"),
+                Inject("BE", Action::Check),
+                Send("BES"),
+                Reply("1EZ", "1eZ"),
+                Idle,
+            ],
+        ),
+        (
+            // Segment 1 fails at Bind; segment 2 succeeds.
+            "a client error mid-pipeline drops entries until its own Sync only",
+            &[
+                Send("PBESPBES"),
+                Reply("1EZ", "1EZ"),
+                Reply("12CZ", "12CZ"),
+                Idle,
+            ],
+        ),
+        (
+            // Messages sent after the error, before Sync, get no reply.
+            "an error before the client has sent Sync keeps discarding",
+            &[
+                Send("P"),
+                Reply("E", "E"),
+                Send("BES"),
+                Reply("Z", "Z"),
+                Send("Q"),
+                Reply("CZ", "CZ"),
+                Idle,
+            ],
+        ),
+        (
+            "a Describe of a statement has two replies",
+            &[
+                Message(b'D', b"Sname\0", Action::Ignore),
+                Send("S"),
+                Reply("tT", ""),
+                Reply("Z", "Z"),
+            ],
+        ),
+        (
+            "Flush expects nothing and a suspended portal completes Execute",
+            &[
+                Send("EH"),
+                Reply("DDs", "DDs"),
+                Idle,
+                Send("ES"),
+                Reply("DCZ", "DCZ"),
+            ],
+        ),
+        (
+            // A deferred constraint fails at the implicit commit of Sync.
+            "an error at Sync, then ready",
+            &[Send("ES"), Reply("CEZ", "CEZ"), Idle],
+        ),
+    ]);
 }
 
 #[test]
-fn error_before_client_has_sent_sync_keeps_discarding() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'P');
-    assert_eq!(server(&mut t, "E"), "E");
-    // Messages sent after the error, before Sync, get no reply.
-    fwd(&mut t, b'B');
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "Z"), "Z");
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(t.is_idle());
+fn copy() {
+    run(&[
+        (
+            // libpq/tokio-postgres: Bind, Execute, Sync; then CopyData, CopyDone, Sync. The
+            // Sync amid the data is swallowed by the server.
+            "COPY FROM STDIN (extended) swallows the Sync sent before its data",
+            &[
+                Send("BES"),
+                Reply("2G", "2G"),
+                Send("ddScS"),
+                Reply("CZ", "CZ"),
+                Idle,
+            ],
+        ),
+        (
+            "COPY FROM STDIN pipelined all at once",
+            &[
+                Send("BESdcS"),
+                Reply("2GCZ", "2GCZ"),
+                Idle,
+                Send("Q"),
+                Reply("CZ", "CZ"),
+            ],
+        ),
+        (
+            "COPY FROM STDIN by a simple query, ended by CopyFail",
+            &[
+                Send("Q"),
+                Reply("G", "G"),
+                Send("df"),
+                Reply("EZ", "EZ"),
+                Idle,
+            ],
+        ),
+        (
+            // The client has not noticed yet and finishes its copy; the server ignores it.
+            "a COPY FROM STDIN error while the client still sends data",
+            &[
+                Send("Q"),
+                Reply("GE", "GE"),
+                Send("dc"),
+                Reply("Z", "Z"),
+                Send("Q"),
+                Reply("CZ", "CZ"),
+                Idle,
+            ],
+        ),
+        (
+            "COPY TO STDOUT rows belong to Execute",
+            &[
+                Inject("E", Action::Check),
+                Send("S"),
+                Reply("HddcC", ""),
+                Reply("Z", "Z"),
+            ],
+        ),
+    ]);
 }
 
 #[test]
-fn describe_statement_has_two_replies() {
-    let mut t = ReplyTracker::default();
-    client(&mut t, b'D', b"Sname\0", Action::Ignore);
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "tT"), "");
-    assert_eq!(server(&mut t, "Z"), "Z");
+fn synthesized_replies_and_desync() {
+    run(&[
+        (
+            "a synthesized reply waits for earlier entries",
+            &[
+                Send("P"),
+                Synthesize(b"3"),
+                Send("S"),
+                Take(None),
+                Reply("1", "1"),
+                Take(Some(b"3")),
+                Reply("Z", "Z"),
+                Idle,
+            ],
+        ),
+        (
+            "a synthesized reply is skipped after an error",
+            &[
+                Send("P"),
+                Synthesize(b"3"),
+                Send("S"),
+                Reply("E", "E"),
+                Take(None),
+                Reply("Z", "Z"),
+                Idle,
+            ],
+        ),
+        (
+            "a mismatch desyncs, and then everything is forwarded",
+            &[
+                Inject("P", Action::Ignore),
+                Reply("2", "2"),
+                Desynced(true),
+                Inject("Q", Action::Ignore),
+                Reply("CZ", "CZ"),
+            ],
+        ),
+        (
+            // A FATAL with no reply outstanding (shutdown, a timeout) keeps tracking; any
+            // other unsolicited error answers something the proxy did not count.
+            "an unsolicited error is forwarded",
+            &[
+                Server(b'E', FATAL, Route::Forward),
+                Desynced(false),
+                Reply("E", "E"),
+                Desynced(true),
+            ],
+        ),
+    ]);
 }
 
 #[test]
-fn flush_expects_nothing_and_suspended_portal_completes_execute() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'H');
-    assert_eq!(server(&mut t, "DDs"), "DDs");
-    assert!(t.is_idle());
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "DCZ"), "DCZ");
-}
-
-#[test]
-fn copy_in_extended_swallows_sync_sent_before_copy_data() {
-    // libpq/tokio-postgres: Bind, Execute, Sync; then CopyData, CopyDone, Sync.
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'B');
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "2G"), "2G");
-    fwd(&mut t, b'd');
-    fwd(&mut t, b'd');
-    fwd(&mut t, b'S'); // swallowed by the server during copy-in
-    fwd(&mut t, b'c');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn copy_in_pipelined_all_at_once() {
-    let mut t = ReplyTracker::default();
-    for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
-        fwd(&mut t, tag);
-    }
-    assert_eq!(server(&mut t, "2GCZ"), "2GCZ");
-    assert!(t.is_idle());
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-}
-
-#[test]
-fn copy_in_simple_query_and_copy_fail() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "G"), "G");
-    fwd(&mut t, b'd');
-    fwd(&mut t, b'f');
-    assert_eq!(server(&mut t, "EZ"), "EZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn copy_in_error_while_client_still_sends_data() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "GE"), "GE");
-    // The client has not noticed yet and finishes its copy; the server ignores it.
-    fwd(&mut t, b'd');
-    fwd(&mut t, b'c');
-    assert_eq!(server(&mut t, "Z"), "Z");
-    fwd(&mut t, b'Q');
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn copy_out_rows_belong_to_execute() {
-    let mut t = ReplyTracker::default();
-    client(&mut t, b'E', b"", Action::Check);
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "HddcC"), "");
-    assert_eq!(server(&mut t, "Z"), "Z");
-}
-
-#[test]
-fn notices_follow_their_entry_and_async_messages_always_pass() {
-    let mut t = ReplyTracker::default();
-    client(&mut t, b'Q', b"", Action::Ignore);
-    assert_eq!(server(&mut t, "NSAC"), "SA");
-    assert_eq!(server(&mut t, "Z"), "");
-    assert_eq!(server(&mut t, "NA"), "NA");
-}
-
-#[test]
-fn unsolicited_fatal_is_forwarded() {
-    let mut t = ReplyTracker::default();
-    assert_eq!(server(&mut t, "E"), "E");
-}
-
-#[test]
-fn ready_for_query_updates_status() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'Q');
-    assert_eq!(t.server_message(b'Z', b"T"), Route::Forward);
-    assert_eq!(t.status(), TxStatus::InBlock);
-    client(&mut t, b'Q', b"", Action::Ignore);
-    assert_eq!(t.server_message(b'Z', b"E"), Route::Drop);
-    assert_eq!(t.status(), TxStatus::Failed);
-}
-
-#[test]
-fn error_at_sync_then_ready() {
-    // A deferred constraint fails at the implicit commit of Sync.
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'E');
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "CEZ"), "CEZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn synthesized_reply_waits_for_earlier_entries() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'P');
-    t.synthesize(Bytes::from_static(b"3"));
-    fwd(&mut t, b'S');
-    assert_eq!(t.take_synthesized(), None);
-    assert_eq!(server(&mut t, "1"), "1");
-    assert_eq!(t.take_synthesized(), Some(Bytes::from_static(b"3")));
-    assert_eq!(server(&mut t, "Z"), "Z");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn synthesized_reply_is_skipped_after_an_error() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'P');
-    t.synthesize(Bytes::from_static(b"3"));
-    fwd(&mut t, b'S');
-    assert_eq!(server(&mut t, "E"), "E");
-    assert_eq!(t.take_synthesized(), None);
-    assert_eq!(server(&mut t, "Z"), "Z");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn mismatch_desyncs_and_forwards_everything() {
-    let mut t = ReplyTracker::default();
-    client(&mut t, b'P', b"", Action::Ignore);
-    assert_eq!(server(&mut t, "2"), "2");
-    assert!(t.desync().is_some());
-    client(&mut t, b'Q', b"", Action::Ignore);
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-}
-
-#[test]
-fn function_call_waits_for_ready() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'F');
-    assert_eq!(server(&mut t, "VZ"), "VZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn rewritten_query_hides_inserted_statements_only() {
-    let mut t = ReplyTracker::default();
-    // "check; BEGIN; check; UPDATE; COMMIT" where positions 0 and 2 are the proxy's.
-    t.rewritten_query(hide(&[0, 2]));
-    assert_eq!(server(&mut t, "TDC" /* check */), "");
-    assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
-    assert_eq!(server(&mut t, "NTDC" /* check with a notice */), "");
-    assert_eq!(server(&mut t, "NC" /* UPDATE */), "NC");
-    assert_eq!(server(&mut t, "CZ" /* COMMIT */), "CZ");
-    assert!(t.is_idle());
-}
-
-#[test]
-fn rewritten_query_error_in_inserted_statement_reaches_client() {
-    let mut t = ReplyTracker::default();
-    t.rewritten_query(hide(&[1]));
-    assert_eq!(server(&mut t, "C" /* BEGIN */), "C");
-    assert_eq!(server(&mut t, "EZ" /* check fails, rest skipped */), "eZ");
-    assert!(t.is_idle());
-    // The client's own error in an unhidden statement is an ordinary error.
-    t.rewritten_query(hide(&[0]));
-    assert_eq!(server(&mut t, "TDCEZ"), "EZ");
-}
-
-#[test]
-fn rewritten_copy_statement_keeps_its_copy_messages() {
-    let mut t = ReplyTracker::default();
-    t.rewritten_query(hide(&[0]));
-    assert_eq!(server(&mut t, "TDCG"), "G");
-    fwd(&mut t, b'd');
-    fwd(&mut t, b'c');
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(t.is_idle());
+fn rewritten_queries() {
+    run(&[
+        (
+            // "check; BEGIN; check; UPDATE; COMMIT" where positions 0 and 2 are the proxy's.
+            "a rewritten query hides the inserted statements only",
+            &[
+                Rewritten(&[0, 2]),
+                Reply("TDC" /* check */, ""),
+                Reply("C" /* BEGIN */, "C"),
+                Reply("NTDC" /* check with a notice */, ""),
+                Reply("NC" /* UPDATE */, "NC"),
+                Reply("CZ" /* COMMIT */, "CZ"),
+                Idle,
+            ],
+        ),
+        (
+            // The client's own error in an unhidden statement is an ordinary error.
+            "an error in an inserted statement reaches the client",
+            &[
+                Rewritten(&[1]),
+                Reply("C" /* BEGIN */, "C"),
+                Reply("EZ" /* check fails, rest skipped */, "eZ"),
+                Idle,
+                Rewritten(&[0]),
+                Reply("TDCEZ", "EZ"),
+            ],
+        ),
+        (
+            "a rewritten COPY statement keeps its copy messages",
+            &[
+                Rewritten(&[0]),
+                Reply("TDCG", "G"),
+                Send("dc"),
+                Reply("CZ", "CZ"),
+                Idle,
+            ],
+        ),
+    ]);
 }
 
 #[test]
@@ -327,84 +414,100 @@ fn error_positions_map_back_to_the_clients_text() {
 }
 
 #[test]
-fn only_replies_that_may_change_the_transaction_status_unsettle_it() {
-    let mut t = ReplyTracker::default();
-    assert!(!t.awaiting_ready());
-    // A round that prepares or closes but executes nothing cannot begin or end a
-    // transaction.
-    for tag in [b'P', b'D', b'C', b'S'] {
-        fwd(&mut t, tag);
-    }
-    assert!(!t.awaiting_ready());
-    // A round that executes can.
-    for tag in [b'B', b'E'] {
-        fwd(&mut t, tag);
-    }
-    assert!(!t.awaiting_ready(), "the round has not ended yet");
-    fwd(&mut t, b'S');
-    assert!(t.awaiting_ready());
-    assert_eq!(server(&mut t, "1n3Z2CZ"), "1n3Z2CZ");
-    assert!(t.desync().is_none());
-    assert!(!t.awaiting_ready());
-    // Query and FunctionCall always can.
-    for tag in [b'Q', b'F'] {
-        fwd(&mut t, tag);
-        assert!(t.awaiting_ready());
-        assert_eq!(server(&mut t, "CZ"), "CZ");
-        assert!(!t.awaiting_ready());
-    }
-}
-
-fn checks_done(t: &mut ReplyTracker) -> Vec<bool> {
-    t.take_checks_done().map(|done| done.ok).collect()
-}
-
-#[test]
-fn each_check_is_reported_once_with_whether_it_ran() {
-    let mut t = ReplyTracker::default();
-    // Rewritten Query: check; statement. The check's CommandComplete ends it.
-    t.rewritten_query(hide(&[0]));
-    assert_eq!(server(&mut t, "TDC"), "");
-    assert_eq!(checks_done(&mut t), [true]);
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(checks_done(&mut t).is_empty(), "reported once");
-    // The check raises: reported as not run.
-    t.rewritten_query(hide(&[0]));
-    assert_eq!(server(&mut t, "EZ"), "eZ");
-    assert_eq!(checks_done(&mut t), [false]);
-    // A statement before the check fails: the check never runs.
-    t.rewritten_query(hide(&[1]));
-    assert_eq!(server(&mut t, "EZ"), "EZ");
-    assert_eq!(checks_done(&mut t), [false]);
-    // A rewrite that inserted nothing times nothing.
-    t.rewritten_query(hide(&[]));
-    assert_eq!(server(&mut t, "CZ"), "CZ");
-    assert!(checks_done(&mut t).is_empty());
+fn transaction_status_and_outcomes() {
+    run(&[
+        (
+            // A round that prepares or closes but executes nothing cannot begin or end a
+            // transaction; a round that executes can, once it has ended; Query and
+            // FunctionCall always can.
+            "only replies that may change the transaction status unsettle it",
+            &[
+                Awaiting(false),
+                Send("PDCS"),
+                Awaiting(false),
+                Send("BE"),
+                Awaiting(false), // the round has not ended yet
+                Send("S"),
+                Awaiting(true),
+                Reply("1n3Z2CZ", "1n3Z2CZ"),
+                Desynced(false),
+                Awaiting(false),
+                Send("Q"),
+                Awaiting(true),
+                Reply("CZ", "CZ"),
+                Awaiting(false),
+                Send("F"),
+                Awaiting(true),
+                Reply("CZ", "CZ"),
+                Awaiting(false),
+            ],
+        ),
+        (
+            // Injected ones are not reported; skipped ones are, as failed.
+            "the outcomes of the client's Parse and Close, in order",
+            &[
+                ReportOutcomes,
+                Send("PC"),
+                Inject("P", Action::Check),
+                Send("PS"),
+                Reply("13", "13"),
+                Outcomes(&[true, true]),
+                Reply("EZ", "eZ"),
+                Outcomes(&[false]),
+                Idle,
+            ],
+        ),
+        (
+            "outcomes are not kept unless asked for",
+            &[Send("PCS"), Reply("13Z", "13Z"), Outcomes(&[])],
+        ),
+    ]);
 }
 
 #[test]
-fn an_injected_extended_check_is_timed_by_its_execute() {
-    let mut t = ReplyTracker::default();
-    fwd(&mut t, b'P');
-    for tag in [b'P', b'B', b'E'] {
-        client(&mut t, tag, b"", Action::Check);
-    }
-    for tag in [b'B', b'E', b'S'] {
-        fwd(&mut t, tag);
-    }
-    assert_eq!(server(&mut t, "112DC"), "1");
-    assert_eq!(checks_done(&mut t), [true]);
-    assert_eq!(server(&mut t, "2DCZ"), "2DCZ");
-    // The check's Parse fails: its Execute is skipped, and reported as not run.
-    fwd(&mut t, b'P');
-    for tag in [b'P', b'B', b'E'] {
-        client(&mut t, tag, b"", Action::Check);
-    }
-    for tag in [b'B', b'E', b'S'] {
-        fwd(&mut t, tag);
-    }
-    assert_eq!(server(&mut t, "1E"), "1e");
-    assert_eq!(server(&mut t, "Z"), "Z");
-    assert_eq!(checks_done(&mut t), [false]);
-    assert!(t.is_idle());
+fn checks_done() {
+    run(&[
+        (
+            "each check of a rewritten query is reported once, with whether it ran",
+            &[
+                // check; statement. The check's CommandComplete ends it.
+                Rewritten(&[0]),
+                Reply("TDC", ""),
+                Checks(&[true]),
+                Reply("CZ", "CZ"),
+                Checks(&[]), // reported once
+                // The check raises: reported as not run.
+                Rewritten(&[0]),
+                Reply("EZ", "eZ"),
+                Checks(&[false]),
+                // A statement before the check fails: the check never runs.
+                Rewritten(&[1]),
+                Reply("EZ", "EZ"),
+                Checks(&[false]),
+                // A rewrite that inserted nothing times nothing.
+                Rewritten(&[]),
+                Reply("CZ", "CZ"),
+                Checks(&[]),
+            ],
+        ),
+        (
+            "an injected extended check is timed by its Execute",
+            &[
+                Send("P"),
+                Inject("PBE", Action::Check),
+                Send("BES"),
+                Reply("112DC", "1"),
+                Checks(&[true]),
+                Reply("2DCZ", "2DCZ"),
+                // The check's Parse fails: its Execute is skipped, and reported as not run.
+                Send("P"),
+                Inject("PBE", Action::Check),
+                Send("BES"),
+                Reply("1E", "1e"),
+                Reply("Z", "Z"),
+                Checks(&[false]),
+                Idle,
+            ],
+        ),
+    ]);
 }
