@@ -25,32 +25,14 @@ pub const LIVE: &[&str] = &[
 
 /// The names of the settings that differ between `a` and `b`.
 pub fn changed(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
     // Destructured in full so that a new setting cannot be added without deciding here
     // whether it is compared (every one is).
-    let Config {
-        listen,
-        upstream,
-        max_connections,
-        max_startup_connections,
-        max_message_size,
-        max_buffered_bytes,
-        tls_cert,
-        tls_key,
-        upstream_tls,
-        upstream_ca,
-        upstream_auth,
-        connect_timeout,
-        shutdown_grace,
-        fence_mode,
-        preempt_grace,
-        require_token_tables,
-        worker_threads,
-        metrics_listen,
-        log_level,
-    } = a;
-    let mut out = Vec::new();
     macro_rules! compare {
-        ($($field:ident),*) => { $(if *$field != b.$field { out.push(stringify!($field)); })* };
+        ($($field:ident),*) => {
+            let Config { $($field),* } = a;
+            $(if *$field != b.$field { out.push(stringify!($field)); })*
+        };
     }
     compare!(
         listen,

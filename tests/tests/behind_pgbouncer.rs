@@ -52,10 +52,15 @@ impl Layout {
     }
 }
 
-fn db_error(e: tokio_postgres::Error) -> tokio_postgres::error::DbError {
-    e.as_db_error()
+/// Runs `sql`, which must be refused as stale; returns the server's error.
+async fn refused_stale(c: &Client, sql: &str) -> tokio_postgres::error::DbError {
+    let e = c.batch_execute(sql).await.expect_err(sql);
+    let err = e
+        .as_db_error()
         .cloned()
-        .unwrap_or_else(|| panic!("expected a server error, got {e}"))
+        .unwrap_or_else(|| panic!("expected a server error, got {e}"));
+    assert_eq!(err.code().code(), STALE, "{sql}: {err:?}");
+    err
 }
 
 #[tokio::test]
@@ -65,13 +70,7 @@ async fn comment_and_set_local_tokens_are_enforced_through_pgbouncer() {
     c.batch_execute(&format!("UPDATE t SET v = 5 {}", comment("job", 5)))
         .await
         .expect("token 5");
-    let err = c
-        .batch_execute(&format!("UPDATE t SET v = 4 {}", comment("job", 4)))
-        .await
-        .map(|_| ())
-        .map_err(db_error)
-        .expect_err("token 4 is stale");
-    assert_eq!(err.code().code(), STALE);
+    let err = refused_stale(&c, &format!("UPDATE t SET v = 4 {}", comment("job", 4))).await;
     assert_stale(&err, "job", 4, 5);
     assert_eq!(l.value().await, "5");
 
@@ -89,12 +88,7 @@ async fn comment_and_set_local_tokens_are_enforced_through_pgbouncer() {
     c.batch_execute("SET LOCAL fencing.token = '5'")
         .await
         .unwrap();
-    let err = c
-        .batch_execute("UPDATE t SET v = 50")
-        .await
-        .map_err(db_error)
-        .expect_err("SET LOCAL token 5 is stale");
-    assert_eq!(err.code().code(), STALE);
+    refused_stale(&c, "UPDATE t SET v = 50").await;
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(l.value().await, "6", "the stale write did not land");
 }

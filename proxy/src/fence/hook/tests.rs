@@ -38,6 +38,11 @@ fn query(hook: &mut dyn SessionHook, sql: &str, state: Injected) -> Injected {
     state
 }
 
+/// Asserts whether the hook put a check in front of the client's Query.
+fn assert_checked(state: &Injected, checked: bool, why: &str) {
+    assert_eq!(state.replacement.is_some(), checked, "{why}");
+}
+
 fn replaced_text(state: &Injected) -> String {
     let (bytes, _) = state.replacement.as_ref().expect("a rewritten Query");
     String::from_utf8_lossy(&bytes[5..bytes.len() - 1]).into_owned()
@@ -76,20 +81,11 @@ fn a_token_the_transaction_already_checked_is_not_checked_again() {
         ..Injected::default()
     };
     let first = query(&mut *hook, &sql, in_block());
-    assert!(
-        first.replacement.is_some(),
-        "the first statement is checked"
-    );
+    assert_checked(&first, true, "the first statement is checked");
     let second = query(&mut *hook, &sql, in_block());
-    assert!(
-        second.replacement.is_none(),
-        "the same transaction: no second check"
-    );
+    assert_checked(&second, false, "the same transaction: no second check");
     let after_commit = query(&mut *hook, &sql, Injected::default());
-    assert!(
-        after_commit.replacement.is_some(),
-        "a new transaction is checked again"
-    );
+    assert_checked(&after_commit, true, "a new transaction is checked again");
 }
 
 #[test]
@@ -170,13 +166,7 @@ fn a_reload_changes_the_policy_of_sessions_that_start_after_it() {
     });
     let mut after = hooks.session_hook(&startup).unwrap();
     let checked = query(&mut *before, &read, Injected::default());
-    assert!(
-        checked.replacement.is_some(),
-        "open session: reads still checked"
-    );
+    assert_checked(&checked, true, "open session: reads still checked");
     let unchecked = query(&mut *after, &read, Injected::default());
-    assert!(
-        unchecked.replacement.is_none(),
-        "new session: fence_mode = writes"
-    );
+    assert_checked(&unchecked, false, "new session: fence_mode = writes");
 }
