@@ -80,27 +80,8 @@ pub async fn run_reloading(
         clients: listener,
         metrics: metrics_listener,
     } = listeners;
-    let scrapes = CancellationToken::new();
-    let _stop_scrapes = scrapes.clone().drop_guard();
-    if let Some(metrics_listener) = metrics_listener {
-        let addr = metrics_listener.local_addr().map_err(ServerError::Accept)?;
-        tracing::info!(listen = %addr, "metrics endpoint at /metrics");
-        tokio::spawn(crate::metrics::serve(
-            metrics_listener,
-            metrics.clone(),
-            scrapes,
-        ));
-    }
-    let shared = Arc::new(Shared {
-        upstream: Upstream::new(&config)?,
-        tls: std::sync::RwLock::new(crate::tls::acceptor(&config)?),
-        hooks,
-        config: config.clone(),
-        signals: Arc::new(Signals::default()),
-        sessions: session::limit::SessionLimit::new(config.max_connections),
-        opening: session::opening::OpeningSlots::new(config.max_startup_connections),
-        buffers: session::budget::BufferBudget::new(config.max_buffered_bytes),
-    });
+    let _stop_scrapes = serve_metrics(metrics_listener, &metrics)?;
+    let shared = shared_state(&config, hooks)?;
     let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
     let sessions = TaskTracker::new();
     tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
@@ -152,6 +133,42 @@ pub async fn run_reloading(
     }
     workers.shutdown().await;
     Ok(())
+}
+
+/// Starts answering scrapes, when there is a metrics listener; they stop when the returned
+/// guard is dropped.
+fn serve_metrics(
+    listener: Option<TcpListener>,
+    metrics: &Arc<Metrics>,
+) -> Result<tokio_util::sync::DropGuard, ServerError> {
+    let scrapes = CancellationToken::new();
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().map_err(ServerError::Accept)?;
+        tracing::info!(listen = %addr, "metrics endpoint at /metrics and /status");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            scrapes.clone(),
+        ));
+    }
+    Ok(scrapes.drop_guard())
+}
+
+/// What every session shares, built from the settings at start.
+fn shared_state(
+    config: &Arc<Config>,
+    hooks: Arc<dyn HookFactory>,
+) -> Result<Arc<Shared>, ServerError> {
+    Ok(Arc::new(Shared {
+        upstream: Upstream::new(config)?,
+        tls: std::sync::RwLock::new(crate::tls::acceptor(config)?),
+        hooks,
+        config: config.clone(),
+        signals: Arc::new(Signals::default()),
+        sessions: session::limit::SessionLimit::new(config.max_connections),
+        opening: session::opening::OpeningSlots::new(config.max_startup_connections),
+        buffers: session::budget::BufferBudget::new(config.max_buffered_bytes),
+    }))
 }
 
 async fn recv(reloads: &mut Option<UnboundedReceiver<Config>>) -> Option<Config> {
