@@ -80,15 +80,17 @@ mod tests {
         let c = HighWaterCache::default();
         c.observe_rejection("db", b"fencegate:42:6a6f623a372078");
         assert_eq!(c.get("db", "job:7 x"), Some(42));
+        let not_a_detail = "presented_token=1 current_token=9 resource=a";
         for bad in [
-            &b"garbage"[..],
-            b"fencegate::61",
-            b"fencegate:1:6",
-            b"fencegate:1:zz",
-            b"fencegate:-1:61",
-            b"presented_token=1 current_token=9 resource=a",
+            "garbage",
+            "fencegate::61",
+            "fencegate:1:6",
+            "fencegate:1:zz",
         ] {
-            c.observe_rejection("db", bad);
+            c.observe_rejection("db", bad.as_bytes());
+        }
+        for bad in ["fencegate:-1:61", not_a_detail] {
+            c.observe_rejection("db", bad.as_bytes());
         }
         assert_eq!(c.get("db", "a"), None);
     }

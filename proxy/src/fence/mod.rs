@@ -66,16 +66,8 @@ mod tests {
     fn tokens_are_non_negative_i64() {
         assert_eq!(parse_token(b"0"), Some(0));
         assert_eq!(parse_token(b"9223372036854775807"), Some(i64::MAX));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"+1",
-            b" 1",
-            b"1.0",
-            b"9223372036854775808",
-            b"0x10",
-        ] {
-            assert_eq!(parse_token(bad), None, "{:?}", bad);
+        for bad in ["", "-1", "+1", " 1", "1.0", "9223372036854775808", "0x10"] {
+            assert_eq!(parse_token(bad.as_bytes()), None, "{bad:?}");
         }
     }
 }

@@ -166,6 +166,38 @@ mod tests {
         Arc::new(policy.analyze(sql.as_bytes()))
     }
 
+    const WRITE: &str = "UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/";
+
+    fn parse(name: &str, a: &Arc<Analysis>) -> StatementOp {
+        StatementOp::Parse(name.as_bytes().to_vec(), a.clone())
+    }
+
+    fn close(name: &str) -> StatementOp {
+        StatementOp::Close(name.as_bytes().to_vec())
+    }
+
+    /// Sends one operation and ends the round (a Sync).
+    fn round(p: &mut PreparedStatements, op: StatementOp) {
+        p.sent(op);
+        p.round_ended();
+    }
+
+    /// The server's answers to the oldest rounds in flight, in order.
+    fn answers(p: &mut PreparedStatements, succeeded: &[bool]) {
+        for &ok in succeeded {
+            p.answered(ok);
+        }
+    }
+
+    /// A session in which `name` was parsed as a fenced write, the Parse answered.
+    fn prepared_write(name: &str) -> (PreparedStatements, Arc<Analysis>) {
+        let mut p = PreparedStatements::default();
+        let write = analysis(WRITE);
+        round(&mut p, parse(name, &write));
+        p.answered(true);
+        (p, write)
+    }
+
     fn texts(p: &PreparedStatements, name: &str) -> Vec<Analysis> {
         p.candidates(name.as_bytes())
             .iter()
@@ -176,8 +208,8 @@ mod tests {
     #[test]
     fn a_parse_counts_once_the_server_completes_it() {
         let mut p = PreparedStatements::default();
-        let write = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
-        p.sent(StatementOp::Parse(b"s".to_vec(), write.clone()));
+        let write = analysis(WRITE);
+        p.sent(parse("s", &write));
         // Same round: a Bind runs only if the Parse succeeded.
         assert_eq!(texts(&p, "s"), [(*write).clone()]);
         p.round_ended();
@@ -189,21 +221,14 @@ mod tests {
 
     #[test]
     fn a_failed_parse_or_close_changes_nothing() {
-        let mut p = PreparedStatements::default();
-        let write = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
-        p.sent(StatementOp::Parse(b"s".to_vec(), write.clone()));
-        p.round_ended();
-        p.answered(true);
+        let (mut p, write) = prepared_write("s");
         // A second Parse of the name fails on the server; a Close skipped after an error.
         p.sent(StatementOp::Parse(b"s".to_vec(), analysis("COMMIT")));
         p.sent(StatementOp::Other);
-        p.sent(StatementOp::Close(b"s".to_vec()));
-        p.round_ended();
-        p.answered(false);
-        p.answered(true);
-        p.answered(false);
+        round(&mut p, close("s"));
+        answers(&mut p, &[false, true, false]);
         assert_eq!(texts(&p, "s"), [(*write).clone()]);
-        p.sent(StatementOp::Close(b"s".to_vec()));
+        p.sent(close("s"));
         p.answered(true);
         assert_eq!(texts(&p, "s"), [Analysis::unknown()]);
     }
@@ -212,28 +237,22 @@ mod tests {
     fn the_last_operation_of_the_current_round_decides() {
         let mut p = PreparedStatements::default();
         let first = analysis("SELECT 1");
-        p.sent(StatementOp::Parse(b"".to_vec(), first.clone()));
-        p.round_ended();
+        round(&mut p, parse("", &first));
         let second = analysis("SELECT 2 /*fencing_resource='r',fencing_token='1'*/");
-        p.sent(StatementOp::Parse(b"".to_vec(), second.clone()));
+        p.sent(parse("", &second));
         assert_eq!(texts(&p, ""), [(*second).clone()]);
         p.round_ended();
         assert_eq!(
             texts(&p, ""),
             [Analysis::unknown(), (*first).clone(), (*second).clone()]
         );
-        p.answered(true);
-        p.answered(true);
+        answers(&mut p, &[true, true]);
         assert_eq!(texts(&p, ""), [(*second).clone()]);
     }
 
     #[test]
     fn the_unnamed_statement_follows_the_same_rules() {
-        let mut p = PreparedStatements::default();
-        let write = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
-        p.sent(StatementOp::Parse(Vec::new(), write.clone()));
-        p.round_ended();
-        p.answered(true);
+        let (mut p, write) = prepared_write("");
         assert_eq!(texts(&p, ""), [(*write).clone()]);
         assert_eq!(
             texts(&p, "s"),
@@ -248,30 +267,23 @@ mod tests {
             [(*write).clone()],
             "a failed Parse changes nothing"
         );
-        p.sent(StatementOp::Close(Vec::new()));
-        p.round_ended();
+        round(&mut p, close(""));
         p.answered(true);
         assert_eq!(texts(&p, ""), [Analysis::unknown()]);
     }
 
     #[test]
     fn a_deep_pipeline_keeps_each_name_apart() {
-        let mut p = PreparedStatements::default();
-        let s1 = analysis("UPDATE t SET v = 1 /*fencing_resource='r',fencing_token='1'*/");
-        p.sent(StatementOp::Parse(b"s1".to_vec(), s1.clone()));
-        p.round_ended();
-        p.answered(true);
+        let (mut p, s1) = prepared_write("s1");
         // A pipelining client: many rounds in flight, each parsing the unnamed statement.
         let unnamed = analysis("SELECT 1");
         for _ in 0..1000 {
-            p.sent(StatementOp::Parse(Vec::new(), unnamed.clone()));
-            p.round_ended();
+            round(&mut p, parse("", &unnamed));
         }
         assert_eq!(texts(&p, "s1"), [(*s1).clone()]);
         assert_eq!(texts(&p, ""), [Analysis::unknown(), (*unnamed).clone()]);
         // A Close of s1 still in flight: either state is possible.
-        p.sent(StatementOp::Close(b"s1".to_vec()));
-        p.round_ended();
+        round(&mut p, close("s1"));
         assert_eq!(texts(&p, "s1"), [(*s1).clone(), Analysis::unknown()]);
         for _ in 0..1000 {
             p.answered(true);

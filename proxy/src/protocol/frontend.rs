@@ -61,22 +61,22 @@ impl<'a> FrontendMessage<'a> {
 
     /// `(statement name, SQL text)` of a Parse.
     pub fn parse(&self) -> Option<(&'a [u8], &'a [u8])> {
-        if self.tag != PARSE {
-            return None;
-        }
-        let (name, rest) = cstr(self.body)?;
-        let (query, _) = cstr(rest)?;
-        Some((name, query))
+        self.leading_strings(PARSE)
     }
 
     /// `(portal, statement)` names of a Bind.
     pub fn bind_names(&self) -> Option<(&'a [u8], &'a [u8])> {
-        if self.tag != BIND {
+        self.leading_strings(BIND)
+    }
+
+    /// The first two NUL-terminated strings of a message with this tag.
+    fn leading_strings(&self, tag: u8) -> Option<(&'a [u8], &'a [u8])> {
+        if self.tag != tag {
             return None;
         }
-        let (portal, rest) = cstr(self.body)?;
-        let (statement, _) = cstr(rest)?;
-        Some((portal, statement))
+        let (first, rest) = cstr(self.body)?;
+        let (second, _) = cstr(rest)?;
+        Some((first, second))
     }
 
     /// The portal name of an Execute.

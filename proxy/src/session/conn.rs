@@ -2,8 +2,12 @@
 //! accumulate in. Reads only append to the buffer and messages are split off only when
 //! complete, so every read here is cancel-safe inside `select!`.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 
 use crate::protocol::framing::{missing_bytes, peek_tagged, peek_untagged, FrameError};
 use crate::stream::Stream;
@@ -61,6 +65,12 @@ impl Conn {
             let want = missing_bytes(&self.rbuf).clamp(READ_CHUNK, MAX_RESERVE_STEP);
             self.rbuf.reserve(want);
         }
+    }
+
+    /// Polls for more bytes into the buffer; `Ready(Ok(0))` at end of stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.reserve_for_read();
+        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 
     /// Reads more bytes into the buffer; 0 at end of stream. Cancel-safe.

@@ -9,11 +9,9 @@
 //! CopyData is the exception: it is relayed as its bytes arrive, never buffered whole.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::io::poll_read_buf;
 
 use super::budget::Share;
 use super::conn::Conn;
@@ -229,35 +227,27 @@ impl Relay {
                 return Poll::Ready(Ok(self.server_close.end()));
             }
             if !self.client_eof && !pending.client_read && self.to_server.len() < HIGH_WATER {
-                self.client.reserve_for_read();
-                match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
-                    Poll::Ready(Ok(0)) => {
-                        self.client_eof = true;
-                        read_something = true;
-                    }
-                    Poll::Ready(Ok(_)) => {
+                match self.client.poll_fill(cx).map_err(SessionError::ClientIo)? {
+                    Poll::Ready(0) => self.client_eof = true,
+                    Poll::Ready(_) => {
                         self.on_client_bytes()?;
                         self.cover_unfinished()?;
-                        read_something = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                     Poll::Pending => pending.client_read = true,
                 }
+                read_something |= !pending.client_read;
             }
             if !self.server_eof && !pending.server_read && self.to_client.len() < HIGH_WATER {
-                self.server.reserve_for_read();
-                match poll_read_buf(Pin::new(&mut self.server.stream), cx, &mut self.server.rbuf) {
-                    Poll::Ready(Ok(0)) => {
-                        self.server_eof = true;
-                        read_something = true;
-                    }
-                    Poll::Ready(Ok(_)) => {
-                        self.on_server_bytes()?;
-                        read_something = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                match self
+                    .server
+                    .poll_fill(cx)
+                    .map_err(SessionError::UpstreamIo)?
+                {
+                    Poll::Ready(0) => self.server_eof = true,
+                    Poll::Ready(_) => self.on_server_bytes()?,
                     Poll::Pending => pending.server_read = true,
                 }
+                read_something |= !pending.server_read;
             }
             if !read_something {
                 if self.draining && self.is_quiescent() {

@@ -209,57 +209,66 @@ mod tests {
         classify(sql.as_bytes()).kind
     }
 
+    /// The statements of a block of text, one per line (blank lines skipped).
+    fn statements(block: &str) -> impl Iterator<Item = &str> {
+        block.lines().map(str::trim).filter(|line| !line.is_empty())
+    }
+
     #[test]
     fn control_statements() {
-        for sql in [
-            "BEGIN",
-            "begin isolation level serializable",
-            "START TRANSACTION",
-            "COMMIT",
-            "END",
-            "ROLLBACK",
-            "rollback to savepoint a",
-            "SAVEPOINT a",
-            "RELEASE a",
-            "SET x = 1",
-            "SET LOCAL fencing.token = 5",
-            "RESET ALL",
-            "SHOW work_mem",
-            "DISCARD ALL",
-            "DEALLOCATE ALL",
-            "PREPARE TRANSACTION 'x'",
-            "COMMIT PREPARED 'x'",
-            "LISTEN c",
-        ] {
+        for sql in statements(
+            "
+            BEGIN
+            begin isolation level serializable
+            START TRANSACTION
+            COMMIT
+            END
+            ROLLBACK
+            rollback to savepoint a
+            SAVEPOINT a
+            RELEASE a
+            SET x = 1
+            SET LOCAL fencing.token = 5
+            RESET ALL
+            SHOW work_mem
+            DISCARD ALL
+            DEALLOCATE ALL
+            PREPARE TRANSACTION 'x'
+            COMMIT PREPARED 'x'
+            LISTEN c
+            ",
+        ) {
             assert_eq!(kind(sql), Kind::Control, "{sql}");
         }
     }
 
     #[test]
     fn statements_that_cannot_run_in_a_block() {
-        for sql in [
-            "VACUUM t",
-            "vacuum",
-            "CREATE DATABASE x",
-            "DROP DATABASE x",
-            "CREATE INDEX CONCURRENTLY i ON t (a)",
-            "DROP INDEX CONCURRENTLY i",
-            "REINDEX TABLE CONCURRENTLY t",
-            "ALTER SYSTEM SET work_mem = '1MB'",
-            "CREATE TABLESPACE s LOCATION '/x'",
-            "CLUSTER",
-            "CLUSTER VERBOSE",
-            "CLUSTER partitioned USING i",
-            "REINDEX SCHEMA s",
-            "REINDEX (CONCURRENTLY) TABLE t",
-            "REINDEX TABLE partitioned",
-            "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
-            "ALTER DATABASE d SET TABLESPACE s",
-            "ALTER SUBSCRIPTION s REFRESH PUBLICATION",
-            "CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p",
-            "DROP SUBSCRIPTION s",
-            "DROP TABLESPACE s",
-        ] {
+        for sql in statements(
+            "
+            VACUUM t
+            vacuum
+            CREATE DATABASE x
+            DROP DATABASE x
+            CREATE INDEX CONCURRENTLY i ON t (a)
+            DROP INDEX CONCURRENTLY i
+            REINDEX TABLE CONCURRENTLY t
+            ALTER SYSTEM SET work_mem = '1MB'
+            CREATE TABLESPACE s LOCATION '/x'
+            CLUSTER
+            CLUSTER VERBOSE
+            CLUSTER partitioned USING i
+            REINDEX SCHEMA s
+            REINDEX (CONCURRENTLY) TABLE t
+            REINDEX TABLE partitioned
+            ALTER TABLE p DETACH PARTITION c CONCURRENTLY
+            ALTER DATABASE d SET TABLESPACE s
+            ALTER SUBSCRIPTION s REFRESH PUBLICATION
+            CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p
+            DROP SUBSCRIPTION s
+            DROP TABLESPACE s
+            ",
+        ) {
             assert_eq!(kind(sql), Kind::NonTransactional, "{sql}");
         }
         assert_eq!(kind("ALTER DATABASE d SET work_mem = '1MB'"), Kind::Write);
@@ -286,69 +295,77 @@ mod tests {
 
     #[test]
     fn reads() {
-        for sql in [
-            "SELECT * FROM t WHERE a = 'update'",
-            "select 1",
-            "VALUES (1)",
-            "TABLE t",
-            "WITH x AS (SELECT 1) SELECT * FROM x",
-            "COPY t TO STDOUT",
-            "FETCH 10 FROM c",
-            "EXPLAIN SELECT 1",
-            "SELECT \"update\" FROM t",
-        ] {
+        for sql in statements(
+            "
+            SELECT * FROM t WHERE a = 'update'
+            select 1
+            VALUES (1)
+            TABLE t
+            WITH x AS (SELECT 1) SELECT * FROM x
+            COPY t TO STDOUT
+            FETCH 10 FROM c
+            EXPLAIN SELECT 1
+            SELECT \"update\" FROM t
+            ",
+        ) {
             assert_eq!(kind(sql), Kind::Read, "{sql}");
         }
     }
 
     #[test]
     fn writes_are_conservative() {
-        for sql in [
-            "UPDATE t SET a = 1",
-            "INSERT INTO t VALUES (1)",
-            "DELETE FROM t",
-            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
-            "SELECT * FROM t FOR UPDATE",
-            "SELECT * FROM t FOR SHARE",
-            "SELECT * FROM t FOR NO KEY UPDATE",
-            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
-            "SELECT * INTO new_t FROM t",
-            "COPY t FROM STDIN",
-            "TRUNCATE t",
-            "CREATE TABLE t (a int)",
-            "ALTER TABLE t ADD b int",
-            "LOCK TABLE t",
-            "EXPLAIN ANALYZE DELETE FROM t",
-            "SELECT nextval('s')",
-            "NOTIFY c",
-            "EXECUTE stmt(1)",
-        ] {
+        for sql in statements(
+            "
+            UPDATE t SET a = 1
+            INSERT INTO t VALUES (1)
+            DELETE FROM t
+            MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE
+            SELECT * FROM t FOR UPDATE
+            SELECT * FROM t FOR SHARE
+            SELECT * FROM t FOR NO KEY UPDATE
+            WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d
+            SELECT * INTO new_t FROM t
+            COPY t FROM STDIN
+            TRUNCATE t
+            CREATE TABLE t (a int)
+            ALTER TABLE t ADD b int
+            LOCK TABLE t
+            EXPLAIN ANALYZE DELETE FROM t
+            SELECT nextval('s')
+            NOTIFY c
+            EXECUTE stmt(1)
+            ",
+        ) {
             assert_eq!(kind(sql), Kind::Write, "{sql}");
         }
     }
 
     #[test]
     fn settings_changes_are_noticed() {
-        for sql in [
-            "SET fencing.token = 5",
-            "set local FENCING.resource = 'a'",
-            "SET \"fencing\".\"token\" = 3",
-            "SET fencing . token = 3",
-            "SET SESSION fencing.token TO 3",
-            "SELECT set_config('fencing.token', '5', true)",
-        ] {
+        for sql in statements(
+            "
+            SET fencing.token = 5
+            set local FENCING.resource = 'a'
+            SET \"fencing\".\"token\" = 3
+            SET fencing . token = 3
+            SET SESSION fencing.token TO 3
+            SELECT set_config('fencing.token', '5', true)
+            ",
+        ) {
             assert!(classify(sql.as_bytes()).touches_settings, "{sql}");
         }
-        for sql in [
-            "SET work_mem = '1MB'",
-            "SELECT 1",
-            "RESET work_mem",
-            "RESET ALL",
-            "DISCARD ALL",
-            "RESET fencing.token",
-            "SHOW fencing.token",
-            "SELECT 'fencing is fun'",
-        ] {
+        for sql in statements(
+            "
+            SET work_mem = '1MB'
+            SELECT 1
+            RESET work_mem
+            RESET ALL
+            DISCARD ALL
+            RESET fencing.token
+            SHOW fencing.token
+            SELECT 'fencing is fun'
+            ",
+        ) {
             assert!(!classify(sql.as_bytes()).touches_settings, "{sql}");
         }
     }

@@ -179,13 +179,13 @@ mod tests {
         rules.after_statement(b"SELECT 1");
         rules.before_statement(false);
         assert_eq!(rules.unreadable(), None);
-        for text in [
-            &b"SET standard_conforming_strings = off"[..],
-            b"select set_config('client_encoding', 'SJIS', true)",
-            b"SET NAMES 'BIG5'",
-            b"RESET ALL",
-            b"DISCARD ALL",
-        ] {
+        let set_config = "select set_config('client_encoding', 'SJIS', true)";
+        let changes = ["SET standard_conforming_strings = off", set_config];
+        for text in changes
+            .into_iter()
+            .chain(["SET NAMES 'BIG5'", "RESET ALL", "DISCARD ALL"])
+        {
+            let text = text.as_bytes();
             let mut rules = ReadingRules::at_startup(None);
             rules.after_statement(text);
             rules.before_statement(false);
