@@ -498,3 +498,6 @@ fn take(buf: &mut BytesMut, n: usize) -> Bytes {
         buf.split_to(n).freeze()
     }
 }
+
+#[cfg(test)]
+mod tests;
