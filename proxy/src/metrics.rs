@@ -248,8 +248,8 @@ fn ends_head(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
 }
 
-/// The whole HTTP response to a request head.
-fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
+/// The whole HTTP response to a request head (public for the fuzz target).
+pub fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
     // Empty lines before the request line are allowed (RFC 9112, 2.2).
     let line = head
         .split(|&b| b == b'\n')

@@ -1,0 +1,5 @@
+//! libFuzzer entry for [`fencegate_fuzz::framing`].
+#![no_main]
+#![forbid(unsafe_code)]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fencegate_fuzz::framing(data));
