@@ -110,7 +110,7 @@ pub fn classify_noting_comments<'a>(
         "select", "values", "table", "with", "fetch", "move", "explain",
     ]) && !words.writes
         && !words.analyze)
-        || (w(0, "copy") && words.to && !words.from)
+        || (w(0, "copy") && !words.writes && copies_out(&words))
     {
         Kind::Read
     } else {
@@ -120,6 +120,16 @@ pub fn classify_noting_comments<'a>(
         kind,
         touches_settings: settings.literal || (w(0, "set") && settings.dotted),
     }
+}
+
+/// A COPY that sends rows out: `COPY table TO ...`, or `COPY (query) TO ...`, whose query
+/// starts with a reserved word (a table cannot be named so unquoted). The query may be a
+/// data-modifying one (`INSERT ... RETURNING`): the caller checks for write words.
+fn copies_out(words: &Words<'_>) -> bool {
+    let query = ["select", "values", "table", "with"]
+        .iter()
+        .any(|kw| words.first[1].eq_ignore_ascii_case(kw.as_bytes()));
+    query || (words.to && !words.from)
 }
 
 /// What [`classify`] needs to know of a statement's words (comments and quoted text not
@@ -303,6 +313,7 @@ mod tests {
             TABLE t
             WITH x AS (SELECT 1) SELECT * FROM x
             COPY t TO STDOUT
+            COPY (SELECT * FROM t) TO STDOUT
             FETCH 10 FROM c
             EXPLAIN SELECT 1
             SELECT \"update\" FROM t
@@ -326,6 +337,12 @@ mod tests {
             WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d
             SELECT * INTO new_t FROM t
             COPY t FROM STDIN
+            COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT
+            COPY (UPDATE t SET a = 1 RETURNING a) TO STDOUT
+            COPY (DELETE FROM t RETURNING *) TO STDOUT
+            COPY (MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE RETURNING *) TO STDOUT
+            COPY (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) TO STDOUT
+            COPY (SELECT * FROM t FOR UPDATE) TO STDOUT
             TRUNCATE t
             CREATE TABLE t (a int)
             ALTER TABLE t ADD b int
