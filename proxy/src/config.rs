@@ -373,7 +373,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => Ok(Duration::from_secs(n)),
-        "m" | "min" => Ok(Duration::from_secs(n * 60)),
+        "m" | "min" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {text:?} is too long")),
         other => Err(format!("invalid duration unit {other:?} in {text:?}")),
     }
 }
@@ -481,6 +484,8 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        // Found by fuzz/ (config target): minutes that overflow a u64 of seconds.
+        assert!(parse_duration("1000000000000000000min").is_err());
     }
 
     #[test]
