@@ -46,15 +46,9 @@ fn select_reply(status: u8) -> Vec<u8> {
     out
 }
 
-/// A relay between two socket pairs; the test holds the far ends.
-struct Rig {
-    relay: Relay,
-    client: UnixStream,
-    server: UnixStream,
-    signals: Arc<Signals>,
-}
-
-fn rig() -> Rig {
+/// A relay between two socket pairs, the far ends (client, server) the test holds, and the
+/// signals it listens to.
+fn rig() -> (Relay, UnixStream, UnixStream, Arc<Signals>) {
     let (client_side, client) = UnixStream::pair().expect("socket pair");
     let (server_side, server) = UnixStream::pair().expect("socket pair");
     let relay = Relay::new(
@@ -65,12 +59,7 @@ fn rig() -> Rig {
         (1 << 30, BufferBudget::new(1 << 30).share()),
         tracing::Span::none(),
     );
-    Rig {
-        relay,
-        client,
-        server,
-        signals: Arc::new(Signals::default()),
-    }
+    (relay, client, server, Arc::new(Signals::default()))
 }
 
 /// Runs the relay and a script of the two far ends together; gives the relay's result.
@@ -94,12 +83,7 @@ async fn read_n(stream: &mut UnixStream, n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn bytes_pass_unchanged_both_ways_and_a_closing_client_ends_the_session() {
-    let Rig {
-        mut relay,
-        mut client,
-        mut server,
-        signals,
-    } = rig();
+    let (mut relay, mut client, mut server, signals) = rig();
     let sent = query("SELECT 1");
     let reply = select_reply(b'I');
     let end = run_with(&mut relay, &signals, async {
@@ -118,12 +102,7 @@ async fn bytes_pass_unchanged_both_ways_and_a_closing_client_ends_the_session() 
 #[tokio::test]
 async fn a_server_that_hangs_up_is_told_apart_from_one_that_said_fatal_first() {
     for fatal_first in [false, true] {
-        let Rig {
-            mut relay,
-            mut client,
-            mut server,
-            signals,
-        } = rig();
+        let (mut relay, mut client, mut server, signals) = rig();
         let fatal = frame(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0");
         let end = run_with(&mut relay, &signals, async {
             client
@@ -149,12 +128,7 @@ async fn a_server_that_hangs_up_is_told_apart_from_one_that_said_fatal_first() {
 
 #[tokio::test]
 async fn a_frame_with_an_impossible_length_ends_the_session_as_the_clients_fault() {
-    let Rig {
-        mut relay,
-        mut client,
-        server: _server,
-        signals,
-    } = rig();
+    let (mut relay, mut client, _server, signals) = rig();
     let end = run_with(&mut relay, &signals, async {
         client.write_all(b"Q\x00\x00\x00\x02").await.unwrap();
     })
@@ -169,12 +143,7 @@ async fn a_frame_with_an_impossible_length_ends_the_session_as_the_clients_fault
 
 #[tokio::test]
 async fn a_drain_waits_for_the_open_transaction_and_a_stop_does_not() {
-    let Rig {
-        mut relay,
-        mut client,
-        mut server,
-        signals,
-    } = rig();
+    let (mut relay, mut client, mut server, signals) = rig();
     let begin = query("BEGIN");
     let end = run_with(&mut relay, &signals, async {
         client.write_all(&begin).await.unwrap();
@@ -201,12 +170,7 @@ async fn a_drain_waits_for_the_open_transaction_and_a_stop_does_not() {
     .await;
     assert_eq!(end.unwrap(), End::Drained, "ends once idle");
 
-    let Rig {
-        mut relay,
-        client: _client,
-        server: _server,
-        signals,
-    } = rig();
+    let (mut relay, _client, _server, signals) = rig();
     relay.tracker = ReplyTracker::new(TxStatus::InBlock);
     let end = run_with(&mut relay, &signals, async { signals.stop() }).await;
     assert_eq!(
@@ -224,12 +188,7 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_client_that_does_not_read_holds_the_server_back() {
-    let Rig {
-        mut relay,
-        mut client,
-        server,
-        signals,
-    } = rig();
+    let (mut relay, mut client, server, signals) = rig();
     // The client asks for a large result and then reads nothing.
     client.write_all(&query("SELECT big")).await.unwrap();
     let mut server = server.into_std().unwrap();
@@ -267,12 +226,7 @@ async fn a_client_that_does_not_read_holds_the_server_back() {
 
 #[tokio::test]
 async fn a_long_copy_data_is_streamed_before_it_is_complete() {
-    let Rig {
-        mut relay,
-        mut client,
-        mut server,
-        signals,
-    } = rig();
+    let (mut relay, mut client, mut server, signals) = rig();
     let copy = query("COPY t FROM STDIN");
     let whole = 4 << 20;
     let end = run_with(&mut relay, &signals, async {
