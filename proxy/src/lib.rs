@@ -25,6 +25,7 @@
 //! - [`reload`]: what a SIGHUP changes while serving, and what needs a restart.
 //! - [`metrics`]: the Prometheus endpoint (connection counts, fencing counters, check
 //!   latency).
+//! - [`health`]: `fencegate health`, asking a running proxy's `/status` (container checks).
 //! - [`demo`]: `fencegate demo`, the FM12 scenario directly and through the proxy, and
 //!   [`demo::pgtemp`], throwaway PostgreSQL clusters (demo, tests).
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fence;
+pub mod health;
 pub mod metrics;
 pub mod protocol;
 pub mod reload;

@@ -48,6 +48,23 @@ enum Command {
     /// Start a throwaway PostgreSQL and the proxy, and show a stale lock holder's write
     /// landing directly and rejected through fencegate (exit status 0 when it is).
     Demo,
+    /// Ask a running `fencegate serve` for its `/status` on the metrics endpoint: exit
+    /// status 0 and one line when it answers 200, else 1 (for container health checks).
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The metrics endpoint serve listens on (0.0.0.0 is asked on 127.0.0.1) [default: the
+    /// config file's metrics_listen, else 127.0.0.1:9187].
+    #[arg(long, env = "FENCEGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// serve's TOML config file, read for its metrics_listen.
+    #[arg(long, env = "FENCEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Time the whole exchange may take, e.g. 3s, 500ms [default: 3s].
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -243,7 +260,33 @@ fn main() -> anyhow::Result<()> {
         Command::Require(args) => require(&args),
         Command::Fences(args) => fences(&args),
         Command::Demo => demo(),
+        Command::Health(args) => health(&args),
     }
+}
+
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let unhealthy = |why: &dyn std::fmt::Display| -> ! {
+        println!("unhealthy: {why}");
+        std::process::exit(1)
+    };
+    let from_file = match (&args.metrics_listen, &args.config) {
+        (None, Some(path)) => {
+            Config::from_file(path)
+                .unwrap_or_else(|e| unhealthy(&e))
+                .metrics_listen
+        }
+        _ => None,
+    };
+    let listen = args.metrics_listen.or(from_file).unwrap_or_else(|| {
+        let default = fencegate::health::DEFAULT_ADDR;
+        default.parse().expect("constant address parses")
+    });
+    let timeout = args.timeout.unwrap_or(fencegate::health::DEFAULT_TIMEOUT);
+    match fencegate::health::check(listen, timeout) {
+        Ok(healthy) => println!("healthy: {healthy}"),
+        Err(e) => unhealthy(&e),
+    }
+    Ok(())
 }
 
 fn demo() -> anyhow::Result<()> {
