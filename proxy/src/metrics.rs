@@ -76,7 +76,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let single: [(&str, &str, &str, &AtomicU64); 5] = [
+        let single: [(&str, &str, &str, &AtomicU64); 6] = [
             (
                 "fencegate_client_connections_open",
                 "gauge",
@@ -106,6 +106,12 @@ impl Metrics {
                 "counter",
                 "Fencing checks that passed: the statement behind them ran.",
                 &f.admitted,
+            ),
+            (
+                "fencegate_preemptions_total",
+                "counter",
+                "Sessions ended by this proxy's checks for holding an older token past the preemption grace.",
+                &f.preempted,
             ),
         ];
         for (name, kind, help, value) in single {
@@ -163,6 +169,7 @@ impl Metrics {
                 "sent_total": get(&f.checks),
                 "admitted_total": get(&f.admitted),
             },
+            "preemptions_total": get(&f.preempted),
             "rejections": {
                 "stale": get(&f.stale),
                 "invalid": get(&f.invalid),
@@ -430,6 +437,7 @@ mod tests {
         drop(_closed);
         FenceStats::bump(&m.fence.checks);
         FenceStats::bump(&m.fence.stale);
+        FenceStats::bump(&m.fence.preempted);
         m.fence.check_seconds.observe(Duration::from_micros(300));
         let text = m.render();
         for line in [
@@ -437,6 +445,7 @@ mod tests {
             "fencegate_client_connections_total 2",
             "fencegate_checks_total 1",
             "fencegate_checks_admitted_total 0",
+            "fencegate_preemptions_total 1",
             "fencegate_rejections_total{reason=\"stale\"} 1",
             "fencegate_rejections_total{reason=\"invalid\"} 0",
             "fencegate_check_duration_seconds_bucket{le=\"0.0002\"} 0",

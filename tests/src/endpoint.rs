@@ -10,6 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::pgbin::PgBin;
@@ -121,6 +122,39 @@ impl Endpoint {
             }
         });
         client
+    }
+
+    /// Like [`Endpoint::connect`], and keeps every notice the server sends this client
+    /// (`SQLSTATE message`), for tests that nothing of the proxy's own work shows.
+    pub async fn connect_keeping_notices(
+        &self,
+        user: &str,
+        db: &str,
+    ) -> (tokio_postgres::Client, Arc<Mutex<Vec<String>>>) {
+        let (client, mut connection) = self
+            .pg_config(user, db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} as {user}/{db}: {e}", self.addr));
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let kept = notices.clone();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notice(n)) => kept
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", n.code().code(), n.message())),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("connection ended with error: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+        (client, notices)
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use fencegate::fence::stats::FenceStats;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
     assert_stale, backend_pid, comment, expect_code, fenced_database, within, FenceProxy, Monitor,
@@ -120,7 +121,7 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
     let db = fenced_database(cluster, "fm12_open", SETUP).await;
     let monitor = Monitor::connect(cluster, &db).await;
     let a = fp.endpoint().connect(TRUST_USER, &db).await;
-    let b = fp.endpoint().connect(TRUST_USER, &db).await;
+    let (b, b_notices) = fp.endpoint().connect_keeping_notices(TRUST_USER, &db).await;
     let a_pid = backend_pid(&a).await;
     // A opens a transaction, is admitted with token 1 by its read, and freezes there.
     open_and_read(&a).await;
@@ -146,6 +147,19 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
         "B completed but A's backend {a_pid} was not ended first; server log:\n{log_when_b_done}"
     );
     monitor.wait_until_gone(a_pid).await;
+    // The proxy counts the preemption its check reported, and B sees nothing of it.
+    assert_eq!(
+        FenceStats::get(&fp.stats.preempted),
+        1,
+        "preemptions counted"
+    );
+    let seen = b.batch_execute("SELECT 1").await;
+    assert!(seen.is_ok(), "B goes on: {seen:?}");
+    assert_eq!(
+        *b_notices.lock().unwrap(),
+        Vec::<String>::new(),
+        "notices B saw"
+    );
 
     // A wakes up inside its transaction: its write and its COMMIT fail.
     let late = a.execute(&write(1, "A"), &[]).await;
@@ -190,5 +204,10 @@ async fn fm12_frozen_inside_open_transaction_is_not_ended_without_a_newer_holder
     assert_eq!(
         record(&monitor).await,
         ("done".into(), Some("C: processed".into()), "AC".into())
+    );
+    assert_eq!(
+        FenceStats::get(&fp.stats.preempted),
+        0,
+        "preemptions counted"
     );
 }

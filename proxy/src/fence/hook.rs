@@ -62,6 +62,10 @@ const TRACKING_LOST_STATE: &str = "XX000";
 const TRACKING_LOST: &str =
     "fencegate cannot check this statement: reply tracking was lost on this connection";
 
+/// SQLSTATE of the NOTICE a check raises for each session it ended (schema.sql,
+/// `fencegate._report_preempted`).
+const PREEMPTED: &str = "FG100";
+
 /// Makes a [`FenceHook`] for every session.
 pub struct FenceHooks {
     /// The policy new sessions follow (a reload replaces it).
@@ -208,6 +212,14 @@ impl SessionHook for FenceHook {
         if !self.schema_known {
             self.schema_known = true;
             self.schemas.insert(self.database.clone());
+        }
+    }
+
+    fn injected_notice(&mut self, body: &[u8]) {
+        if error_field(body, b'C') == Some(PREEMPTED.as_bytes()) {
+            FenceStats::bump(&self.stats.preempted);
+            let message = String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default());
+            tracing::info!(database = %self.database, %message, "a check preempted an older holder");
         }
     }
 

@@ -18,6 +18,9 @@ pub struct FenceStats {
     pub invalid: AtomicU64,
     /// Checks that found no `fencegate` schema (55Z03).
     pub not_installed: AtomicU64,
+    /// Sessions that checks ended because they held an older token past the grace
+    /// (preemption), as the checks reported them (a NOTICE with SQLSTATE FG100).
+    pub preempted: AtomicU64,
     /// From sending a check to its result, whatever the result.
     pub check_seconds: Histogram,
 }

@@ -114,6 +114,15 @@ pub fn is_fatal(body: &[u8]) -> bool {
     matches!(severity, Some(b"FATAL") | Some(b"PANIC"))
 }
 
+/// The SQLSTATE class of the notices fencegate's own SQL raises (`FG100`: a check ended an
+/// older holder's session); PostgreSQL itself never uses it.
+pub const FENCEGATE_NOTICE_CLASS: &[u8] = b"FG";
+
+/// True when a NoticeResponse body carries a SQLSTATE of [`FENCEGATE_NOTICE_CLASS`].
+pub fn is_fencegate_notice(body: &[u8]) -> bool {
+    error_field(body, b'C').is_some_and(|code| code.starts_with(FENCEGATE_NOTICE_CLASS))
+}
+
 /// The column values of a DataRow body (`None` for SQL NULL), or `None` when the body is
 /// malformed: a count or a length that does not match the bytes.
 pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 7: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 8: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -165,8 +165,24 @@ RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
             WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
 $fn$;
 
+-- Tells the session that ran the check that it ended session p_victim (preemption): one
+-- NOTICE with SQLSTATE FG100, sent whatever the session's client_min_messages says. The
+-- proxy counts it (fencegate_preemptions_total) and hides it, as it hides everything its
+-- check returns; a client calling fencegate.check() itself sees it.
+CREATE OR REPLACE FUNCTION fencegate._report_preempted(p_resource text, p_victim int4,
+                                                       p_theirs bigint, p_token bigint)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET client_min_messages = notice AS $fn$
+BEGIN
+    RAISE NOTICE USING ERRCODE = 'FG100',
+        MESSAGE = format('fencegate: ended session %s holding stale token %s for resource %s (newer token %s)',
+            p_victim, p_theirs, quote_literal(p_resource), p_token);
+END
+$fn$;
+
 -- Ends the sessions whose published tokens for p_resource are all older than p_token.
--- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client).
+-- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client);
+-- the caller learns of each ended session from _report_preempted.
 CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
 RETURNS int4 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp SET client_min_messages = error AS $fn$
@@ -184,6 +200,7 @@ BEGIN
         IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim, int8 '0') THEN
             RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
                 victim, theirs, p_resource, p_token;
+            PERFORM fencegate._report_preempted(p_resource, victim, theirs, p_token);
             ended := ended + 1;
         END IF;
     END LOOP;
@@ -425,6 +442,7 @@ $fn$;
 REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
+    fencegate._report_preempted(text, int4, bigint, bigint),
     fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4)
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
@@ -513,6 +531,6 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '7')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '8')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 

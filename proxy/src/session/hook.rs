@@ -52,6 +52,10 @@ pub trait SessionHook: Send + 'static {
     /// client), as it arrives.
     fn injected_row(&mut self, _body: &[u8]) {}
 
+    /// Sees each NoticeResponse that the hook's own injected work raised (hidden from the
+    /// client), as it arrives.
+    fn injected_notice(&mut self, _body: &[u8]) {}
+
     /// Sees every parameter the server reports (ParameterStatus: during authentication,
     /// then whenever a reported setting changes, `SET LOCAL`, `RESET` and rollbacks
     /// included), in the order the server sent them.

@@ -408,6 +408,10 @@ impl Relay {
                     hook.injected_row(body);
                     None
                 }
+                (Route::Drop, Some(hook)) if info.tag == be::NOTICE_RESPONSE => {
+                    hook.injected_notice(body);
+                    None
+                }
                 (_, Some(hook)) if info.tag == be::PARAMETER_STATUS => {
                     if let Some((name, value)) = be::parameter_status(body) {
                         hook.server_parameter(name, value);

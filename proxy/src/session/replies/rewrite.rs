@@ -62,13 +62,17 @@ impl HiddenStatements {
     pub(super) fn route(
         &mut self,
         tag: u8,
+        body: &[u8],
         check_sent: &mut Option<Instant>,
     ) -> (Route, Option<(Instant, bool)>) {
         let route = match (self.current_is_hidden(), tag) {
             (true, be::ERROR_RESPONSE) => Route::InjectedError,
             // Raised while PostgreSQL parsed the whole string (a nonstandard
-            // backslash, an identifier truncated): the client's.
-            (true, be::NOTICE_RESPONSE) if !self.parsed => Route::Forward,
+            // backslash, an identifier truncated): the client's. A check's own notice
+            // can come first too (a DO block sends nothing before it runs).
+            (true, be::NOTICE_RESPONSE) if !self.parsed && !be::is_fencegate_notice(body) => {
+                Route::Forward
+            }
             (true, _) => Route::Drop,
             (false, _) => Route::Forward,
         };
