@@ -25,7 +25,7 @@ pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
 /// and the lease service (`schema.sql`), the tables that require a token (`require.sql`),
@@ -39,3 +39,16 @@ pub const INSTALL: &str = concat!(
 
 /// SQLSTATEs a check raises when the schema is missing (no schema / no function).
 pub const MISSING_SCHEMA_STATES: &[&[u8]] = &[b"3F000", b"42883"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_records_the_version_this_build_reports() {
+        let recorded = format!("VALUES ('schema_version', '{SCHEMA_VERSION}')");
+        assert!(INSTALL.contains(&recorded), "schema.sql does not record {recorded}");
+        let header = format!("-- The `fencegate` schema, version {SCHEMA_VERSION}:");
+        assert!(INSTALL.starts_with(&header), "schema.sql's first line is not {header:?}");
+    }
+}
