@@ -1,6 +1,7 @@
 //! SIGHUP reloads the settings of a running `fencegate serve` instead of ending it: the
 //! live settings change (max_connections, log_level), the others are refused with a log
-//! line naming them, a file that does not parse is refused, and open sessions stay.
+//! line naming them, a file that does not parse is refused, and open sessions stay; a
+//! certificate renewed at the same path is presented to sessions that start after the reload.
 //!
 //! Runs the real binary against a stand-in upstream that accepts connections and never
 //! answers (a session then holds its place while it waits for the server), so no
@@ -217,5 +218,83 @@ fn sighup_reloads_live_settings_and_refuses_the_rest() {
     wait_for("fencegate to exit", || {
         matches!(proxy.child.try_wait(), Ok(Some(_)))
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes a self-signed certificate for `name` and its key over `cert` and `key`.
+fn make_certificate(name: &str, cert: &Path, key: &Path) {
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl req");
+    assert!(status.success(), "openssl req for {name}");
+}
+
+/// The subject of the certificate the proxy presents to a client that asks for TLS
+/// (SSLRequest, then the handshake), as `openssl s_client` reports it.
+fn presented_subject(port: u16) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("no certificate presented: {text}"))
+}
+
+#[test]
+fn sighup_presents_a_renewed_certificate_to_new_sessions() {
+    let dir = std::env::temp_dir().join(format!("fencegate-reload-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    make_certificate("before-renewal", &cert, &key);
+    let config = dir.join("fencegate.toml");
+    let (upstream, _) = silent_upstream();
+    let (port, metrics) = (free_port(), free_port());
+    write_config(
+        &config,
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{upstream}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        ),
+    );
+    let mut proxy = Proxy::start(&config);
+    proxy.wait_logged(&["fencegate serving"]);
+    assert!(
+        presented_subject(port).contains("CN = before-renewal"),
+        "{}",
+        presented_subject(port)
+    );
+
+    // Renewed in place (same paths, as certbot or a secret mount does), then SIGHUP.
+    make_certificate("after-renewal", &cert, &key);
+    assert!(presented_subject(port).contains("before-renewal"));
+    proxy.signal("HUP");
+    wait_for("the reload to be applied", || {
+        status(metrics)["reloads"]["applied"] == 1
+    });
+    proxy.assert_running();
+    let subject = presented_subject(port);
+    assert!(subject.contains("CN = after-renewal"), "{subject}");
+
+    // A broken key leaves the renewed certificate in place.
+    std::fs::write(&key, "not a key").unwrap();
+    proxy.signal("HUP");
+    proxy.wait_logged(&["client TLS not changed"]);
+    proxy.assert_running();
+    let subject = presented_subject(port);
+    assert!(subject.contains("CN = after-renewal"), "{subject}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,8 +47,14 @@ mod tests {
     #[test]
     fn the_script_records_the_version_this_build_reports() {
         let recorded = format!("VALUES ('schema_version', '{SCHEMA_VERSION}')");
-        assert!(INSTALL.contains(&recorded), "schema.sql does not record {recorded}");
+        assert!(
+            INSTALL.contains(&recorded),
+            "schema.sql does not record {recorded}"
+        );
         let header = format!("-- The `fencegate` schema, version {SCHEMA_VERSION}:");
-        assert!(INSTALL.starts_with(&header), "schema.sql's first line is not {header:?}");
+        assert!(
+            INSTALL.starts_with(&header),
+            "schema.sql's first line is not {header:?}"
+        );
     }
 }
