@@ -14,14 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod support;
+use support::{free_port, DEADLINE};
 
 /// `fencegate health ARGS` with `env` set and no FENCEGATE_* variable inherited.
 fn health(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {

@@ -16,14 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod support;
+use support::{free_port, DEADLINE};
 
 /// An upstream that accepts and keeps every connection, silent, counting them.
 fn silent_upstream() -> (u16, Arc<AtomicUsize>) {
