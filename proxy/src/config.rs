@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod hosts;
+pub use hosts::{parse_host, parse_hosts, ServerRole, TargetSessionAttrs, UpstreamAddr};
+
 /// Which statements carrying a token are checked (`--fence-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -27,6 +30,8 @@ pub enum FenceMode {
 
 /// Default listen address (the port PgBouncer users expect).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// Most hosts `upstream` may list.
+pub const MAX_UPSTREAM_HOSTS: usize = 64;
 /// Default upstream PostgreSQL address.
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
 /// Default cap on concurrently served client connections.
@@ -100,24 +105,21 @@ pub enum UpstreamAuth {
     Any,
 }
 
-/// Where the upstream server listens (see [`Config::upstream_addr`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamAddr {
-    /// `host:port` over TCP.
-    Tcp(String),
-    /// The path of a Unix-domain socket file.
-    Unix(PathBuf),
-}
-
 /// The proxy's settings. Every field has a documented default; unknown keys are an error.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
     pub listen: SocketAddr,
-    /// Upstream PostgreSQL `host:port`, or a Unix-domain socket directory `/dir` or
-    /// `/dir:port` (see [`Config::upstream_addr`]). Default `127.0.0.1:5432`.
+    /// Upstream PostgreSQL servers, tried in order: `host:port`, `host` (port 5432), or a
+    /// Unix-domain socket directory `/dir` or `/dir:port`, separated by commas as libpq
+    /// writes them (`h1:5432,h2:5432`), or as a TOML array (see [`Config::upstream_hosts`]).
+    /// Default `127.0.0.1:5432`.
+    #[serde(deserialize_with = "hosts::string_or_list")]
     pub upstream: String,
+    /// Which server a new session uses, as libpq's `target_session_attrs`: the first host
+    /// of `upstream` that matches. Default `read-write` (the fence is raised on the primary).
+    pub target_session_attrs: TargetSessionAttrs,
     /// Maximum concurrent client sessions (connections past their startup packet); one
     /// more is refused with 53300. Default 1000.
     pub max_connections: usize,
@@ -174,6 +176,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
             upstream: DEFAULT_UPSTREAM.to_string(),
+            target_session_attrs: TargetSessionAttrs::ReadWrite,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startup_connections: DEFAULT_MAX_STARTUP_CONNECTIONS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -279,29 +282,30 @@ impl Config {
                 "max_message_size cannot exceed 2147483647 (the protocol's length field)",
             );
         }
-        match self.upstream_addr() {
-            None => {
-                return invalid(
-                    "upstream must be host:port, or a socket directory /dir or /dir:port (a directory whose name holds ':' needs the port: /dir:5432)",
-                )
+        let hosts = self.upstream_hosts().map_err(ConfigError::Invalid)?;
+        for host in &hosts {
+            match host {
+                UpstreamAddr::Unix(_)
+                    if matches!(
+                        self.upstream_tls,
+                        UpstreamTls::Require | UpstreamTls::VerifyFull
+                    ) =>
+                {
+                    return invalid(
+                        "PostgreSQL does not use TLS over Unix-domain sockets: upstream_tls must be disable or prefer with a socket directory",
+                    );
+                }
+                UpstreamAddr::Unix(path) if path.as_os_str().len() > MAX_SOCKET_PATH => {
+                    return Err(ConfigError::Invalid(format!(
+                        "the upstream socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket address holds",
+                        path.display()
+                    )));
+                }
+                _ => {}
             }
-            Some(UpstreamAddr::Unix(_))
-                if matches!(
-                    self.upstream_tls,
-                    UpstreamTls::Require | UpstreamTls::VerifyFull
-                ) =>
-            {
-                return invalid(
-                    "PostgreSQL does not use TLS over Unix-domain sockets: upstream_tls must be disable or prefer with a socket directory",
-                );
-            }
-            Some(UpstreamAddr::Unix(path)) if path.as_os_str().len() > MAX_SOCKET_PATH => {
-                return Err(ConfigError::Invalid(format!(
-                    "the upstream socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket address holds",
-                    path.display()
-                )));
-            }
-            Some(_) => {}
+        }
+        if hosts.len() > MAX_UPSTREAM_HOSTS {
+            return invalid("upstream lists more than 64 hosts");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert and tls_key must be set together");
@@ -321,42 +325,21 @@ impl Config {
         Ok(())
     }
 
-    /// Where the upstream listens: `host:port` over TCP, or, for a value starting with `/`,
-    /// the Unix-domain socket `<dir>/.s.PGSQL.<port>` (port 5432 unless given as
-    /// `/dir:port`), as libpq reads `host=/dir`. `None` when it is neither.
-    pub fn upstream_addr(&self) -> Option<UpstreamAddr> {
-        if self.upstream.starts_with('/') {
-            let (dir, port) = match self.upstream.rsplit_once(':') {
-                Some((dir, port)) => (dir, port.parse::<u16>().ok()?),
-                None => (self.upstream.as_str(), 5432),
-            };
-            let file = Path::new(dir).join(format!(".s.PGSQL.{port}"));
-            return Some(UpstreamAddr::Unix(file));
-        }
-        let (host, port) = self.upstream.rsplit_once(':')?;
-        (!host.is_empty() && port.parse::<u16>().is_ok())
-            .then(|| UpstreamAddr::Tcp(self.upstream.clone()))
+    /// The upstream servers, in the order to try them (see [`hosts::parse_host`] for
+    /// what each entry means); an error names the entry that is none of those.
+    pub fn upstream_hosts(&self) -> Result<Vec<UpstreamAddr>, String> {
+        parse_hosts(&self.upstream)
     }
 
     /// Whether a login the server accepts without a password exchange is refused to a
     /// client connected from `client` (see [`UpstreamAuth`]).
-    pub fn requires_upstream_auth(&self, client: IpAddr) -> bool {
+    /// `host` is the server the session goes to.
+    pub fn requires_upstream_auth(&self, client: IpAddr, host: &UpstreamAddr) -> bool {
         match self.upstream_auth {
             UpstreamAuth::Required => true,
             UpstreamAuth::Any => false,
-            UpstreamAuth::Auto => {
-                matches!(self.upstream_addr(), Some(UpstreamAddr::Unix(_))) || !is_loopback(client)
-            }
+            UpstreamAuth::Auto => matches!(host, UpstreamAddr::Unix(_)) || !is_loopback(client),
         }
-    }
-
-    /// The upstream host name (for TLS server-name checks and error messages).
-    pub fn upstream_host(&self) -> &str {
-        let host = self
-            .upstream
-            .rsplit_once(':')
-            .map_or(self.upstream.as_str(), |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -425,23 +408,22 @@ mod tests {
     fn passwordless_logins_are_for_loopback_clients_over_tcp_by_default() {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
-        let socket = Config {
-            upstream: "/run/postgresql".into(),
-            ..Config::default()
-        };
-        assert!(socket.requires_upstream_auth(local));
-        assert!(!Config::default().requires_upstream_auth(local));
-        assert!(Config::default().requires_upstream_auth(remote));
+        let tcp = parse_host("db:5432").unwrap();
+        let socket = parse_host("/run/postgresql").unwrap();
+        let auto = Config::default();
+        assert!(auto.requires_upstream_auth(local, &socket));
+        assert!(!auto.requires_upstream_auth(local, &tcp));
+        assert!(auto.requires_upstream_auth(remote, &tcp));
         for address in ["::1", "::ffff:127.0.0.9", "127.3.2.1"] {
-            assert!(!Config::default().requires_upstream_auth(address.parse().unwrap()));
+            assert!(!auto.requires_upstream_auth(address.parse().unwrap(), &tcp));
         }
         for address in ["::ffff:192.0.2.7", "2001:db8::1", "0.0.0.0"] {
-            assert!(Config::default().requires_upstream_auth(address.parse().unwrap()));
+            assert!(auto.requires_upstream_auth(address.parse().unwrap(), &tcp));
         }
         let any: Config = toml::from_str("upstream = \"/tmp\"\nupstream_auth = \"any\"").unwrap();
-        assert!(!any.requires_upstream_auth(remote));
+        assert!(!any.requires_upstream_auth(remote, &socket));
         let required: Config = toml::from_str("upstream_auth = \"required\"").unwrap();
-        assert!(required.requires_upstream_auth(local));
+        assert!(required.requires_upstream_auth(local, &tcp));
     }
 
     #[test]
@@ -494,30 +476,32 @@ mod tests {
     }
 
     #[test]
-    fn upstream_is_host_port_or_a_socket_directory() {
-        let addr = |upstream: &str| {
-            Config {
-                upstream: upstream.into(),
-                ..Config::default()
-            }
-            .upstream_addr()
+    fn upstream_is_a_list_in_a_string_or_a_toml_array() {
+        let c = Config::from_toml(
+            "upstream = ['h1:5432', '/run/pg:5433']\ntarget_session_attrs = 'prefer-standby'",
+        )
+        .unwrap();
+        assert_eq!(c.upstream, "h1:5432,/run/pg:5433");
+        assert_eq!(c.target_session_attrs, TargetSessionAttrs::PreferStandby);
+        assert_eq!(c.upstream_hosts().unwrap().len(), 2);
+        c.validate().unwrap();
+        let c = Config::from_toml("upstream = 'h1:5432,h2'").unwrap();
+        assert_eq!(
+            c.upstream_hosts().unwrap()[1],
+            parse_host("h2:5432").unwrap()
+        );
+        assert_eq!(
+            Config::default().target_session_attrs,
+            TargetSessionAttrs::ReadWrite
+        );
+        let bad = Config {
+            upstream: "h1:5432,h2:x".into(),
+            ..Config::default()
         };
-        let unix = |path: &str| Some(UpstreamAddr::Unix(PathBuf::from(path)));
-        assert_eq!(addr("db:5433"), Some(UpstreamAddr::Tcp("db:5433".into())));
-        assert_eq!(
-            addr("[::1]:5432"),
-            Some(UpstreamAddr::Tcp("[::1]:5432".into()))
-        );
-        assert_eq!(
-            addr("/var/run/postgresql"),
-            unix("/var/run/postgresql/.s.PGSQL.5432")
-        );
-        assert_eq!(addr("/tmp:5499"), unix("/tmp/.s.PGSQL.5499"));
-        for bad in ["db", ":5432", "db:x", "/tmp:x", "db:70000"] {
-            assert_eq!(addr(bad), None, "{bad}");
-        }
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("\"h2:x\""), "{err}");
         let tls_over_unix = Config {
-            upstream: "/tmp".into(),
+            upstream: "h1:5432,/tmp".into(),
             upstream_tls: UpstreamTls::Require,
             ..Config::default()
         };
@@ -527,14 +511,5 @@ mod tests {
             ..tls_over_unix
         };
         assert!(prefer.validate().is_ok());
-    }
-
-    #[test]
-    fn upstream_host_strips_port_and_brackets() {
-        let c = Config {
-            upstream: "[::1]:5432".into(),
-            ..Config::default()
-        };
-        assert_eq!(c.upstream_host(), "::1");
     }
 }

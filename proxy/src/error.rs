@@ -58,6 +58,16 @@ impl SessionError {
         }
     }
 
+    /// Whether the upstream server's side failed.
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            SessionError::UpstreamConnect { .. }
+                | SessionError::UpstreamIo(_)
+                | SessionError::UpstreamProtocol(_)
+        )
+    }
+
     /// Whether the client's own connection failed (nothing more can be sent to it).
     pub fn is_client_gone(&self) -> bool {
         self.sqlstate().is_none()
@@ -117,6 +127,13 @@ pub enum UpstreamViolation {
     /// The server closed the connection without a FATAL of its own.
     #[error("server closed the connection unexpectedly")]
     ClosedUnexpectedly,
+    /// The server refused the connection before authentication (its FATAL's message).
+    #[error("server refused the connection: {0}")]
+    Refused(String),
+    /// The server sent more than this many bytes between AuthenticationOk and its first
+    /// ReadyForQuery.
+    #[error("server sent more than {0} bytes before its first ReadyForQuery")]
+    TooMuchBeforeReady(usize),
 }
 
 /// Why the proxy ended a session itself.
@@ -137,6 +154,25 @@ pub enum Refusal {
         /// The budget's limit.
         limit: usize,
     },
+    /// The server the login reached does not match `target_session_attrs`.
+    #[error("server {host} is {role}, which target_session_attrs = {attrs} does not take; the next connection tries the other hosts first")]
+    WrongServerRole {
+        /// The host.
+        host: String,
+        /// What it reported (`standby`, `primary-read-only`, `primary`).
+        role: &'static str,
+        /// The setting.
+        attrs: &'static str,
+    },
+    /// The server does not report `in_hot_standby` (PostgreSQL before 14), so whether it
+    /// matches `target_session_attrs` is unknown.
+    #[error("server {host} does not report in_hot_standby (PostgreSQL 14 and later do), so fencegate cannot tell whether it matches target_session_attrs = {attrs}; set target_session_attrs = any for this server")]
+    RoleNotReported {
+        /// The host.
+        host: String,
+        /// The setting.
+        attrs: &'static str,
+    },
     /// A session hook would not let a message through (see
     /// [`crate::session::hook::Injector::abort_session`]).
     #[error("{reason}")]
@@ -155,6 +191,7 @@ impl Refusal {
             Refusal::TooManyClients => "53300",
             Refusal::PasswordlessLogin => "28000",
             Refusal::OutOfMemory { .. } => "53200",
+            Refusal::WrongServerRole { .. } | Refusal::RoleNotReported { .. } => "08001",
             Refusal::ByHook { sqlstate, .. } => sqlstate,
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fencegate::config::FenceMode;
-use fencegate::config::{parse_duration, Config, UpstreamAuth, UpstreamTls};
+use fencegate::config::{parse_duration, Config, TargetSessionAttrs, UpstreamAuth, UpstreamTls};
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
@@ -120,9 +120,14 @@ struct ServeArgs {
     /// Address to accept clients on [default: 127.0.0.1:6432].
     #[arg(long, env = "FENCEGATE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Upstream PostgreSQL host:port, or a socket directory /dir[:port] [default: 127.0.0.1:5432].
+    /// Upstream PostgreSQL servers, tried in order: host:port, host, or a socket directory
+    /// /dir[:port], separated by commas (h1:5432,h2:5432) [default: 127.0.0.1:5432].
     #[arg(long, env = "FENCEGATE_UPSTREAM")]
     upstream: Option<String>,
+    /// Which server a session uses: any, read-write, read-only, primary, standby or
+    /// prefer-standby, as libpq's target_session_attrs [default: read-write].
+    #[arg(long, env = "FENCEGATE_TARGET_SESSION_ATTRS", value_enum)]
+    target_session_attrs: Option<TargetSessionAttrs>,
     /// Maximum concurrent client sessions; one more is refused with 53300 [default: 1000].
     #[arg(long, env = "FENCEGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -197,6 +202,7 @@ impl ServeArgs {
         set!(
             listen,
             upstream,
+            target_session_attrs,
             max_connections,
             max_startup_connections,
             max_message_size,

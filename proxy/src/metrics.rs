@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::fence::stats::{FenceStats, BUCKETS};
+use crate::upstream::hosts::HostTable;
 
 /// Largest request head read from a scraper.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub reloads_refused: AtomicU64,
     /// Fencing counters and check latency.
     pub fence: Arc<FenceStats>,
+    /// The upstream hosts, once the server has built them.
+    pub upstream: std::sync::OnceLock<Arc<HostTable>>,
     /// When the proxy started serving.
     started: Option<Instant>,
 }
@@ -148,6 +151,9 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
+        if let Some(hosts) = self.upstream.get() {
+            hosts.render(&mut out);
+        }
         out
     }
 }
@@ -179,6 +185,7 @@ impl Metrics {
                 "applied": get(&self.reloads_applied),
                 "refused": get(&self.reloads_refused),
             },
+            "upstream": self.upstream.get().map(|hosts| hosts.status()),
         })
         .to_string()
     }

@@ -37,6 +37,7 @@ pub fn changed(a: &Config, b: &Config) -> Vec<&'static str> {
     compare!(
         listen,
         upstream,
+        target_session_attrs,
         max_connections,
         max_startup_connections,
         max_message_size,

@@ -82,10 +82,11 @@ pub async fn run_reloading(
     } = listeners;
     let _stop_scrapes = serve_metrics(metrics_listener, &metrics)?;
     let shared = shared_state(&config, hooks)?;
+    let _ = metrics.upstream.set(shared.upstream.table().clone());
     let workers = Workers::start(config.worker_threads).map_err(ServerError::Workers)?;
     let sessions = TaskTracker::new();
     tracing::info!(listen = %listener.local_addr().map_err(ServerError::Accept)?,
-        upstream = %config.upstream, threads = workers.len(), "fencegate serving");
+        upstream = %config.upstream, target_session_attrs = config.target_session_attrs.name(), threads = workers.len(), "fencegate serving");
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -61,10 +61,8 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServerError> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
-/// The connector for upstream TLS and the server name to present, unless TLS is disabled.
-pub fn connector(
-    config: &Config,
-) -> Result<Option<(TlsConnector, ServerName<'static>)>, ServerError> {
+/// The connector for upstream TLS, unless TLS is disabled.
+pub fn connector(config: &Config) -> Result<Option<TlsConnector>, ServerError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsSetupError::from)?;
@@ -86,9 +84,7 @@ pub fn connector(
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    let name =
-        ServerName::try_from(config.upstream_host().to_string()).map_err(TlsSetupError::from)?;
-    Ok(Some((TlsConnector::from(Arc::new(client)), name)))
+    Ok(Some(TlsConnector::from(Arc::new(client))))
 }
 
 /// Encrypts without authenticating the server, as libpq's `sslmode=require` does. Handshake

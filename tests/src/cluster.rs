@@ -88,6 +88,45 @@ impl Cluster {
         cluster
     }
 
+    /// A private cluster with `settings` added to the usual ones (e.g. replication
+    /// settings); stopped and deleted on `Drop`.
+    pub fn start_with(settings: &str) -> Cluster {
+        let settings = format!("{SETTINGS}\n{settings}");
+        let inner = TempCluster::start(PgBin::get().clone(), &settings, Some(PG_HBA))
+            .unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
+        let cluster = Cluster {
+            inner,
+            next_db: AtomicU32::new(0),
+        };
+        cluster.execute("postgres", CREATE_USERS);
+        cluster
+    }
+
+    /// A hot standby of this cluster (`pg_basebackup -R`, streaming replication), with
+    /// `settings` added to the copied configuration; stopped and deleted on `Drop`.
+    pub fn standby(&self, settings: &str) -> Cluster {
+        let inner = TempCluster::start_standby(&self.inner, settings)
+            .unwrap_or_else(|e| panic!("cannot start a standby: {e}\n{}", self.log()));
+        Cluster {
+            inner,
+            next_db: AtomicU32::new(0),
+        }
+    }
+
+    /// Promotes this standby to primary; returns when it accepts writes.
+    pub fn promote(&self) {
+        self.inner
+            .promote()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
+    /// Stops the server as a crash would (`pg_ctl -m immediate`).
+    pub fn crash(&self) {
+        self.inner
+            .crash()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
     /// The TCP port Postgres listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.inner.port()

@@ -129,6 +129,63 @@ impl TempCluster {
         Ok(cluster)
     }
 
+    /// Copies a running `primary` with `pg_basebackup -R` (streaming replication, the WAL
+    /// streamed along) into a new temporary directory, appends `settings` to the copy's
+    /// postgresql.conf, and starts it as a hot standby on a free port. The primary's
+    /// pg_hba.conf must let the superuser connect for replication from loopback.
+    pub fn start_standby(
+        primary: &TempCluster,
+        settings: &str,
+    ) -> Result<TempCluster, PgTempError> {
+        let dir = make_dir()?;
+        primary.bin.chown_to_server_user(&dir)?;
+        let mut standby = TempCluster {
+            bin: primary.bin.clone(),
+            dir,
+            port: 0,
+        };
+        spawn_watchdog(&standby.bin, &standby.dir)?;
+        let out = standby
+            .server_command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .arg("-D")
+            .arg(standby.data())
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .output()?;
+        check("pg_basebackup", out)?;
+        let conf = format!(
+            "unix_socket_directories = '{}'
+{settings}
+",
+            standby.dir.display()
+        );
+        append(&standby.data().join("postgresql.conf"), &conf)?;
+        standby.start_on_free_port()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to primary and waits until it is one.
+    pub fn promote(&self) -> Result<(), PgTempError> {
+        check("pg_ctl promote", self.pg_ctl(&["promote", "-w"])?).map(drop)
+    }
+
+    /// Stops the server as a crash would (`pg_ctl -m immediate`): no checkpoint, sessions
+    /// cut off; a later start recovers from the WAL.
+    pub fn crash(&self) -> Result<(), PgTempError> {
+        check(
+            "pg_ctl stop -m immediate",
+            self.pg_ctl(&["stop", "-m", "immediate", "-w"])?,
+        )
+        .map(drop)
+    }
+
     /// The binaries this cluster runs.
     pub fn bin(&self) -> &PgBin {
         &self.bin

@@ -8,7 +8,9 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Read, ReadError};
-use crate::config::{MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET};
+use crate::config::{
+    ServerRole, TargetSessionAttrs, MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET,
+};
 use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
 use crate::protocol::backend::{self as be, TxStatus};
 use crate::protocol::build::{error_response, Severity};
@@ -122,17 +124,58 @@ pub struct Established {
     pub status: TxStatus,
     /// Every ParameterStatus the server sent before it, in order.
     pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The server's role, from `in_hot_standby` and `default_transaction_read_only`.
+    pub role: Option<ServerRole>,
 }
 
+/// How the login on one host ended.
+pub enum Login {
+    /// The session is up and its server matches `target_session_attrs`.
+    Established(Established),
+    /// The exchange ended without a session; the client has its FATAL or has left.
+    Ended,
+    /// The server refused the connection before asking for anything (starting up,
+    /// shutting down, not accepting connections, too many clients): nothing reached the
+    /// client, another host may be tried.
+    TryNext(SessionError),
+    /// The login succeeded but the server does not match `target_session_attrs` (or does
+    /// not say whether it does): the client has had nothing after its last
+    /// authentication response and gets the refusal from the caller.
+    WrongRole(Option<ServerRole>),
+}
+
+/// What the caller wants of the login.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    /// Refuse a login the server grants without a password exchange
+    /// ([`crate::config::Config::requires_upstream_auth`]).
+    pub require_password: bool,
+    /// Which servers the session may stay on.
+    pub attrs: TargetSessionAttrs,
+    /// Whether another host is left to try after this one.
+    pub more_hosts: bool,
+}
+
+/// SQLSTATEs of a refusal before authentication that another host may not share:
+/// `cannot_connect_now` (starting up, shutting down, in recovery without hot standby) and
+/// `too_many_connections`.
+const TRY_NEXT_HOST: [&[u8]; 2] = [b"57P03", b"53300"];
+
+/// Most bytes held back from the client between AuthenticationOk and ReadyForQuery.
+const MAX_HELD: usize = 1 << 20;
+
 /// Relays authentication between client and server until the server's first
-/// ReadyForQuery. `Ok(None)` when the exchange ended without a session (authentication
-/// failed with a FATAL the client has already received, or the client left).
+/// ReadyForQuery, and judges the server by the role it reports.
 ///
 /// With `require_password`, an AuthenticationOk that no password or SASL exchange came
 /// before (the server trusted the proxy's connection: `trust`, `peer`, `ident`) is not
 /// relayed: the client gets a FATAL 28000 instead, since every client would get in that
-/// way under any role name (the caller decides, by the client's address and the upstream:
-/// [`crate::config::Config::requires_upstream_auth`]).
+/// way under any role name.
+///
+/// Everything from AuthenticationOk to ReadyForQuery (ParameterStatus, BackendKeyData,
+/// notices) is held back until ReadyForQuery shows what the server is; the client gets it
+/// only when the server matches, so a client never starts a session on a standby it did
+/// not ask for.
 ///
 /// Only authentication responses (`p`) are forwarded in this phase. A client that pipelines
 /// other messages behind its startup packet is simply not read further until the session
@@ -141,11 +184,10 @@ pub struct Established {
 pub async fn authenticate(
     client: &mut Conn,
     server: &mut Conn,
-    require_password: bool,
-) -> Result<Option<Established>, SessionError> {
+    wanted: Wanted,
+) -> Result<Login, SessionError> {
     let mut client_paused = forward_auth_responses(client, server).await?;
-    let mut challenged = false;
-    let mut parameters = Vec::new();
+    let mut login = LoginState::default();
     loop {
         tokio::select! {
             read = server.read_tagged(MAX_SERVER_MESSAGE) => {
@@ -162,38 +204,118 @@ pub async fn authenticate(
                         return Err(fatal(client, UpstreamViolation::from(e).into()).await)
                     }
                 };
-                if frame[0] == be::AUTHENTICATION {
-                    match be::auth_code(&frame[5..]) {
-                        Some(be::AUTH_OK) if require_password && !challenged => {
-                            return Err(fatal(client, Refusal::PasswordlessLogin.into()).await);
-                        }
-                        Some(be::AUTH_OK) => {}
-                        _ => challenged = true,
-                    }
-                }
-                client.write_flush(&frame).await.map_err(SessionError::ClientIo)?;
-                let body = &frame[5..];
-                match frame[0] {
-                    be::READY_FOR_QUERY => return Ok(Some(Established {
-                        status: TxStatus::from_ready_body(body).unwrap_or_default(),
-                        parameters,
-                    })),
-                    be::PARAMETER_STATUS => {
-                        if let Some((name, value)) = be::parameter_status(body) {
-                            parameters.push((name.to_vec(), value.to_vec()));
-                        }
-                    }
-                    be::ERROR_RESPONSE if be::is_fatal(body) => return Ok(None),
-                    _ => {}
+                if let Some(ended) = login.server_message(client, frame, wanted).await? {
+                    return Ok(ended);
                 }
             }
             read = client.fill(), if !client_paused => {
                 if read.map_err(SessionError::ClientIo)? == 0 {
-                    return Ok(None);
+                    return Ok(Login::Ended);
                 }
                 client_paused = forward_auth_responses(client, server).await?;
             }
         }
+    }
+}
+
+/// Where a login stands.
+#[derive(Default)]
+struct LoginState {
+    /// The server has sent something (a refusal after that is the client's to see).
+    spoke: bool,
+    /// The server asked for a password or ran a SASL exchange.
+    challenged: bool,
+    /// From AuthenticationOk on: what the client gets once the server is judged.
+    held: Option<BytesMut>,
+    parameters: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LoginState {
+    /// Takes one server message; `Some` when the login is over.
+    async fn server_message(
+        &mut self,
+        client: &mut Conn,
+        frame: BytesMut,
+        wanted: Wanted,
+    ) -> Result<Option<Login>, SessionError> {
+        let body = &frame[5..];
+        let first = !std::mem::replace(&mut self.spoke, true);
+        if first && wanted.more_hosts && frame[0] == be::ERROR_RESPONSE && be::is_fatal(body) {
+            let code = be::error_field(body, b'C').unwrap_or_default();
+            if TRY_NEXT_HOST.contains(&code) {
+                let text = be::error_field(body, b'M').unwrap_or_default();
+                let reason = String::from_utf8_lossy(text).into_owned();
+                return Ok(Some(Login::TryNext(
+                    UpstreamViolation::Refused(reason).into(),
+                )));
+            }
+        }
+        if frame[0] == be::AUTHENTICATION && self.held.is_none() {
+            match be::auth_code(body) {
+                Some(be::AUTH_OK) if wanted.require_password && !self.challenged => {
+                    return Err(fatal(client, Refusal::PasswordlessLogin.into()).await);
+                }
+                Some(be::AUTH_OK) => {
+                    self.held = Some(BytesMut::new());
+                    return self.hold(&frame).map(|()| None);
+                }
+                _ => self.challenged = true,
+            }
+        }
+        let Some(held) = self.held.as_mut() else {
+            client
+                .write_flush(&frame)
+                .await
+                .map_err(SessionError::ClientIo)?;
+            return Ok(None);
+        };
+        match frame[0] {
+            be::READY_FOR_QUERY => {
+                let role = ServerRole::from_parameters(&self.parameters);
+                let matches = match role {
+                    Some(role) => wanted.attrs.accepts(role),
+                    None => wanted.attrs == TargetSessionAttrs::Any,
+                };
+                if !matches {
+                    return Ok(Some(Login::WrongRole(role)));
+                }
+                held.extend_from_slice(&frame);
+                client
+                    .write_flush(held)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                Ok(Some(Login::Established(Established {
+                    status: TxStatus::from_ready_body(body).unwrap_or_default(),
+                    parameters: std::mem::take(&mut self.parameters),
+                    role,
+                })))
+            }
+            be::ERROR_RESPONSE if be::is_fatal(body) => {
+                held.extend_from_slice(&frame);
+                client
+                    .write_flush(held)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                Ok(Some(Login::Ended))
+            }
+            tag => {
+                if tag == be::PARAMETER_STATUS {
+                    if let Some((name, value)) = be::parameter_status(body) {
+                        self.parameters.push((name.to_vec(), value.to_vec()));
+                    }
+                }
+                self.hold(&frame).map(|()| None)
+            }
+        }
+    }
+
+    fn hold(&mut self, frame: &[u8]) -> Result<(), SessionError> {
+        let held = self.held.get_or_insert_with(BytesMut::new);
+        if held.len() + frame.len() > MAX_HELD {
+            return Err(UpstreamViolation::TooMuchBeforeReady(MAX_HELD).into());
+        }
+        held.extend_from_slice(frame);
+        Ok(())
     }
 }
 

@@ -34,12 +34,13 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, Span};
 
 use self::conn::Conn;
-use self::handshake::{fatal, Opening};
+use self::handshake::{fatal, Login, Opening};
 use self::hook::HookFactory;
 use self::relay::{End, Relay};
 use self::signals::Signals;
 use crate::config::Config;
 use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
+use crate::upstream::hosts::{role_name, OnHost};
 use crate::upstream::Upstream;
 
 /// How long a client may take to send its startup packet (and finish TLS), as PostgreSQL's
@@ -96,7 +97,7 @@ async fn open(
     tcp: TcpStream,
     shared: &Shared,
     span: Span,
-) -> Result<Option<(Relay, limit::SessionPlace)>, SessionError> {
+) -> Result<Option<(Relay, limit::SessionPlace, OnHost)>, SessionError> {
     let slot = shared.opening.enter();
     let client_ip = tcp.peer_addr().map(|a| a.ip()).ok();
     let tls = shared.tls.read().map(|tls| tls.clone()).unwrap_or_default();
@@ -126,17 +127,8 @@ async fn open(
         database = startup.param("database"),
         "startup"
     );
-    let mut server = match shared.upstream.connect().await {
-        Ok(stream) => Conn::new(stream),
-        Err(e) => return Err(fatal(&mut client, e).await),
-    };
-    if let Err(e) = server.write_flush(&packet).await {
-        return Err(fatal(&mut client, SessionError::UpstreamIo(e)).await);
-    }
-    // A peer address that cannot be read is treated as remote.
-    let require_password = client_ip.is_none_or(|ip| shared.config.requires_upstream_auth(ip));
-    let Some(established) =
-        handshake::authenticate(&mut client, &mut server, require_password).await?
+    let Some((server, established, on_host)) =
+        login(&mut client, shared, &packet, client_ip).await?
     else {
         return Ok(None);
     };
@@ -158,7 +150,76 @@ async fn open(
             span,
         ),
         permit,
+        on_host,
     )))
+}
+
+/// Tries the hosts in [`HostTable::candidates`] order until one takes the login: a host
+/// that cannot be reached, or refuses before authentication, costs nothing but time and
+/// the next is tried; once the client has authenticated, the session stays on that host
+/// or ends (a login cannot be replayed elsewhere without the client's secret).
+async fn login(
+    client: &mut Conn,
+    shared: &Shared,
+    packet: &[u8],
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<Option<(Conn, handshake::Established, OnHost)>, SessionError> {
+    let table = shared.upstream.table();
+    let candidates = table.candidates();
+    let mut last = None;
+    for (i, host) in candidates.iter().enumerate() {
+        let mut server = match shared.upstream.connect(host).await {
+            Ok(stream) => Conn::new(stream),
+            Err(e) => {
+                tracing::info!(host = %host.label, error = %e, "upstream host unreachable");
+                host.connect_failed();
+                last = Some(e);
+                continue;
+            }
+        };
+        if let Err(e) = server.write_flush(packet).await {
+            host.connect_failed();
+            last = Some(SessionError::UpstreamIo(e));
+            continue;
+        }
+        // A peer address that cannot be read is treated as remote.
+        let wanted = handshake::Wanted {
+            require_password: client_ip
+                .is_none_or(|ip| shared.config.requires_upstream_auth(ip, &host.addr)),
+            attrs: table.attrs(),
+            more_hosts: i + 1 < candidates.len(),
+        };
+        match handshake::authenticate(client, &mut server, wanted).await? {
+            Login::Established(established) => {
+                host.logged_in(established.role);
+                return Ok(Some((server, established, host.enter())));
+            }
+            Login::Ended => return Ok(None),
+            Login::TryNext(e) => {
+                tracing::info!(host = %host.label, error = %e, "upstream host refused the connection; trying the next");
+                host.connect_failed();
+                last = Some(e);
+            }
+            Login::WrongRole(role) => {
+                host.wrong_role(role);
+                let (host, attrs) = (host.label.clone(), table.attrs().name());
+                let refusal = match role {
+                    Some(role) => Refusal::WrongServerRole {
+                        host,
+                        role: role_name(role),
+                        attrs,
+                    },
+                    None => Refusal::RoleNotReported { host, attrs },
+                };
+                return Err(fatal(client, refusal.into()).await);
+            }
+        }
+    }
+    let err = last.unwrap_or(SessionError::Refused(Refusal::ByHook {
+        sqlstate: "08001",
+        reason: "no upstream host is configured",
+    }));
+    Err(fatal(client, err).await)
 }
 
 async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), SessionError> {
@@ -173,7 +234,7 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         opening.as_mut().poll(cx).map(Some)
     })
     .await;
-    let (mut relay, _permit) = match opened {
+    let (mut relay, _permit, on_host) = match opened {
         None => return Ok(()),
         Some(opened) => match opened? {
             Some(opened) => opened,
@@ -181,6 +242,12 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         },
     };
     let ended = relay.run(&mut signals).await;
+    if matches!(
+        ended,
+        Ok(End::ServerClosed { .. }) | Err(SessionError::UpstreamIo(_))
+    ) {
+        on_host.host().connection_lost();
+    }
     let err = match ended {
         Ok(
             End::ClientClosed
@@ -198,9 +265,12 @@ async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), Session
         Err(e) => e,
     };
     if let Some(sqlstate) = err.sqlstate() {
-        relay
-            .send_fatal(sqlstate, &format!("fencegate: {err}"))
-            .await;
+        let message = if err.is_upstream() {
+            format!("fencegate: server {}: {err}", on_host.host().label)
+        } else {
+            format!("fencegate: {err}")
+        };
+        relay.send_fatal(sqlstate, &message).await;
     }
     Err(err)
 }
