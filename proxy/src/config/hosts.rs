@@ -89,12 +89,13 @@ pub fn parse_hosts(list: &str) -> Result<Vec<UpstreamAddr>, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetSessionAttrs {
-    /// Any server that accepts the login.
+    /// Any server that accepts the login (the default, as in libpq; the login's messages
+    /// are relayed as they come and nothing is asked of the server's version).
+    #[default]
     Any,
     /// A server whose sessions may write: not in hot standby, and
-    /// `default_transaction_read_only` off (the default: fencing raises the fence on the
-    /// primary).
-    #[default]
+    /// `default_transaction_read_only` off. What a list of hosts in front of a primary and
+    /// its standbys wants: fences are raised on the primary.
     ReadWrite,
     /// A server whose sessions are read-only by default (a standby, or a primary with
     /// `default_transaction_read_only` on).
