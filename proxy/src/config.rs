@@ -118,8 +118,8 @@ pub struct Config {
     #[serde(deserialize_with = "hosts::string_or_list")]
     pub upstream: String,
     /// Which server a new session uses, as libpq's `target_session_attrs`: the first host
-    /// of `upstream` that matches. Default `any`, as in libpq; set `read-write` when the list
-    /// holds a primary and its standbys (fences are raised on the primary).
+    /// of `upstream` that matches. Default `read-write` (fences are raised on the primary);
+    /// libpq's default is `any`.
     pub target_session_attrs: TargetSessionAttrs,
     /// Maximum concurrent client sessions (connections past their startup packet); one
     /// more is refused with 53300. Default 1000.
@@ -177,7 +177,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
             upstream: DEFAULT_UPSTREAM.to_string(),
-            target_session_attrs: TargetSessionAttrs::Any,
+            target_session_attrs: TargetSessionAttrs::ReadWrite,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startup_connections: DEFAULT_MAX_STARTUP_CONNECTIONS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -493,7 +493,7 @@ mod tests {
         );
         assert_eq!(
             Config::default().target_session_attrs,
-            TargetSessionAttrs::Any
+            TargetSessionAttrs::ReadWrite
         );
         let bad = Config {
             upstream: "h1:5432,h2:x".into(),

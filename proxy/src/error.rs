@@ -166,7 +166,7 @@ pub enum Refusal {
     },
     /// The server does not report `in_hot_standby` (PostgreSQL before 14), so whether it
     /// matches `target_session_attrs` is unknown.
-    #[error("server {host} does not report in_hot_standby (PostgreSQL 14 and later do), so fencegate cannot tell whether it matches target_session_attrs = {attrs}; set target_session_attrs = any for this server")]
+    #[error("server {host} does not report in_hot_standby and did not answer pg_is_in_recovery(), so fencegate cannot tell whether it matches target_session_attrs = {attrs}; set target_session_attrs = any for this server")]
     RoleNotReported {
         /// The host.
         host: String,

@@ -125,7 +125,7 @@ struct ServeArgs {
     #[arg(long, env = "FENCEGATE_UPSTREAM")]
     upstream: Option<String>,
     /// Which server a session uses: any, read-write, read-only, primary, standby or
-    /// prefer-standby, as libpq's target_session_attrs [default: any].
+    /// prefer-standby, as libpq's target_session_attrs [default: read-write].
     #[arg(long, env = "FENCEGATE_TARGET_SESSION_ATTRS", value_enum)]
     target_session_attrs: Option<TargetSessionAttrs>,
     /// Maximum concurrent client sessions; one more is refused with 53300 [default: 1000].

@@ -1,9 +1,15 @@
 //! A scripted stand-in for PostgreSQL, for failures a real server will not produce on demand.
 //!
 //! [`FakeUpstream`] listens on `127.0.0.1:0` and serves each connection on its own thread:
-//! it answers SSLRequest with `N`, accepts any StartupMessage with AuthenticationOk, a
-//! ParameterStatus, BackendKeyData and ReadyForQuery(`I`), then reads messages and closes the
-//! socket, without a word, on the first simple Query. That is a server that dies mid-query.
+//! it answers SSLRequest with `N`, accepts any StartupMessage with AuthenticationOk, the
+//! ParameterStatus messages of a PostgreSQL 15 primary, BackendKeyData and
+//! ReadyForQuery(`I`), then reads messages and closes the socket, without a word, on the
+//! first simple Query. That is a server that dies mid-query.
+//!
+//! [`FakeUpstream::pre14`] plays a server older than PostgreSQL 14, which reports neither
+//! `in_hot_standby` nor `default_transaction_read_only`: it answers the first Query of each
+//! connection (the proxy's question of its role) with one row saying whether it is in
+//! recovery, and dies on the next.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -25,9 +31,28 @@ pub struct FakeUpstream {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Which server the fake plays.
+#[derive(Debug, Clone, Copy)]
+enum Plays {
+    /// PostgreSQL 15, a primary.
+    Modern,
+    /// PostgreSQL 13, in recovery or not.
+    Pre14 { in_recovery: bool },
+}
+
 impl FakeUpstream {
     /// Starts listening; connections are served until the value is dropped.
     pub fn start() -> FakeUpstream {
+        FakeUpstream::playing(Plays::Modern)
+    }
+
+    /// A server older than PostgreSQL 14 (see the module docs), a standby when
+    /// `in_recovery`.
+    pub fn pre14(in_recovery: bool) -> FakeUpstream {
+        FakeUpstream::playing(Plays::Pre14 { in_recovery })
+    }
+
+    fn playing(plays: Plays) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake upstream");
         let addr = listener.local_addr().expect("local_addr");
         let stopping = Arc::new(AtomicBool::new(false));
@@ -43,7 +68,7 @@ impl FakeUpstream {
                     let Ok(stream) = stream else { continue };
                     let seen = seen.clone();
                     std::thread::spawn(move || {
-                        if let Err(e) = serve(stream, &seen) {
+                        if let Err(e) = serve(stream, &seen, plays) {
                             tracing::debug!("fake upstream connection: {e}");
                         }
                     });
@@ -80,7 +105,7 @@ impl Drop for FakeUpstream {
     }
 }
 
-fn serve(mut stream: TcpStream, queries: &AtomicUsize) -> io::Result<()> {
+fn serve(mut stream: TcpStream, queries: &AtomicUsize, plays: Plays) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     loop {
         let packet = read_untagged(&mut stream)?;
@@ -92,10 +117,18 @@ fn serve(mut stream: TcpStream, queries: &AtomicUsize) -> io::Result<()> {
         break;
     }
     let mut hello = message(b'R', &0u32.to_be_bytes());
-    hello.extend(message(b'S', b"server_version\x0015.0 (fake)\x00"));
+    match plays {
+        Plays::Modern => {
+            hello.extend(message(b'S', b"server_version\x0015.0 (fake)\x00"));
+            hello.extend(message(b'S', b"in_hot_standby\x00off\x00"));
+            hello.extend(message(b'S', b"default_transaction_read_only\x00off\x00"));
+        }
+        Plays::Pre14 { .. } => hello.extend(message(b'S', b"server_version\x0013.0 (fake)\x00")),
+    }
     hello.extend(message(b'K', &[0, 0, 0x30, 0x39, 1, 2, 3, 4]));
     hello.extend(message(b'Z', b"I"));
     stream.write_all(&hello)?;
+    let mut role_asked = matches!(plays, Plays::Modern);
     loop {
         let mut header = [0u8; 5];
         stream.read_exact(&mut header)?;
@@ -106,6 +139,12 @@ fn serve(mut stream: TcpStream, queries: &AtomicUsize) -> io::Result<()> {
         let mut body = vec![0; len - 4];
         stream.read_exact(&mut body)?;
         match header[0] {
+            b'Q' if !role_asked => {
+                role_asked = true;
+                queries.fetch_add(1, Ordering::SeqCst);
+                let in_recovery = matches!(plays, Plays::Pre14 { in_recovery: true });
+                stream.write_all(&role_reply(in_recovery))?;
+            }
             b'Q' => {
                 queries.fetch_add(1, Ordering::SeqCst);
                 // Die mid-query: no reply, just a closed socket.
@@ -116,6 +155,30 @@ fn serve(mut stream: TcpStream, queries: &AtomicUsize) -> io::Result<()> {
             _ => {}
         }
     }
+}
+
+/// The reply to a question of the server's role: `(in recovery, read-only)` as text.
+fn role_reply(in_recovery: bool) -> Vec<u8> {
+    let flag: &[u8] = if in_recovery { b"t" } else { b"f" };
+    let mut row = 2i16.to_be_bytes().to_vec();
+    for _ in 0..2 {
+        row.extend(1i32.to_be_bytes());
+        row.extend(flag);
+    }
+    let mut columns = 2i16.to_be_bytes().to_vec();
+    for name in [&b"pg_is_in_recovery\0"[..], b"current_setting\0"] {
+        columns.extend(name);
+        columns.extend([0u8; 6]); // table oid, column number
+        columns.extend(16u32.to_be_bytes()); // bool
+        columns.extend(1i16.to_be_bytes());
+        columns.extend((-1i32).to_be_bytes());
+        columns.extend(0i16.to_be_bytes());
+    }
+    let mut reply = message(b'T', &columns);
+    reply.extend(message(b'D', &row));
+    reply.extend(message(b'C', b"SELECT 1\0"));
+    reply.extend(message(b'Z', b"I"));
+    reply
 }
 
 fn read_untagged(stream: &mut TcpStream) -> io::Result<Vec<u8>> {

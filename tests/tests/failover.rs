@@ -22,8 +22,10 @@ use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
 use fencegate::metrics::Metrics;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
+use fencegate_tests::fake_upstream::FakeUpstream;
 use fencegate_tests::fence::{comment, eventually, install, STALE};
 use fencegate_tests::proxy::TestProxy;
+use fencegate_tests::wire::WireClient;
 use fencegate_tests::Endpoint;
 use tokio_postgres::Client;
 
@@ -293,4 +295,41 @@ async fn with_asynchronous_replication_a_failover_can_lose_the_last_raise() {
         "5,9",
         "the write with 10 went with the lost WAL"
     );
+}
+
+/// A server older than PostgreSQL 14 reports neither `in_hot_standby` nor
+/// `default_transaction_read_only`: fencegate asks it with one query, as libpq does, and
+/// the client sees neither the question nor its answer.
+#[tokio::test]
+async fn a_server_older_than_14_is_asked_what_it_is() {
+    for (in_recovery, attrs, admitted, asked) in [
+        (false, TargetSessionAttrs::ReadWrite, true, 1),
+        (true, TargetSessionAttrs::ReadWrite, false, 1),
+        (true, TargetSessionAttrs::Standby, true, 1),
+        (true, TargetSessionAttrs::Any, true, 0),
+    ] {
+        let fake = FakeUpstream::pre14(in_recovery);
+        let (proxy, _) = proxy(format!("127.0.0.1:{}", fake.port()), attrs);
+        let case = format!("in recovery {in_recovery}, {}", attrs.name());
+        let addr = proxy.addr();
+        let login = tokio::task::spawn_blocking(move || WireClient::connect(addr, TRUST_USER, "x"))
+            .await
+            .expect("login thread");
+        match login {
+            Ok((_, messages)) => {
+                assert!(admitted, "{case}: admitted");
+                let tags: Vec<u8> = messages.iter().map(|(tag, _)| *tag).collect();
+                assert_eq!(tags, b"RSKZ", "{case}: the client sees only the login");
+            }
+            Err(e) => {
+                assert!(!admitted, "{case}: refused: {e}");
+                let text = e.to_string();
+                assert!(
+                    text.contains("08001") && text.contains("standby"),
+                    "{case}: {text}"
+                );
+            }
+        }
+        assert_eq!(fake.queries(), asked, "{case}: questions asked");
+    }
 }

@@ -85,17 +85,17 @@ pub fn parse_hosts(list: &str) -> Result<Vec<UpstreamAddr>, String> {
 
 /// Which servers a new session may use, as libpq's `target_session_attrs` defines them.
 /// The server's role is read from what it reports at login (`in_hot_standby` and
-/// `default_transaction_read_only`, reported by PostgreSQL 14 and later).
+/// `default_transaction_read_only`, reported by PostgreSQL 14 and later), or asked of an
+/// older server with one query ([`crate::session::role_query`]), as libpq does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetSessionAttrs {
-    /// Any server that accepts the login (the default, as in libpq; the login's messages
-    /// are relayed as they come and nothing is asked of the server's version).
-    #[default]
+    /// Any server that accepts the login (libpq's default).
     Any,
     /// A server whose sessions may write: not in hot standby, and
-    /// `default_transaction_read_only` off. What a list of hosts in front of a primary and
-    /// its standbys wants: fences are raised on the primary.
+    /// `default_transaction_read_only` off (fencegate's default: fences are raised on the
+    /// primary).
+    #[default]
     ReadWrite,
     /// A server whose sessions are read-only by default (a standby, or a primary with
     /// `default_transaction_read_only` on).

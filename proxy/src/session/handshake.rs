@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Read, ReadError};
+use super::role_query::ask_role;
 use crate::config::{
     ServerRole, TargetSessionAttrs, MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET,
 };
@@ -204,7 +205,7 @@ pub async fn authenticate(
                         return Err(fatal(client, UpstreamViolation::from(e).into()).await)
                     }
                 };
-                if let Some(ended) = login.server_message(client, frame, wanted).await? {
+                if let Some(ended) = login.server_message(client, server, frame, wanted).await? {
                     return Ok(ended);
                 }
             }
@@ -235,6 +236,7 @@ impl LoginState {
     async fn server_message(
         &mut self,
         client: &mut Conn,
+        server: &mut Conn,
         frame: BytesMut,
         wanted: Wanted,
     ) -> Result<Option<Login>, SessionError> {
@@ -271,7 +273,10 @@ impl LoginState {
         };
         match frame[0] {
             be::READY_FOR_QUERY => {
-                let role = ServerRole::from_parameters(&self.parameters);
+                let mut role = ServerRole::from_parameters(&self.parameters);
+                if role.is_none() && wanted.attrs != TargetSessionAttrs::Any {
+                    role = ask_role(server).await?;
+                }
                 let matches = match role {
                     Some(role) => wanted.attrs.accepts(role),
                     None => wanted.attrs == TargetSessionAttrs::Any,

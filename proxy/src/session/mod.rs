@@ -23,6 +23,7 @@ pub mod opening;
 pub mod outbox;
 pub mod relay;
 pub mod replies;
+pub mod role_query;
 pub mod signals;
 
 use std::future::{poll_fn, Future};
