@@ -79,7 +79,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let single: [(&str, &str, &str, &AtomicU64); 6] = [
+        let single: [(&str, &str, &str, &AtomicU64); 7] = [
             (
                 "fencegate_client_connections_open",
                 "gauge",
@@ -109,6 +109,12 @@ impl Metrics {
                 "counter",
                 "Fencing checks that passed: the statement behind them ran.",
                 &f.admitted,
+            ),
+            (
+                "fencegate_checks_waiting",
+                "gauge",
+                "Fencing checks sent to PostgreSQL whose result has not come back (waiting behind an older holder, or in flight).",
+                &f.checks_waiting,
             ),
             (
                 "fencegate_preemptions_total",
@@ -172,6 +178,7 @@ impl Metrics {
                 "accepted_total": get(&self.connections_total),
             },
             "checks": {
+                "waiting": get(&f.checks_waiting),
                 "sent_total": get(&f.checks),
                 "admitted_total": get(&f.admitted),
             },
@@ -399,6 +406,7 @@ mod tests {
         m.connections_open.store(3, Ordering::Relaxed);
         m.max_connections.store(10, Ordering::Relaxed);
         m.fence.stale.store(2, Ordering::Relaxed);
+        m.fence.checks_waiting.store(4, Ordering::Relaxed);
         let response = respond(b"GET /status HTTP/1.1\r\n\r\n", &m);
         let text = String::from_utf8_lossy(&response);
         assert_eq!(status(&response), "HTTP/1.1 200 OK");
@@ -408,6 +416,7 @@ mod tests {
         assert_eq!(v["sessions"]["open"], 3);
         assert_eq!(v["sessions"]["limit"], 10);
         assert_eq!(v["rejections"]["stale"], 2);
+        assert_eq!(v["checks"]["waiting"], 4);
         let post = respond(b"POST /status HTTP/1.1\r\n\r\n", &m);
         assert!(status(&post).starts_with("HTTP/1.1 405"));
     }
@@ -452,6 +461,7 @@ mod tests {
             "fencegate_client_connections_total 2",
             "fencegate_checks_total 1",
             "fencegate_checks_admitted_total 0",
+            "fencegate_checks_waiting 0",
             "fencegate_preemptions_total 1",
             "fencegate_rejections_total{reason=\"stale\"} 1",
             "fencegate_rejections_total{reason=\"invalid\"} 0",

@@ -34,7 +34,7 @@ use super::memo::Admitted;
 use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::settings_memo;
-use super::stats::FenceStats;
+use super::stats::{FenceStats, WaitingShare};
 use crate::config::Config;
 use crate::protocol::backend::{self as be, error_field, TxStatus};
 use crate::protocol::build::{self, error_response, Severity};
@@ -107,6 +107,7 @@ impl HookFactory for FenceHooks {
                 .map(|p| p.clone())
                 .unwrap_or_else(|p| p.into_inner().clone()),
             stats: self.stats.clone(),
+            waiting: WaitingShare::new(self.stats.clone()),
             cache: self.cache.clone(),
             schema_known: self.schemas.contains(&database),
             schemas: self.schemas.clone(),
@@ -134,6 +135,8 @@ pub struct FenceHook {
     rules: ReadingRules,
     policy: Arc<FencePolicy>,
     stats: Arc<FenceStats>,
+    /// This session's checks in [`FenceStats::checks_waiting`], taken back when dropped.
+    waiting: WaitingShare,
     cache: Arc<HighWaterCache>,
     /// Databases known to have the schema (shared by all sessions).
     schemas: Arc<DashSet<String>>,
@@ -199,6 +202,10 @@ impl SessionHook for FenceHook {
         if done.ok {
             FenceStats::bump(&self.stats.admitted);
         }
+    }
+
+    fn checks_waiting(&mut self, waiting: usize) {
+        self.waiting.set(waiting);
     }
 
     fn server_parameter(&mut self, name: &[u8], value: &[u8]) {

@@ -2,6 +2,7 @@
 //! of one proxy process (exposed by [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the fence has done since the process started.
@@ -23,6 +24,9 @@ pub struct FenceStats {
     pub preempted: AtomicU64,
     /// From sending a check to its result, whatever the result.
     pub check_seconds: Histogram,
+    /// Checks sent whose result has not come back, across all sessions (a gauge: each
+    /// session adds its own through a [`WaitingShare`], which takes it back when dropped).
+    pub checks_waiting: AtomicU64,
 }
 
 impl FenceStats {
@@ -34,6 +38,42 @@ impl FenceStats {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// One session's part of [`FenceStats::checks_waiting`]: moved to the session's own count
+/// as that changes, and withdrawn when the session's hook is dropped, however the session
+/// ended (client or server gone, an error, a refusal), so the gauge never keeps the checks
+/// of a session that is no more.
+#[derive(Debug)]
+pub struct WaitingShare {
+    stats: Arc<FenceStats>,
+    mine: u64,
+}
+
+impl WaitingShare {
+    /// A share of `stats`' gauge, holding nothing yet.
+    pub fn new(stats: Arc<FenceStats>) -> Self {
+        WaitingShare { stats, mine: 0 }
+    }
+
+    /// This session now has `waiting` checks waiting: one relaxed atomic add of the
+    /// difference (none when unchanged).
+    pub fn set(&mut self, waiting: usize) {
+        let waiting = u64::try_from(waiting).unwrap_or(u64::MAX);
+        let gauge = &self.stats.checks_waiting;
+        match waiting.cmp(&self.mine) {
+            std::cmp::Ordering::Greater => gauge.fetch_add(waiting - self.mine, Ordering::Relaxed),
+            std::cmp::Ordering::Less => gauge.fetch_sub(self.mine - waiting, Ordering::Relaxed),
+            std::cmp::Ordering::Equal => return,
+        };
+        self.mine = waiting;
+    }
+}
+
+impl Drop for WaitingShare {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 
@@ -103,5 +143,23 @@ mod tests {
         assert_eq!(cumulative[BUCKETS.len() - 1], 3, "60 s is only in +Inf");
         assert_eq!(count, 4);
         assert!((sum - 60.00185).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn each_session_withdraws_its_own_waiting_checks_when_dropped() {
+        let stats = Arc::new(FenceStats::default());
+        let waiting = || FenceStats::get(&stats.checks_waiting);
+        let mut a = WaitingShare::new(stats.clone());
+        let mut b = WaitingShare::new(stats.clone());
+        a.set(2);
+        b.set(1);
+        assert_eq!(waiting(), 3);
+        a.set(1);
+        assert_eq!(waiting(), 2);
+        drop(b);
+        assert_eq!(waiting(), 1, "b's check withdrawn, a's kept");
+        a.set(3);
+        drop(a);
+        assert_eq!(waiting(), 0);
     }
 }

@@ -63,6 +63,12 @@ pub trait SessionHook: Send + 'static {
 
     /// Learns how each of the hook's checks ended (see [`CheckDone`]), once per server read.
     fn check_done(&mut self, _done: CheckDone) {}
+
+    /// Learns how many of the hook's checks are on their way or at the server, their
+    /// results not back yet, whenever that number changes (after a client or server read
+    /// that changed it; 0 once reply tracking is lost). The session does not report its end:
+    /// a hook that counts these beyond itself withdraws its count when it is dropped.
+    fn checks_waiting(&mut self, _waiting: usize) {}
 }
 
 /// The default: plain relaying, no hook.

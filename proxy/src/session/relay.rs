@@ -75,6 +75,8 @@ pub struct Relay {
     /// The session's log span, entered only around the relay's own log lines.
     span: tracing::Span,
     desync_reported: bool,
+    /// The tracker's [`ReplyTracker::checks_waiting`] as last told to the hook.
+    waiting_reported: usize,
 }
 
 /// What the server closing its connection means, by what came before it.
@@ -148,6 +150,7 @@ impl Relay {
             draining: false,
             span,
             desync_reported: false,
+            waiting_reported: 0,
         }
     }
 
@@ -331,6 +334,7 @@ impl Relay {
         while let Some(reply) = self.tracker.take_synthesized() {
             self.to_client.push(reply);
         }
+        self.report_waiting();
         Ok(())
     }
 
@@ -461,12 +465,25 @@ impl Relay {
                 hook.check_done(done);
             }
         }
+        self.report_waiting();
         if !self.desync_reported {
             if let Some(desync) = self.tracker.desync() {
                 self.desync_reported = true;
                 self.span.in_scope(
                     || tracing::warn!(%desync, "reply tracking lost; relaying without injection"),
                 );
+            }
+        }
+    }
+
+    /// Tells the hook how many of its checks are waiting, when that changed: one integer
+    /// comparison per read otherwise.
+    fn report_waiting(&mut self) {
+        let waiting = self.tracker.checks_waiting();
+        if waiting != self.waiting_reported {
+            self.waiting_reported = waiting;
+            if let Some(hook) = self.hook.as_mut() {
+                hook.checks_waiting(waiting);
             }
         }
     }

@@ -49,13 +49,18 @@ fn select_reply(status: u8) -> Vec<u8> {
 /// A relay between two socket pairs, the far ends (client, server) the test holds, and the
 /// signals it listens to.
 fn rig() -> (Relay, UnixStream, UnixStream, Arc<Signals>) {
+    rig_with(None)
+}
+
+/// [`rig`] with a session hook.
+fn rig_with(hook: Option<Box<dyn SessionHook>>) -> (Relay, UnixStream, UnixStream, Arc<Signals>) {
     let (client_side, client) = UnixStream::pair().expect("socket pair");
     let (server_side, server) = UnixStream::pair().expect("socket pair");
     let relay = Relay::new(
         Conn::new(Stream::Unix(client_side)),
         Conn::new(Stream::Unix(server_side)),
         TxStatus::Idle,
-        None,
+        hook,
         (1 << 30, BufferBudget::new(1 << 30).share()),
         tracing::Span::none(),
     );
@@ -94,6 +99,57 @@ async fn bytes_pass_unchanged_both_ways_and_a_closing_client_ends_the_session() 
         client.write_all(&frame(b'X', b"")).await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_n(&mut server, 5).await, frame(b'X', b""));
+    })
+    .await;
+    assert_eq!(end.unwrap(), End::ClientClosed);
+}
+
+/// A hook that puts a check (`SELECT 1;`) in front of every Query and notes each count of
+/// checks waiting it is told.
+struct CheckEveryQuery(Arc<std::sync::Mutex<Vec<usize>>>);
+
+impl SessionHook for CheckEveryQuery {
+    fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        if let Some(text) = msg.query_text() {
+            let sql = [b"SELECT 1;", text].concat();
+            let rewrite = crate::session::hook::Rewrite {
+                hidden: vec![0],
+                insertions: Vec::new(),
+            };
+            let rewritten = query(&String::from_utf8_lossy(&sql));
+            inject
+                .replace_query(Bytes::from(rewritten), rewrite)
+                .expect("one Query");
+        }
+    }
+
+    fn checks_waiting(&mut self, waiting: usize) {
+        self.0.lock().expect("not poisoned").push(waiting);
+    }
+}
+
+#[tokio::test]
+async fn the_hook_hears_of_its_checks_waiting_from_sending_until_their_result() {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut relay, mut client, mut server, signals) =
+        rig_with(Some(Box::new(CheckEveryQuery(told.clone()))));
+    let told_now = || told.lock().expect("not poisoned").clone();
+    let sent = query("SELECT 1;SELECT 2");
+    let check = frame(b'C', b"SELECT 1\0");
+    let end = run_with(&mut relay, &signals, async {
+        client.write_all(&query("SELECT 2")).await.unwrap();
+        assert_eq!(read_n(&mut server, sent.len()).await, sent);
+        assert_eq!(told_now(), [1], "told when sent");
+        // The check's result (hidden), then the client's own statement's.
+        let mut reply = frame(b'T', &0i16.to_be_bytes());
+        reply.extend(frame(b'D', &0i16.to_be_bytes()));
+        reply.extend(&check);
+        server.write_all(&reply).await.unwrap();
+        let own = select_reply(b'I');
+        server.write_all(&own).await.unwrap();
+        assert_eq!(read_n(&mut client, own.len()).await, own);
+        assert_eq!(told_now(), [1, 0], "told when the result came, once");
+        client.shutdown().await.unwrap();
     })
     .await;
     assert_eq!(end.unwrap(), End::ClientClosed);

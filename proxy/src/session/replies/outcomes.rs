@@ -43,6 +43,12 @@ impl ReplyTracker {
         self.checks_done.drain(..)
     }
 
+    /// The proxy's checks sent to the server whose result has not come back. Once tracking
+    /// is lost none is counted: nobody could tell when they end.
+    pub fn checks_waiting(&self) -> usize {
+        self.queue.checks_waiting
+    }
+
     /// A ReadyForQuery answered the head entry: the server is ready for the next round, in
     /// the transaction status it reports (a malformed one leaves the last known status).
     pub(super) fn ready_for_query(&mut self, body: &[u8]) {

@@ -61,7 +61,8 @@ impl Entry {
 
 /// The expected replies in order, with counts of the entries the hot path asks about on
 /// every message (so that it need not walk the queue). Entries are not changed in those
-/// respects once queued.
+/// respects once queued, except that a check's time is taken through
+/// [`Queue::take_front_check`].
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     entries: VecDeque<Entry>,
@@ -71,6 +72,8 @@ pub(super) struct Queue {
     pub(super) markers: usize,
     /// Replies the proxy makes itself.
     pub(super) synthesized: usize,
+    /// Entries carrying a check that was sent and has not ended ([`Entry::check_sent`]).
+    pub(super) checks_waiting: usize,
 }
 
 impl Queue {
@@ -107,6 +110,17 @@ impl Queue {
         self.entries.front_mut()
     }
 
+    /// The head's check ended while the head stays queued (the first inserted statement
+    /// of a rewritten Query): takes its sending time, if it still had one.
+    pub(super) fn take_front_check(&mut self) -> Option<Instant> {
+        let sent = self.entries.front_mut()?.check_sent.take();
+        if sent.is_some() {
+            self.checks_waiting -= 1;
+        }
+        self.check_counts();
+        sent
+    }
+
     pub(super) fn get(&self, index: usize) -> Option<&Entry> {
         self.entries.get(index)
     }
@@ -127,6 +141,7 @@ impl Queue {
             &mut self.synthesized,
             matches!(entry.action, Action::Synthesize(_)),
         );
+        adjust(&mut self.checks_waiting, entry.check_sent.is_some());
     }
 
     /// In debug builds (the test suite), recounts short queues.
@@ -139,6 +154,7 @@ impl Queue {
                 self.synthesized,
                 count(|e| matches!(e.action, Action::Synthesize(_)))
             );
+            debug_assert_eq!(self.checks_waiting, count(|e| e.check_sent.is_some()));
         }
     }
 }

@@ -57,14 +57,9 @@ impl HiddenStatements {
     }
 
     /// Routes a server message other than ReadyForQuery answering the rewritten Query, and
-    /// moves on to the next statement when one ends. When the first inserted statement
-    /// ends, takes `check_sent` and returns it with whether the statement completed.
-    pub(super) fn route(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        check_sent: &mut Option<Instant>,
-    ) -> (Route, Option<(Instant, bool)>) {
+    /// moves on to the next statement when one ends. When an inserted statement ends, says
+    /// whether it completed (the caller times the first one: [`super::queue::Queue::take_front_check`]).
+    pub(super) fn route(&mut self, tag: u8, body: &[u8]) -> (Route, Option<bool>) {
         let route = match (self.current_is_hidden(), tag) {
             (true, be::ERROR_RESPONSE) => Route::InjectedError,
             // Raised while PostgreSQL parsed the whole string (a nonstandard
@@ -80,15 +75,12 @@ impl HiddenStatements {
             self.parsed = true;
         }
         let done = matches!(tag, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE);
-        let mut check_ended = None;
-        if self.current_is_hidden() && (done || tag == be::ERROR_RESPONSE) {
-            // The first inserted statement ended: time it once.
-            check_ended = check_sent.take().map(|sent| (sent, done));
-        }
+        let hidden_ended =
+            (self.current_is_hidden() && (done || tag == be::ERROR_RESPONSE)).then_some(done);
         if done {
             self.statement_done();
         }
-        (route, check_ended)
+        (route, hidden_ended)
     }
 }
 

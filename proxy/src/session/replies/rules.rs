@@ -26,9 +26,11 @@ impl ReplyTracker {
             return Route::Forward;
         };
         let expect = head.expect;
-        let (route, check_ended) = route(head, tag, body);
-        if let Some((sent, ok)) = check_ended {
-            self.check_ended(Some(sent), ok);
+        let (route, hidden_ended) = route(head, tag, body);
+        if let Some(ok) = hidden_ended {
+            // An inserted statement ended: the first one is the check, timed once.
+            let sent = self.queue.take_front_check();
+            self.check_ended(sent, ok);
         }
         if tag == be::NOTICE_RESPONSE {
             return route;
@@ -140,12 +142,11 @@ impl ReplyTracker {
 }
 
 /// Where a server message answering `head` goes (a notice included: it follows its entry),
-/// and, when it ends the first inserted statement of a rewritten Query, when that check was
-/// sent and whether it completed.
-fn route(head: &mut Entry, tag: u8, body: &[u8]) -> (Route, Option<(std::time::Instant, bool)>) {
+/// and, when it ends an inserted statement of a rewritten Query, whether that completed.
+fn route(head: &mut Entry, tag: u8, body: &[u8]) -> (Route, Option<bool>) {
     match (&head.action, tag, &mut head.hidden) {
         (Action::Forward, be::READY_FOR_QUERY, _) => (Route::Forward, None),
-        (Action::Forward, _, Some(hidden)) => hidden.route(tag, body, &mut head.check_sent),
+        (Action::Forward, _, Some(hidden)) => hidden.route(tag, body),
         (Action::Forward, _, None) => (Route::Forward, None),
         (Action::Check, be::ERROR_RESPONSE, _) => (Route::InjectedError, None),
         _ => (Route::Drop, None),

@@ -47,6 +47,8 @@ enum Step {
     Outcomes(&'static [bool]),
     /// Whether each check that ended since the last look ran, oldest first.
     Checks(&'static [bool]),
+    /// What [`ReplyTracker::checks_waiting`] says.
+    Waiting(usize),
 }
 
 type Case = (&'static str, &'static [Step]);
@@ -107,6 +109,7 @@ fn step(t: &mut ReplyTracker, step: &Step, at: &str) {
             let got: Vec<bool> = t.take_checks_done().map(|done| done.ok).collect();
             assert_eq!(got, *want, "{at}");
         }
+        Waiting(want) => assert_eq!(t.checks_waiting(), *want, "{at}"),
     }
 }
 
@@ -507,6 +510,70 @@ fn checks_done() {
                 Reply("Z", "Z"),
                 Checks(&[false]),
                 Idle,
+            ],
+        ),
+    ]);
+}
+
+#[test]
+fn checks_waiting() {
+    run(&[
+        (
+            "a check waits from its sending until its result",
+            &[
+                Waiting(0),
+                Rewritten(&[0]),
+                Waiting(1),
+                Reply("T", ""),
+                Waiting(1),
+                Reply("DC", ""),
+                Waiting(0),
+                Reply("CZ", "CZ"),
+                Waiting(0),
+                // Extended: the Execute carries it; two batches in flight count two.
+                Send("P"),
+                Inject("PBE", Action::Check),
+                Send("BES"),
+                Send("P"),
+                Inject("PBE", Action::Check),
+                Send("BES"),
+                Waiting(2),
+                Reply("112DC", "1"),
+                Waiting(1),
+                // A failed Parse of the check: its Execute is skipped, which the
+                // tracker learns from the next message (the Sync's ReadyForQuery).
+                Reply("2DCZ1E", "2DCZ1e"),
+                Waiting(1),
+                Reply("Z", "Z"),
+                Waiting(0),
+                Idle,
+            ],
+        ),
+        (
+            "a check that never runs stops waiting with the entry",
+            &[
+                Rewritten(&[1]),
+                Waiting(1),
+                Reply("EZ", "EZ"),
+                Waiting(0),
+                Rewritten(&[0]),
+                Reply("EZ", "eZ"),
+                Waiting(0),
+            ],
+        ),
+        (
+            "once tracking is lost no check is counted",
+            &[
+                Send("P"),
+                Inject("PBE", Action::Check),
+                Send("BES"),
+                Waiting(1),
+                // A DataRow cannot answer a Parse.
+                Reply("D", "D"),
+                Desynced(true),
+                Waiting(0),
+                Rewritten(&[0]),
+                Waiting(0),
             ],
         ),
     ]);
