@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod hosts;
-pub use hosts::{parse_host, parse_hosts, ServerRole, TargetSessionAttrs, UpstreamAddr};
+pub use hosts::{
+    parse_host, parse_hosts, ServerRole, SynchronousReplication, TargetSessionAttrs, UpstreamAddr,
+};
 
 /// Which statements carrying a token are checked (`--fence-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -121,6 +123,9 @@ pub struct Config {
     /// of `upstream` that matches. Default `read-write` (fences are raised on the primary);
     /// libpq's default is `any`.
     pub target_session_attrs: TargetSessionAttrs,
+    /// Whether a primary must be set up for synchronous replication: `ignore` (default),
+    /// `warn`, `require`.
+    pub synchronous_replication: SynchronousReplication,
     /// Maximum concurrent client sessions (connections past their startup packet); one
     /// more is refused with 53300. Default 1000.
     pub max_connections: usize,
@@ -178,6 +183,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
             upstream: DEFAULT_UPSTREAM.to_string(),
             target_session_attrs: TargetSessionAttrs::ReadWrite,
+            synchronous_replication: SynchronousReplication::Ignore,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startup_connections: DEFAULT_MAX_STARTUP_CONNECTIONS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,

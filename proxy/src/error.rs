@@ -173,6 +173,13 @@ pub enum Refusal {
         /// The setting.
         attrs: &'static str,
     },
+    /// `synchronous_replication = require` and the primary's commits do not wait for a
+    /// synchronous standby (or it did not say).
+    #[error("server {host} is a primary whose commits do not wait for a synchronous standby (synchronous_standby_names empty or synchronous_commit off/local), and synchronous_replication = require: a failover could lose admitted fencing tokens")]
+    NotSynchronous {
+        /// The host.
+        host: String,
+    },
     /// A session hook would not let a message through (see
     /// [`crate::session::hook::Injector::abort_session`]).
     #[error("{reason}")]
@@ -191,7 +198,9 @@ impl Refusal {
             Refusal::TooManyClients => "53300",
             Refusal::PasswordlessLogin => "28000",
             Refusal::OutOfMemory { .. } => "53200",
-            Refusal::WrongServerRole { .. } | Refusal::RoleNotReported { .. } => "08001",
+            Refusal::WrongServerRole { .. }
+            | Refusal::RoleNotReported { .. }
+            | Refusal::NotSynchronous { .. } => "08001",
             Refusal::ByHook { sqlstate, .. } => sqlstate,
         }
     }

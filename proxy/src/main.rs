@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fencegate::config::FenceMode;
-use fencegate::config::{parse_duration, Config, TargetSessionAttrs, UpstreamAuth, UpstreamTls};
+use fencegate::config::{
+    parse_duration, Config, SynchronousReplication, TargetSessionAttrs, UpstreamAuth, UpstreamTls,
+};
 use fencegate::fence::hook::FenceHooks;
 use fencegate::fence::plan::FencePolicy;
 use fencegate::fence::stats::FenceStats;
@@ -128,6 +130,10 @@ struct ServeArgs {
     /// prefer-standby, as libpq's target_session_attrs [default: read-write].
     #[arg(long, env = "FENCEGATE_TARGET_SESSION_ATTRS", value_enum)]
     target_session_attrs: Option<TargetSessionAttrs>,
+    /// On a primary without synchronous replication: ignore, warn, or require (refuse
+    /// sessions there) [default: ignore].
+    #[arg(long, env = "FENCEGATE_SYNCHRONOUS_REPLICATION", value_enum)]
+    synchronous_replication: Option<SynchronousReplication>,
     /// Maximum concurrent client sessions; one more is refused with 53300 [default: 1000].
     #[arg(long, env = "FENCEGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -203,6 +209,7 @@ impl ServeArgs {
             listen,
             upstream,
             target_session_attrs,
+            synchronous_replication,
             max_connections,
             max_startup_connections,
             max_message_size,

@@ -38,6 +38,7 @@ pub fn changed(a: &Config, b: &Config) -> Vec<&'static str> {
         listen,
         upstream,
         target_session_attrs,
+        synchronous_replication,
         max_connections,
         max_startup_connections,
         max_message_size,

@@ -108,6 +108,33 @@ pub enum TargetSessionAttrs {
     PreferStandby,
 }
 
+/// What a new session does on a primary that is not set up for synchronous replication
+/// (`synchronous_standby_names` empty, or `synchronous_commit` `off` or `local` for the
+/// session): there a failover can lose admitted raises of the fence
+/// (docs/high-availability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynchronousReplication {
+    /// Nothing is asked (the default: one server, or replication the operator vouches for).
+    #[default]
+    Ignore,
+    /// Log a warning when a primary is found without it, and show it in the metrics.
+    Warn,
+    /// Refuse sessions on such a primary (FATAL 08001), and on one that does not say.
+    Require,
+}
+
+impl SynchronousReplication {
+    /// The value as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SynchronousReplication::Ignore => "ignore",
+            SynchronousReplication::Warn => "warn",
+            SynchronousReplication::Require => "require",
+        }
+    }
+}
+
 /// What a server said of itself at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerRole {

@@ -8,9 +8,10 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Read, ReadError};
-use super::role_query::ask_role;
+use super::role_query::{ask_role, ask_synchronous};
 use crate::config::{
-    ServerRole, TargetSessionAttrs, MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE, MAX_STARTUP_PACKET,
+    ServerRole, SynchronousReplication, TargetSessionAttrs, MAX_AUTH_MESSAGE, MAX_SERVER_MESSAGE,
+    MAX_STARTUP_PACKET,
 };
 use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
 use crate::protocol::backend::{self as be, TxStatus};
@@ -127,6 +128,8 @@ pub struct Established {
     pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
     /// The server's role, from `in_hot_standby` and `default_transaction_read_only`.
     pub role: Option<ServerRole>,
+    /// Whether a primary's commits wait for a synchronous standby, when it was asked.
+    pub synchronous: Option<bool>,
 }
 
 /// How the login on one host ended.
@@ -143,6 +146,10 @@ pub enum Login {
     /// not say whether it does): the client has had nothing after its last
     /// authentication response and gets the refusal from the caller.
     WrongRole(Option<ServerRole>),
+    /// The server is a primary whose commits do not wait for a synchronous standby (or it
+    /// did not say), and [`Wanted::synchronous`] requires it; the client has had nothing
+    /// after its last authentication response. Holds the role the server reported.
+    NotSynchronous(Option<ServerRole>),
 }
 
 /// What the caller wants of the login.
@@ -155,6 +162,9 @@ pub struct Wanted {
     pub attrs: TargetSessionAttrs,
     /// Whether another host is left to try after this one.
     pub more_hosts: bool,
+    /// Ask a primary whether its commits wait for a synchronous standby (`None`: do not
+    /// ask); with `require`, a primary that answers no, or nothing, is refused.
+    pub synchronous: Option<SynchronousReplication>,
 }
 
 /// SQLSTATEs of a refusal before authentication that another host may not share:
@@ -284,6 +294,14 @@ impl LoginState {
                 if !matches {
                     return Ok(Some(Login::WrongRole(role)));
                 }
+                let primary = role.is_some_and(|r| !r.in_hot_standby);
+                let mut synchronous = None;
+                if let Some(mode) = wanted.synchronous.filter(|_| primary) {
+                    synchronous = ask_synchronous(server).await?;
+                    if mode == SynchronousReplication::Require && synchronous != Some(true) {
+                        return Ok(Some(Login::NotSynchronous(role)));
+                    }
+                }
                 held.extend_from_slice(&frame);
                 client
                     .write_flush(held)
@@ -293,6 +311,7 @@ impl LoginState {
                     status: TxStatus::from_ready_body(body).unwrap_or_default(),
                     parameters: std::mem::take(&mut self.parameters),
                     role,
+                    synchronous,
                 })))
             }
             be::ERROR_RESPONSE if be::is_fatal(body) => {

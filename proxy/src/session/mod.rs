@@ -39,9 +39,9 @@ use self::handshake::{fatal, Login, Opening};
 use self::hook::HookFactory;
 use self::relay::{End, Relay};
 use self::signals::Signals;
-use crate::config::Config;
+use crate::config::{Config, SynchronousReplication};
 use crate::error::{ClientViolation, Refusal, SessionError, UpstreamViolation};
-use crate::upstream::hosts::{role_name, OnHost};
+use crate::upstream::hosts::{role_name, Host, OnHost};
 use crate::upstream::Upstream;
 
 /// How long a client may take to send its startup packet (and finish TLS), as PostgreSQL's
@@ -189,10 +189,14 @@ async fn login(
                 .is_none_or(|ip| shared.config.requires_upstream_auth(ip, &host.addr)),
             attrs: table.attrs(),
             more_hosts: i + 1 < candidates.len(),
+            synchronous: asks_synchronous(shared, host),
         };
         match handshake::authenticate(client, &mut server, wanted).await? {
             Login::Established(established) => {
                 host.logged_in(established.role);
+                if wanted.synchronous.is_some() {
+                    synchronous_seen(host, established.synchronous);
+                }
                 return Ok(Some((server, established, host.enter())));
             }
             Login::Ended => return Ok(None),
@@ -214,6 +218,14 @@ async fn login(
                 };
                 return Err(fatal(client, refusal.into()).await);
             }
+            Login::NotSynchronous(role) => {
+                host.logged_in(role);
+                synchronous_seen(host, Some(false));
+                let refusal = Refusal::NotSynchronous {
+                    host: host.label.clone(),
+                };
+                return Err(fatal(client, refusal.into()).await);
+            }
         }
     }
     let err = last.unwrap_or(SessionError::Refused(Refusal::ByHook {
@@ -221,6 +233,32 @@ async fn login(
         reason: "no upstream host is configured",
     }));
     Err(fatal(client, err).await)
+}
+
+/// What a new session on `host` should ask about synchronous replication, per
+/// `synchronous_replication` and what the host last said.
+fn asks_synchronous(shared: &Shared, host: &Host) -> Option<SynchronousReplication> {
+    let mode = shared.config.synchronous_replication;
+    host.should_ask_synchronous(mode).then_some(mode)
+}
+
+/// Records a primary's answer about synchronous replication and says so in the log when
+/// it changed: loudly when its commits no longer wait for a synchronous standby.
+fn synchronous_seen(host: &Host, synchronous: Option<bool>) {
+    if !host.synchronous_seen(synchronous) {
+        return;
+    }
+    match synchronous {
+        Some(true) => {
+            tracing::info!(host = %host.label, "upstream primary replicates synchronously")
+        }
+        Some(false) => {
+            tracing::warn!(host = %host.label, "upstream primary has no synchronous standby (synchronous_standby_names is empty or synchronous_commit is off/local): a failover can lose the last admitted token and the write it admitted")
+        }
+        None => {
+            tracing::warn!(host = %host.label, "upstream primary did not say whether it replicates synchronously")
+        }
+    }
 }
 
 async fn run(tcp: TcpStream, shared: &Shared, span: &Span) -> Result<(), SessionError> {

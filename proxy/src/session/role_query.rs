@@ -1,7 +1,9 @@
-//! Asking a server that does not report `in_hot_standby` (PostgreSQL 13 and older, or a
-//! pooler that does not pass it on) what it is, the way libpq does for
-//! `target_session_attrs`: one query on the fresh session, before the client has seen its
-//! ReadyForQuery. The reply is read here and never reaches the client.
+//! Questions the proxy asks a server on a fresh session, before the client has seen its
+//! first ReadyForQuery; the replies are read here and never reach the client:
+//! - what a server that does not report `in_hot_standby` (PostgreSQL 13 and older, or a
+//!   pooler that does not pass it on) is, the way libpq asks for `target_session_attrs`;
+//! - whether a primary's commits wait for a synchronous standby
+//!   (`synchronous_replication`).
 
 use super::conn::{Conn, Read, ReadError};
 use crate::config::ServerRole;
@@ -16,15 +18,39 @@ use crate::protocol::build;
 pub const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
      pg_catalog.current_setting('transaction_read_only')::bool";
 
-/// Sends [`ROLE_QUERY`] and reads its reply up to ReadyForQuery. `Ok(None)` when the
-/// server answered with an error or an unexpected row (its role stays unknown, and the
-/// caller refuses the session unless any server will do).
+/// Whether the session's commits wait for a synchronous standby: one is named, and the
+/// session's `synchronous_commit` (with its role's and database's defaults) waits for it.
+pub const SYNCHRONOUS_QUERY: &str = "SELECT \
+     pg_catalog.current_setting('synchronous_standby_names') <> '' AND \
+     pg_catalog.current_setting('synchronous_commit') NOT IN ('off', 'local')";
+
+/// Sends [`ROLE_QUERY`] and reads its reply. `Ok(None)` when the server answered with an
+/// error or an unexpected row (its role stays unknown, and the caller refuses the session
+/// unless any server will do).
 pub async fn ask_role(server: &mut Conn) -> Result<Option<ServerRole>, SessionError> {
+    let row = ask(server, ROLE_QUERY).await?;
+    Ok(row.and_then(|row| role_of_row(&row)))
+}
+
+/// Sends [`SYNCHRONOUS_QUERY`] and reads its reply; `Ok(None)` when the server did not say.
+pub async fn ask_synchronous(server: &mut Conn) -> Result<Option<bool>, SessionError> {
+    let row = ask(server, SYNCHRONOUS_QUERY).await?;
+    Ok(
+        row.and_then(|row| match be::data_row_values(&row)?.as_slice() {
+            [value] => flag(value.as_ref()),
+            _ => None,
+        }),
+    )
+}
+
+/// Sends `sql` and reads its reply up to ReadyForQuery: the body of its first DataRow,
+/// or `None` when it failed or returned none.
+async fn ask(server: &mut Conn, sql: &str) -> Result<Option<Vec<u8>>, SessionError> {
     server
-        .write_flush(&build::query(ROLE_QUERY))
+        .write_flush(&build::query(sql))
         .await
         .map_err(SessionError::UpstreamIo)?;
-    let mut role = None;
+    let mut row = None;
     let mut failed = false;
     loop {
         let frame = match server.read_tagged(MAX_SERVER_MESSAGE).await {
@@ -37,14 +63,14 @@ pub async fn ask_role(server: &mut Conn) -> Result<Option<ServerRole>, SessionEr
         };
         let body = &frame[5..];
         match frame[0] {
-            be::DATA_ROW if role.is_none() => role = role_of_row(body),
+            be::DATA_ROW if row.is_none() => row = Some(body.to_vec()),
             be::ERROR_RESPONSE if be::is_fatal(body) => {
                 let text = be::error_field(body, b'M').unwrap_or_default();
                 let reason = String::from_utf8_lossy(text).into_owned();
                 return Err(UpstreamViolation::Refused(reason).into());
             }
             be::ERROR_RESPONSE => failed = true,
-            be::READY_FOR_QUERY => return Ok(role.filter(|_| !failed)),
+            be::READY_FOR_QUERY => return Ok(row.filter(|_| !failed)),
             _ => {}
         }
     }
@@ -52,19 +78,22 @@ pub async fn ask_role(server: &mut Conn) -> Result<Option<ServerRole>, SessionEr
 
 /// `(in recovery, read-only)` from the row of [`ROLE_QUERY`], in text format.
 fn role_of_row(body: &[u8]) -> Option<ServerRole> {
-    let values = be::data_row_values(body)?;
-    let flag = |v: Option<&Option<&[u8]>>| match v {
-        Some(Some(b"t")) => Some(true),
-        Some(Some(b"f")) => Some(false),
+    match be::data_row_values(body)?.as_slice() {
+        [in_recovery, read_only] => Some(ServerRole {
+            in_hot_standby: flag(in_recovery.as_ref())?,
+            read_only: flag(read_only.as_ref())?,
+        }),
         _ => None,
-    };
-    if values.len() != 2 {
-        return None;
     }
-    Some(ServerRole {
-        in_hot_standby: flag(values.first())?,
-        read_only: flag(values.get(1))?,
-    })
+}
+
+/// A boolean column in text format.
+fn flag(value: Option<&&[u8]>) -> Option<bool> {
+    match value.copied() {
+        Some(b"t") => Some(true),
+        Some(b"f") => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

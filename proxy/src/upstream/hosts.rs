@@ -12,12 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{ServerRole, TargetSessionAttrs, UpstreamAddr};
+use crate::config::{ServerRole, SynchronousReplication, TargetSessionAttrs, UpstreamAddr};
 
 /// First back-off after a failed connect; doubled by each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How long a primary's answer about synchronous replication is believed; then the next
+/// session on it asks again.
+const SYNCHRONOUS_KNOWN_FOR: Duration = Duration::from_secs(10);
 
 /// One upstream host and what is known of it.
 #[derive(Debug)]
@@ -42,6 +45,9 @@ struct HostState {
     backoff: Option<Duration>,
     /// The last connect failed (and no login succeeded since).
     down: bool,
+    /// Whether the host's commits waited for a synchronous standby, and when a session
+    /// last asked.
+    synchronous: Option<(bool, Instant)>,
 }
 
 /// Every configured host, in the configured order.
@@ -100,8 +106,36 @@ impl Host {
         let mut state = self.state();
         *state = HostState {
             role,
+            synchronous: state.synchronous,
             ..HostState::default()
         };
+    }
+
+    /// Whether a new session on the host should ask about synchronous replication: unless
+    /// `mode` is `ignore`, when nothing is known or what is known is older than
+    /// [`SYNCHRONOUS_KNOWN_FOR`], and under `require` whenever the last answer was no (so
+    /// that the first session after the standby is back gets in).
+    pub fn should_ask_synchronous(&self, mode: SynchronousReplication) -> bool {
+        let known = self.state().synchronous;
+        match (mode, known) {
+            (SynchronousReplication::Ignore, _) => false,
+            (_, None) => true,
+            (SynchronousReplication::Require, Some((false, _))) => true,
+            (_, Some((_, asked))) => asked.elapsed() >= SYNCHRONOUS_KNOWN_FOR,
+        }
+    }
+
+    /// A session learned whether the host's commits wait for a synchronous standby
+    /// (`None`: it did not say). Returns true when that changed what was known.
+    pub fn synchronous_seen(&self, synchronous: Option<bool>) -> bool {
+        let mut state = self.state();
+        let before = state.synchronous.map(|(known, _)| known);
+        state.synchronous = synchronous.map(|s| (s, Instant::now()));
+        before != synchronous
+    }
+
+    fn synchronous(&self) -> Option<bool> {
+        self.state().synchronous.map(|(known, _)| known)
     }
 
     /// A session on the host did not match `target_session_attrs`.
@@ -236,6 +270,14 @@ impl HostTable {
                 let _ = writeln!(out, "{name}{{host=\"{}\"}} {value}", escape(&host.label));
             }
         }
+        let name = "fencegate_upstream_synchronous";
+        let _ = writeln!(out, "# HELP {name} 1 when the host's commits wait for a synchronous standby, 0 when not (only hosts asked, with synchronous_replication = warn or require)\n# TYPE {name} gauge");
+        for host in &self.hosts {
+            if let Some(synchronous) = host.synchronous() {
+                let value = u8::from(synchronous);
+                let _ = writeln!(out, "{name}{{host=\"{}\"}} {value}", escape(&host.label));
+            }
+        }
         let name = "fencegate_upstream_role";
         let _ = writeln!(out, "# HELP {name} The role the host reported at its last login (primary, primary-read-only, standby, unknown)\n# TYPE {name} gauge");
         for host in &self.hosts {
@@ -258,6 +300,7 @@ impl HostTable {
                     "host": host.label,
                     "up": !host.state().down,
                     "role": host.role_name(),
+                    "synchronous": host.synchronous(),
                     "sessions": host.sessions.load(Ordering::Relaxed),
                     "connect_failures_total": host.connect_failures.load(Ordering::Relaxed),
                     "wrong_role_total": host.wrong_role.load(Ordering::Relaxed),

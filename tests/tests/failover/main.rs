@@ -11,8 +11,12 @@
 //!   raise: what the test observes is what docs/high-availability.md says. Only a proxy
 //!   that has seen the newer token rejected keeps refusing the older one; another proxy
 //!   admits it.
+//! - `synchronous_replication = warn | require` asks a primary whether its commits wait
+//!   for a synchronous standby: `warn` admits and says so in a metric, `require` refuses
+//!   the session until a synchronous standby is configured (synchronous.rs).
 #![forbid(unsafe_code)]
 
+mod synchronous;
 mod workload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,11 +82,16 @@ async fn pair(sync: bool) -> (Cluster, Cluster, String) {
 
 /// A fencing proxy listing `upstream`, with its metrics.
 fn proxy(upstream: String, attrs: TargetSessionAttrs) -> (TestProxy, Arc<Metrics>) {
+    proxy_with(upstream, move |c| c.target_session_attrs = attrs)
+}
+
+/// [`proxy`] with the rest of its configuration changed by `tweak`.
+fn proxy_with(upstream: String, tweak: impl FnOnce(&mut Config)) -> (TestProxy, Arc<Metrics>) {
     let stats = Arc::new(FenceStats::default());
     let metrics = Arc::new(Metrics::new(stats.clone()));
     let tweak = move |c: &mut Config| {
         c.upstream = upstream;
-        c.target_session_attrs = attrs;
+        tweak(c);
     };
     let hooks = FenceHooks::new(FencePolicy::from_config(&Config::default()), stats);
     let proxy = TestProxy::start_with_metrics(0, tweak, Arc::new(hooks), metrics.clone());
