@@ -115,6 +115,7 @@ impl HookFactory for FenceHooks {
             settings_aware,
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
+            has_compare: None,
             last_parse: None,
             last_comment: LastComment::default(),
         }))
@@ -151,6 +152,9 @@ pub struct FenceHook {
     prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
+    /// Whether the database has the settings comparison function (learned from the
+    /// session's first settings check; forgotten when a check finds the schema missing).
+    has_compare: settings_memo::HasCompare,
     /// The text and analysis of the last Parse (reused when the next Parse is the same).
     last_parse: Option<(Vec<u8>, Arc<Analysis>)>,
     /// The annotation comment parsed last (reused when the next statement carries it too).
@@ -213,8 +217,13 @@ impl SessionHook for FenceHook {
     }
 
     fn injected_row(&mut self, body: &[u8]) {
-        if let Some(memo) = settings_memo::learn(body) {
-            self.admitted.settings_admitted(memo);
+        if let Some(learned) = settings_memo::learn(body) {
+            if learned.has_compare.is_some() {
+                self.has_compare = learned.has_compare;
+            }
+            if let Some(memo) = learned.memo {
+                self.admitted.settings_admitted(memo);
+            }
         }
         if !self.schema_known {
             self.schema_known = true;
@@ -248,6 +257,7 @@ impl SessionHook for FenceHook {
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
                 self.schema_known = false;
+                self.has_compare = None;
                 self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
                 return Some(error_response(
@@ -355,7 +365,12 @@ impl FenceHook {
             Decision::CheckSettings { required } if self.schema_known => {
                 self.admitted.settings_check_sent();
                 let memo = self.admitted.settings();
-                vec![settings_memo::sql(self.policy.grace_ms, required, memo)]
+                vec![settings_memo::sql(
+                    self.policy.grace_ms,
+                    required,
+                    memo,
+                    self.has_compare,
+                )]
             }
             _ => self
                 .policy

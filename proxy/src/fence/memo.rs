@@ -195,7 +195,9 @@ mod tests {
                 &[0, 0, 0, 1, b'7'],
             ]
             .concat();
-            crate::fence::settings_memo::learn(&row).expect("memo")
+            crate::fence::settings_memo::learn(&row)
+                .and_then(|l| l.memo)
+                .expect("memo")
         };
         let mut m = Admitted::default();
         m.boundary(Some(TxStatus::InBlock));

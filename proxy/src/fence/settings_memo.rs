@@ -12,6 +12,12 @@
 //! change the settings without the proxy seeing it (`set_config` in a function or a
 //! trigger). What the proxy keeps is what an earlier check of this transaction admitted,
 //! never a value a client could SET to stand for a check.
+//!
+//! The comparison is a call of `fencegate.settings_same` (schema 9), whose plans PostgreSQL
+//! keeps for the session, when the database has it; else the same comparison written out
+//! as a statement, which PostgreSQL parses and plans each time. Which one a database has,
+//! the session learns from its first settings check: until it knows, that check's row also
+//! says whether the function exists.
 
 use crate::protocol::backend::data_row_values;
 
@@ -29,43 +35,68 @@ const TOKEN: &str = "pg_catalog.current_setting('fencing.token', true)";
 const RESOURCE_HEX: &str = "pg_catalog.encode(pg_catalog.convert_to(\
      pg_catalog.current_setting('fencing.resource', true), pg_catalog.getdatabaseencoding()), 'hex')";
 
+/// Whether the session's database has `fencegate.settings_same` (schema 9 and later).
+pub type HasCompare = Option<bool>;
+
+/// The fourth column of a first settings check while [`HasCompare`] is unknown.
+const HAS_COMPARE: &str =
+    "pg_catalog.to_regprocedure('fencegate.settings_same(text,text,integer,boolean)') IS NOT NULL";
+
 /// The statement (ASCII only) that checks the session's settings.
 /// - Without a memo: `check_settings`, and in the same row the resource as hex and the
-///   token text it read, for [`learn`].
+///   token text it read, for [`learn`]; while `has_compare` is unknown, also whether the
+///   database has `settings_same`.
 /// - With one: `check_settings` only when the settings differ from the memo, and nothing
-///   else (one column, which teaches nothing). No FROM clause, so that PostgreSQL plans it
-///   quickly: this statement precedes every later statement of the transaction.
-pub fn sql(grace_ms: u32, required: bool, memo: Option<&SettingsMemo>) -> String {
+///   else (one column, which teaches nothing): `settings_same` where the database has it
+///   and the resource is a plain literal, else the comparison written out, with no FROM
+///   clause so that PostgreSQL plans it quickly.
+pub fn sql(
+    grace_ms: u32,
+    required: bool,
+    memo: Option<&SettingsMemo>,
+    has_compare: HasCompare,
+) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
     match memo {
+        None if has_compare.is_none() => {
+            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {HAS_COMPARE}")
+        }
         None => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
-        Some(memo) => format!(
-            "SELECT CASE WHEN {TOKEN} OPERATOR(pg_catalog.=) '{}' AND {} THEN NULL ELSE {check} END",
-            memo.token,
-            memo.resource_matches()
-        ),
+        Some(memo) => match (has_compare, memo.plain_resource()) {
+            (Some(true), Some(resource)) => format!(
+                "SELECT fencegate.settings_same('{}', '{resource}', {grace_ms}, {required})",
+                memo.token
+            ),
+            _ => format!(
+                "SELECT CASE WHEN {TOKEN} OPERATOR(pg_catalog.=) '{}' AND {} THEN NULL ELSE {check} END",
+                memo.token,
+                memo.resource_matches()
+            ),
+        },
     }
 }
 
 impl SettingsMemo {
-    /// The condition that the resource setting is the memo's: a plain literal for printable
-    /// ASCII without quotes or backslashes (the same bytes in every server encoding), else
-    /// a comparison of the hex of its bytes.
-    fn resource_matches(&self) -> String {
+    /// The resource as it reads in a plain literal: printable ASCII without quotes or
+    /// backslashes (the same bytes in every server encoding), else `None`.
+    fn plain_resource(&self) -> Option<String> {
         let bytes: Option<Vec<u8>> = (0..self.resource_hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(self.resource_hex.get(i..i + 2)?, 16).ok())
             .collect();
-        match bytes {
-            Some(bytes)
-                if bytes
-                    .iter()
-                    .all(|&b| (b' '..=b'~').contains(&b) && b != b'\'' && b != b'\\') =>
-            {
-                let text = String::from_utf8_lossy(&bytes);
-                format!("{RESOURCE} OPERATOR(pg_catalog.=) '{text}'")
-            }
-            _ => format!(
+        let bytes = bytes?;
+        let plain = bytes
+            .iter()
+            .all(|&b| (b' '..=b'~').contains(&b) && b != b'\'' && b != b'\\');
+        plain.then(|| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The condition that the resource setting is the memo's: a plain literal where
+    /// [`Self::plain_resource`] allows, else a comparison of the hex of its bytes.
+    fn resource_matches(&self) -> String {
+        match self.plain_resource() {
+            Some(text) => format!("{RESOURCE} OPERATOR(pg_catalog.=) '{text}'"),
+            None => format!(
                 "{RESOURCE_HEX} OPERATOR(pg_catalog.=) '{}'",
                 self.resource_hex
             ),
@@ -73,25 +104,45 @@ impl SettingsMemo {
     }
 }
 
-/// The memo a row of [`sql`]'s statement gives: `Some` only when the check ran and
-/// admitted a token (its result is not NULL) and the values read are well formed.
-pub fn learn(row: &[u8]) -> Option<SettingsMemo> {
+/// What a first settings check's row teaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    /// What the check admitted, when it admitted a token.
+    pub memo: Option<SettingsMemo>,
+    /// Whether the database has `settings_same`, when the row says.
+    pub has_compare: HasCompare,
+}
+
+/// What a row of [`sql`]'s first check teaches: the memo only when the check ran and
+/// admitted a token (its result is not NULL) and the values read are well formed; whether
+/// the database has `settings_same` when the row carries the fourth column. `None` for a
+/// row of any other shape.
+pub fn learn(row: &[u8]) -> Option<Learned> {
     let values = data_row_values(row)?;
-    let [Some(admitted), Some(resource_hex), Some(token)] = values.as_slice() else {
-        return None;
+    let (admitted, resource_hex, token, has_compare) = match values.as_slice() {
+        [a, r, t] => (*a, *r, *t, None),
+        [a, r, t, Some(h)] if matches!(*h, b"t" | b"f") => (*a, *r, *t, Some(*h == b"t")),
+        _ => return None,
     };
     let digits = |v: &[u8]| !v.is_empty() && v.iter().all(u8::is_ascii_digit);
     let hex = |v: &[u8]| v.len() % 2 == 0 && v.iter().all(u8::is_ascii_hexdigit);
-    if !digits(admitted) || token.len() > 19 || !digits(token) || !hex(resource_hex) {
-        return None;
-    }
-    if resource_hex.is_empty() || resource_hex.len() > 512 {
-        return None;
-    }
-    Some(SettingsMemo {
-        resource_hex: String::from_utf8_lossy(resource_hex).into_owned(),
-        token: String::from_utf8_lossy(token).into_owned(),
-    })
+    let memo = match (admitted, resource_hex, token) {
+        (Some(admitted), Some(resource_hex), Some(token))
+            if digits(admitted)
+                && token.len() <= 19
+                && digits(token)
+                && hex(resource_hex)
+                && !resource_hex.is_empty()
+                && resource_hex.len() <= 512 =>
+        {
+            Some(SettingsMemo {
+                resource_hex: String::from_utf8_lossy(resource_hex).into_owned(),
+                token: String::from_utf8_lossy(token).into_owned(),
+            })
+        }
+        _ => None,
+    };
+    Some(Learned { memo, has_compare })
 }
 
 #[cfg(test)]
@@ -112,22 +163,56 @@ mod tests {
         out
     }
 
+    fn memo_of(values: &[Option<&[u8]>]) -> SettingsMemo {
+        learn(&row(values)).and_then(|l| l.memo).expect("a memo")
+    }
+
     #[test]
     fn a_row_of_an_admitting_check_is_learned() {
-        let memo = learn(&row(&[Some(b"7"), Some(b"6a6f62"), Some(b"7")])).unwrap();
+        let memo = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
         assert_eq!(memo.token, "7");
-        let sql = sql(5000, false, Some(&memo));
-        assert!(sql.contains("true) OPERATOR(pg_catalog.=) '7'"), "{sql}");
-        assert!(sql.contains("OPERATOR(pg_catalog.=) 'job'"), "{sql}");
+        for has_compare in [None, Some(false)] {
+            let sql = sql(5000, false, Some(&memo), has_compare);
+            assert!(sql.contains("true) OPERATOR(pg_catalog.=) '7'"), "{sql}");
+            assert!(sql.contains("OPERATOR(pg_catalog.=) 'job'"), "{sql}");
+        }
         // Anything else is compared as hex, and the SQL stays ASCII.
         for hex in ["6a27", "c3a9", "5c"] {
-            let odd = learn(&row(&[Some(b"7"), Some(hex.as_bytes()), Some(b"7")])).unwrap();
-            let sql = super::sql(5000, false, Some(&odd));
+            let odd = memo_of(&[Some(&b"7"[..]), Some(hex.as_bytes()), Some(&b"7"[..])]);
+            let sql = super::sql(5000, false, Some(&odd), Some(true));
             assert!(
                 sql.contains(&format!("'hex') OPERATOR(pg_catalog.=) '{hex}'")),
                 "{sql}"
             );
             assert!(sql.is_ascii());
+        }
+    }
+
+    #[test]
+    fn the_comparison_is_the_function_where_the_database_has_it() {
+        let memo = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
+        assert_eq!(
+            sql(5000, true, Some(&memo), Some(true)),
+            "SELECT fencegate.settings_same('7', 'job', 5000, true)"
+        );
+        // The first check asks whether it exists only while the session does not know.
+        assert!(sql(5000, false, None, None).ends_with("IS NOT NULL"));
+        for known in [Some(true), Some(false)] {
+            assert!(!sql(5000, false, None, known).contains("to_regprocedure"));
+        }
+        for (flag, has) in [(&b"t"[..], true), (&b"f"[..], false)] {
+            let learned = learn(&row(&[
+                Some(&b"7"[..]),
+                Some(&b"6a"[..]),
+                Some(&b"7"[..]),
+                Some(flag),
+            ]))
+            .unwrap();
+            assert_eq!(learned.has_compare, Some(has));
+            assert!(learned.memo.is_some());
+            // Known even when nothing was admitted (no token set).
+            let learned = learn(&row(&[None, None, None, Some(flag)])).unwrap();
+            assert_eq!((learned.memo, learned.has_compare), (None, Some(has)));
         }
     }
 
@@ -139,9 +224,24 @@ mod tests {
             vec![Some(&b"7"[..]), Some(&b"6a"[..]), Some(&b"7'"[..])],
             vec![Some(&b"7"[..]), Some(&b"6a'"[..]), Some(&b"7"[..])],
             vec![Some(&b"7"[..]), Some(&b""[..]), Some(&b"7"[..])],
-            vec![Some(&b"7"[..])],
         ] {
-            assert_eq!(learn(&row(&values)), None, "{values:?}");
+            assert_eq!(
+                learn(&row(&values)).and_then(|l| l.memo),
+                None,
+                "{values:?}"
+            );
+        }
+        for odd in [
+            vec![Some(&b"7"[..])],
+            vec![
+                Some(&b"7"[..]),
+                Some(&b"6a"[..]),
+                Some(&b"7"[..]),
+                Some(&b"x"[..]),
+            ],
+            vec![Some(&b"7"[..]), Some(&b"6a"[..]), Some(&b"7"[..]), None],
+        ] {
+            assert_eq!(learn(&row(&odd)), None, "{odd:?}");
         }
         assert_eq!(learn(b"\x00"), None);
     }

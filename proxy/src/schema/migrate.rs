@@ -12,6 +12,7 @@ pub async fn run(url: &str) -> Result<i32, AdminError> {
 /// The public interface of the schema: what an application role needs.
 const PUBLIC_FUNCTIONS: &str = "fencegate.check(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
+     fencegate.settings_same(text, text, int4, boolean), \
      fencegate.acquire(text, text, interval), fencegate.renew(text, text, bigint, interval), \
      fencegate.release(text, text, bigint), fencegate.lease_holder(text), \
      fencegate._settings_invalid(text, text, boolean), fencegate._admitted(), \

@@ -25,7 +25,7 @@ pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
 /// and the lease service (`schema.sql`), the tables that require a token (`require.sql`),

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 8: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 9: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -438,6 +438,26 @@ BEGIN
 END
 $fn$;
 
+-- What the proxy sends before each later statement of a transaction whose first settings
+-- check admitted (p_token, p_resource): NULL at once while the settings in effect are still
+-- those, else check_settings() with the settings in effect now (server-side code, such as a
+-- function calling set_config, may have changed them without the proxy seeing it). A
+-- function, so that PostgreSQL keeps its plans for the session: the same comparison as a
+-- statement of its own was parsed and planned before every statement, at twice the cost
+-- (benches/README.md, "The check's own cost"). Not SECURITY DEFINER, so without a pinned
+-- search_path: every name in it is schema-qualified, and it runs with the caller's rights.
+CREATE OR REPLACE FUNCTION fencegate.settings_same(p_token text, p_resource text,
+                                                   p_grace_ms int4, p_required boolean)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    IF pg_catalog.current_setting('fencing.token', true) OPERATOR(pg_catalog.=) p_token
+       AND pg_catalog.current_setting('fencing.resource', true) OPERATOR(pg_catalog.=) p_resource THEN
+        RETURN NULL;
+    END IF;
+    RETURN fencegate.check_settings(p_grace_ms, p_required);
+END
+$fn$;
+
 -- Internal functions are for check() only, which runs as the schema's owner.
 REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
@@ -531,6 +551,6 @@ AS $fn$
     WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
 $fn$;
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '8')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '9')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
