@@ -31,8 +31,9 @@ use dashmap::DashSet;
 use super::annotation::LastComment;
 use super::cache::HighWaterCache;
 use super::memo::Admitted;
-use super::plan::{Analysis, Decision, FencePolicy, SCHEMA_PROBE};
+use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Schema9, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
+use super::seen::SeenAdmitted;
 use super::settings_memo;
 use super::stats::{FenceStats, WaitingShare};
 use crate::config::Config;
@@ -115,7 +116,9 @@ impl HookFactory for FenceHooks {
             settings_aware,
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
-            has_compare: None,
+            schema_9: None,
+            seen: SeenAdmitted::default(),
+            first_check: None,
             last_parse: None,
             last_comment: LastComment::default(),
         }))
@@ -152,9 +155,13 @@ pub struct FenceHook {
     prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
-    /// Whether the database has the settings comparison function (learned from the
-    /// session's first settings check; forgotten when a check finds the schema missing).
-    has_compare: settings_memo::HasCompare,
+    /// Whether the database has schema 9's functions (learned from the session's first
+    /// check; forgotten when a check finds the schema missing).
+    schema_9: Schema9,
+    /// The tokens this session saw admitted.
+    seen: SeenAdmitted,
+    /// The fence of the token check [`FenceHook::decide`] put first in its answer, if any.
+    first_check: Option<super::Fence>,
     /// The text and analysis of the last Parse (reused when the next Parse is the same).
     last_parse: Option<(Vec<u8>, Arc<Analysis>)>,
     /// The annotation comment parsed last (reused when the next statement carries it too).
@@ -202,6 +209,7 @@ impl SessionHook for FenceHook {
     }
 
     fn check_done(&mut self, done: CheckDone) {
+        self.seen.done(done.ok);
         self.stats.check_seconds.observe(done.elapsed);
         if done.ok {
             FenceStats::bump(&self.stats.admitted);
@@ -219,11 +227,13 @@ impl SessionHook for FenceHook {
     fn injected_row(&mut self, body: &[u8]) {
         if let Some(learned) = settings_memo::learn(body) {
             if learned.has_compare.is_some() {
-                self.has_compare = learned.has_compare;
+                self.schema_9 = learned.has_compare;
             }
             if let Some(memo) = learned.memo {
                 self.admitted.settings_admitted(memo);
             }
+        } else if let Some(answer) = plan::schema_9_answer(body) {
+            self.schema_9 = Some(answer);
         }
         if !self.schema_known {
             self.schema_known = true;
@@ -257,7 +267,7 @@ impl SessionHook for FenceHook {
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
                 self.schema_known = false;
-                self.has_compare = None;
+                self.schema_9 = None;
                 self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
                 return Some(error_response(
@@ -313,6 +323,7 @@ impl FenceHook {
     /// where it cannot COMMIT midway (a transaction block, or a multi-statement Query, which
     /// is what a rewritten Query is).
     fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Vec<String> {
+        self.first_check = None;
         self.note_settings(analysis);
         self.admitted.statement(analysis.class.kind);
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
@@ -361,7 +372,14 @@ impl FenceHook {
         if let Decision::Check(fence) = &decision {
             self.admitted.record(fence);
         }
+        self.first_check = match &decision {
+            Decision::Check(fence) => Some(fence.clone()),
+            _ => None,
+        };
         let mut out: Vec<String> = match decision {
+            Decision::Check(ref fence) => {
+                vec![self.policy.check_sql(fence, self.check_form(fence))]
+            }
             Decision::CheckSettings { required } if self.schema_known => {
                 self.admitted.settings_check_sent();
                 let memo = self.admitted.settings();
@@ -369,7 +387,7 @@ impl FenceHook {
                     self.policy.grace_ms,
                     required,
                     memo,
-                    self.has_compare,
+                    self.schema_9,
                 )]
             }
             _ => self
@@ -382,6 +400,17 @@ impl FenceHook {
             out.push(SCHEMA_PROBE.to_string());
         }
         out
+    }
+
+    /// How to send the check of `fence`: the cheaper `check_current` for a token this
+    /// session saw admitted, where the database has it; while the session does not know
+    /// whether it has, the check asks.
+    fn check_form(&self, fence: &super::Fence) -> CheckForm {
+        match self.schema_9 {
+            None => CheckForm::CheckAsking,
+            Some(true) if self.seen.is_believed(fence) => CheckForm::Current,
+            Some(_) => CheckForm::Check,
+        }
     }
 
     /// A Query that mentions no fencing in a session that needs no checks: nothing to
@@ -427,6 +456,8 @@ impl FenceHook {
         }
         let mut rewritten: Option<Vec<u8>> = None;
         let mut rewrite = Rewrite::default();
+        // What the first inserted statement checks: the reply tracker times that one.
+        let mut first_check = None;
         let (mut copied, mut chars) = (0, 0u32);
         for (index, range) in split_statements(text).into_iter().enumerate() {
             let statement = &text[range.clone()];
@@ -446,6 +477,9 @@ impl FenceHook {
             {
                 self.refuse_oversized_query(inject);
                 return;
+            }
+            if rewrite.hidden.is_empty() {
+                first_check = self.first_check.take();
             }
             let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
             let before = &text[copied..range.start];
@@ -469,11 +503,14 @@ impl FenceHook {
         }
         if let Some(mut out) = rewritten {
             out.extend_from_slice(&text[copied..]);
+            let timed = !rewrite.hidden.is_empty();
             if inject
                 .replace_query(build::query_bytes(&out), rewrite)
                 .is_err()
             {
                 inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
+            } else if timed {
+                self.seen.sent(first_check);
             }
         }
     }
@@ -517,15 +554,18 @@ impl FenceHook {
             inject.settled_status() == Some(TxStatus::InBlock) && !self.admitted.is_unsure();
         // Usually one text; several when an earlier round's Parse or Close of this name is
         // still unanswered, and then each is checked.
-        let mut checks = Vec::new();
+        let mut checks: Vec<(String, Option<super::Fence>)> = Vec::new();
         for analysis in self.prepared.candidates(statement) {
-            for sql in self.decide(&analysis, atomic) {
-                if !checks.contains(&sql) {
-                    checks.push(sql);
+            let sqls = self.decide(&analysis, atomic);
+            let mut first_check = self.first_check.take();
+            for sql in sqls {
+                let check = first_check.take();
+                if !checks.iter().any(|(sent, _)| *sent == sql) {
+                    checks.push((sql, check));
                 }
             }
         }
-        for sql in checks {
+        for (sql, check) in checks {
             let messages = [
                 build::close_statement(CHECK_NAME),
                 build::close_portal(CHECK_NAME),
@@ -539,6 +579,8 @@ impl FenceHook {
                     return;
                 }
             }
+            // Its Execute is the timed message.
+            self.seen.sent(check);
         }
     }
 }

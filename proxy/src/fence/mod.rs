@@ -7,6 +7,7 @@
 //! - [`plan`]: the decision for one statement and the SQL that carries it out.
 //! - [`cache`]: the per-process lower bound of high-water marks (early rejection).
 //! - [`memo`]: the checks a session already sent in its current transaction.
+//! - [`seen`]: the tokens a session saw admitted (the cheaper check for a current token).
 //! - [`settings_memo`]: the fencing settings a check of this transaction admitted.
 //! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
@@ -20,6 +21,7 @@ pub mod hook;
 pub mod memo;
 pub mod plan;
 pub mod prepared;
+pub mod seen;
 pub mod settings_memo;
 pub mod stats;
 

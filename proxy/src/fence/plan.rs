@@ -4,6 +4,7 @@ use super::annotation::{self, AnnotationError, LastComment};
 use super::Fence;
 use crate::config::Config;
 pub use crate::config::FenceMode;
+use crate::protocol::backend::data_row_values;
 use crate::sql::classify::{classify_noting_comments, Class, Kind};
 use crate::sql::lexer::{Lexer, Token};
 
@@ -192,14 +193,7 @@ impl FencePolicy {
     pub fn sql(&self, decision: &Decision, schema_known: bool) -> Option<String> {
         match decision {
             Decision::Pass => None,
-            Decision::Check(fence) => Some(format!(
-                // The token as a typed literal: a bare integer below 2^31 would be cast with
-                // int8(integer), which a database may have revoked from PUBLIC.
-                "SELECT fencegate.check({}, int8 '{}', {})",
-                text_expr(&fence.resource),
-                fence.token,
-                self.grace_ms
-            )),
+            Decision::Check(fence) => Some(self.check_sql(fence, CheckForm::Check)),
             Decision::CheckSettings { required } if schema_known => Some(format!(
                 "SELECT fencegate.check_settings({}, {required})",
                 self.grace_ms
@@ -233,6 +227,63 @@ impl FencePolicy {
                 ))
             }
         }
+    }
+}
+
+impl FencePolicy {
+    /// The statement (ASCII only) that checks `fence`, in the given form.
+    pub fn check_sql(&self, fence: &Fence, form: CheckForm) -> String {
+        let function = match form {
+            CheckForm::Check | CheckForm::CheckAsking => "check",
+            CheckForm::Current => "check_current",
+        };
+        // The token as a typed literal: a bare integer below 2^31 would be cast with
+        // int8(integer), which a database may have revoked from PUBLIC.
+        let call = format!(
+            "fencegate.{function}({}, int8 '{}', {})",
+            text_expr(&fence.resource),
+            fence.token,
+            self.grace_ms
+        );
+        match form {
+            CheckForm::CheckAsking => format!("SELECT {call}, {SCHEMA_9_PROBE}"),
+            CheckForm::Check | CheckForm::Current => format!("SELECT {call}"),
+        }
+    }
+}
+
+/// How a token check is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckForm {
+    /// `fencegate.check`.
+    Check,
+    /// `fencegate.check`, and in a second column whether the database has schema 9's
+    /// functions ([`SCHEMA_9_PROBE`]).
+    CheckAsking,
+    /// `fencegate.check_current` (schema 9), for a token the session saw admitted: the same
+    /// decision with one read of the fence row instead of two (docs/fencing.md).
+    Current,
+}
+
+/// Whether the session's database has schema 9's functions (`check_current`,
+/// `settings_same`): `None` until a check's row said.
+pub type Schema9 = Option<bool>;
+
+/// The column a check carries while [`Schema9`] is unknown.
+pub const SCHEMA_9_PROBE: &str =
+    "pg_catalog.to_regprocedure('fencegate.settings_same(text,text,integer,boolean)') IS NOT NULL";
+
+/// The answer to [`SCHEMA_9_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
+pub fn schema_9_answer(row: &[u8]) -> Option<bool> {
+    match data_row_values(row)?.as_slice() {
+        [Some(admitted), Some(answer)] if admitted.iter().all(u8::is_ascii_digit) => {
+            match *answer {
+                b"t" => Some(true),
+                b"f" => Some(false),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

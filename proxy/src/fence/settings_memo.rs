@@ -15,10 +15,11 @@
 //!
 //! The comparison is a call of `fencegate.settings_same` (schema 9), whose plans PostgreSQL
 //! keeps for the session, when the database has it; else the same comparison written out
-//! as a statement, which PostgreSQL parses and plans each time. Which one a database has,
-//! the session learns from its first settings check: until it knows, that check's row also
-//! says whether the function exists.
+//! as a statement, which PostgreSQL parses and plans each time. Whether a database has it,
+//! the session learns from its first check: until it knows, that check's row also says
+//! whether the database has schema 9's functions ([`SCHEMA_9_PROBE`]).
 
+use super::plan::{Schema9, SCHEMA_9_PROBE};
 use crate::protocol::backend::data_row_values;
 
 /// The settings a check admitted earlier in the current transaction.
@@ -35,13 +36,6 @@ const TOKEN: &str = "pg_catalog.current_setting('fencing.token', true)";
 const RESOURCE_HEX: &str = "pg_catalog.encode(pg_catalog.convert_to(\
      pg_catalog.current_setting('fencing.resource', true), pg_catalog.getdatabaseencoding()), 'hex')";
 
-/// Whether the session's database has `fencegate.settings_same` (schema 9 and later).
-pub type HasCompare = Option<bool>;
-
-/// The fourth column of a first settings check while [`HasCompare`] is unknown.
-const HAS_COMPARE: &str =
-    "pg_catalog.to_regprocedure('fencegate.settings_same(text,text,integer,boolean)') IS NOT NULL";
-
 /// The statement (ASCII only) that checks the session's settings.
 /// - Without a memo: `check_settings`, and in the same row the resource as hex and the
 ///   token text it read, for [`learn`]; while `has_compare` is unknown, also whether the
@@ -54,12 +48,12 @@ pub fn sql(
     grace_ms: u32,
     required: bool,
     memo: Option<&SettingsMemo>,
-    has_compare: HasCompare,
+    has_compare: Schema9,
 ) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
     match memo {
         None if has_compare.is_none() => {
-            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {HAS_COMPARE}")
+            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {SCHEMA_9_PROBE}")
         }
         None => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
         Some(memo) => match (has_compare, memo.plain_resource()) {
@@ -110,7 +104,7 @@ pub struct Learned {
     /// What the check admitted, when it admitted a token.
     pub memo: Option<SettingsMemo>,
     /// Whether the database has `settings_same`, when the row says.
-    pub has_compare: HasCompare,
+    pub has_compare: Schema9,
 }
 
 /// What a row of [`sql`]'s first check teaches: the memo only when the check ran and

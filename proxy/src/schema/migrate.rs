@@ -11,6 +11,7 @@ pub async fn run(url: &str) -> Result<i32, AdminError> {
 
 /// The public interface of the schema: what an application role needs.
 const PUBLIC_FUNCTIONS: &str = "fencegate.check(text, bigint, int4), \
+     fencegate.check_current(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
      fencegate.settings_same(text, text, int4, boolean), \
      fencegate.acquire(text, text, interval), fencegate.renew(text, text, bigint, interval), \

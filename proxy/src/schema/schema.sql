@@ -383,15 +383,61 @@ BEGIN
     IF admitted IS NULL THEN
         admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
     END IF;
-    -- The proof for required tables (require.sql): only in a database that has some, and
-    -- once per transaction (a value already there, right or forged, is left for the
-    -- trigger to judge).
-    IF fencegate._proving() AND COALESCE(current_setting('fencegate.admitted', true), '') = '' THEN
+    IF fencegate._proving() THEN
+        PERFORM fencegate._prove();
+    END IF;
+    RETURN admitted;
+END
+$fn$;
+
+-- The proof for required tables (require.sql), left by an admission: only in a database
+-- that has some (the callers ask `_proving()` first), and once per transaction (a value
+-- already there, right or forged, is left for the trigger to judge).
+CREATE OR REPLACE FUNCTION fencegate._prove()
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF COALESCE(current_setting('fencegate.admitted', true), '') = '' THEN
         -- fencegate._proof(key) written out, in one statement with the key's lookup.
         PERFORM set_config('fencegate.admitted',
             encode(sha256(convert_to(m.value || ':' || pg_backend_pid()::text || ':'
                                      || extract(epoch FROM now())::text, 'UTF8')), 'hex'), true)
         FROM fencegate.meta m WHERE m.key = 'proof_key';
+    END IF;
+END
+$fn$;
+
+-- The check for a token the proxy has seen admitted for this resource before (so H is at
+-- least the token, unless the fence went back: a restore, or a failover that lost the
+-- raise). The same decision as check(), one read cheaper: publish the token and take K(r)
+-- shared without waiting first, then read the row once, after the locks, with the same
+-- admission rule as check()'s second read. Anything else goes to the slow path, which
+-- then holds this path's locks: harmless for a stale token (no exclusive lock is needed to
+-- refuse it), and for a raise (H below the token) the shared K(r) is upgraded, which only
+-- two such raises of one token at once can turn into a deadlock (docs/fencing.md).
+CREATE OR REPLACE FUNCTION fencegate.check_current(p_resource text, p_token bigint,
+                                                   p_grace_ms int4 DEFAULT 5000)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    f record;
+    admitted bigint;
+BEGIN
+    IF octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
+       AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
+       AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
+                                            ((p_token & 4294967295) - 2147483648)::text::int4)
+       AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
+        SELECT f1.token, f1.xmax INTO f FROM fencegate.fence f1 WHERE f1.resource = p_resource;
+        IF f.token = p_token
+           AND (f.xmax = '0'::xid OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed') THEN
+            admitted := p_token;
+        END IF;
+    END IF;
+    IF admitted IS NULL THEN
+        admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
+    END IF;
+    IF fencegate._proving() THEN
+        PERFORM fencegate._prove();
     END IF;
     RETURN admitted;
 END
@@ -463,7 +509,8 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
     fencegate._report_preempted(text, int4, bigint, bigint),
-    fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4)
+    fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
+    fencegate._prove()
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 

@@ -1,0 +1,161 @@
+//! A token seen admitted before is checked with `fencegate.check_current` (schema 9), which
+//! must decide exactly as `fencegate.check` does (docs/fencing.md, "A token seen admitted
+//! before"): a current token admitted, a stale one refused, and a belief that turned out
+//! wrong (the admitting transaction rolled back) still raises the fence. Which function
+//! ran is read from pg_stat_user_functions, so each test fails when the proxy never sends
+//! `check_current`; on a schema without it the proxy must keep to `check`.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use fencegate_tests::cluster::{Cluster, TRUST_USER};
+use fencegate_tests::fence::{
+    assert_stale, comment, eventually, expect_code, fenced_database, FenceProxy, Monitor, STALE,
+};
+use tokio_postgres::Client;
+
+const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+GRANT ALL ON jobs TO trust_user;
+";
+
+const JOB: &str = "job:7";
+
+struct Env {
+    fp: FenceProxy,
+    db: String,
+    monitor: Monitor,
+}
+
+impl Env {
+    /// A database whose sessions count their function calls (for the monitor to read).
+    async fn new(prefix: &str) -> Env {
+        let cluster = Cluster::shared();
+        let db = fenced_database(cluster, prefix, SETUP).await;
+        let monitor = Monitor::connect(cluster, &db).await;
+        monitor
+            .client()
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{db}\" SET track_functions = 'pl'"
+            ))
+            .await
+            .unwrap();
+        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+        Env { fp, db, monitor }
+    }
+
+    async fn client(&self) -> Client {
+        self.fp.endpoint().connect(TRUST_USER, &self.db).await
+    }
+
+    /// One transaction appending `step` with `token`; its outcome.
+    async fn append(
+        &self,
+        c: &Client,
+        token: i64,
+        step: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let note = comment(JOB, token);
+        c.batch_execute(&format!(
+            "BEGIN; UPDATE jobs SET steps = steps || '{step}' WHERE id = 7 {note}; COMMIT"
+        ))
+        .await
+    }
+
+    /// Calls of `fencegate.<function>` counted so far, once a session that made them has
+    /// ended (PostgreSQL reports a backend's function counts at its exit at the latest).
+    async fn calls(&self, function: &str) -> i64 {
+        let sql = format!(
+            "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
+             FROM pg_stat_user_functions WHERE schemaname = 'fencegate' AND funcname = '{function}'"
+        );
+        let rows = self.monitor.client().simple_query(&sql).await.unwrap();
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until at least `at_least` calls of `function` are counted.
+    async fn wait_for_calls(&self, function: &str, at_least: i64) -> i64 {
+        eventually(
+            &format!("{at_least} calls of {function} counted"),
+            || async {
+                let n = self.calls(function).await;
+                (n >= at_least).then_some(n)
+            },
+        )
+        .await
+    }
+
+    async fn steps(&self) -> String {
+        self.monitor
+            .text("SELECT steps FROM jobs WHERE id = 7")
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_current_decides_as_check_does() {
+    let env = Env::new("current_decides").await;
+    let c = env.client().await;
+    // First touch with `check`; then the same token again: `check_current`, admitted.
+    env.append(&c, 5, "a").await.expect("first touch of 5");
+    env.append(&c, 5, "b").await.expect("5 is current");
+    env.append(&c, 5, "c").await.expect("5 is still current");
+    // A newer holder raises H to 6 on another connection: the believed 5 is now stale.
+    let other = env.client().await;
+    env.append(&other, 6, "d").await.expect("6 raises");
+    let err = expect_code(env.append(&c, 5, "x").await, STALE);
+    assert_stale(&err, JOB, 5, 6);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // A belief that turns out wrong: 7 admitted in a transaction that rolled back leaves H
+    // at 6; the next transaction with 7 must still raise it.
+    let note = comment(JOB, 7);
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE jobs SET steps = steps || 'y' WHERE id = 7 {note}; ROLLBACK"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(6));
+    env.append(&c, 7, "e").await.expect("7 raises after all");
+    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
+    let err = expect_code(env.append(&other, 6, "x").await, STALE);
+    assert_stale(&err, JOB, 6, 7);
+    drop((c, other));
+    assert_eq!(env.steps().await, "abcde");
+    // Which function decided: every token its session had seen admitted went to
+    // check_current (5 twice, the stale 5, 7 after its rolled-back admission, and the other
+    // connection's stale 6).
+    let current = env.wait_for_calls("check_current", 5).await;
+    assert_eq!(current, 5, "check_current calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_schema_9_the_proxy_keeps_to_check() {
+    let env = Env::new("current_old_schema").await;
+    env.monitor
+        .client()
+        .batch_execute(
+            "DROP FUNCTION fencegate.check_current(text, bigint, int4); \
+             DROP FUNCTION fencegate.settings_same(text, text, int4, boolean)",
+        )
+        .await
+        .unwrap();
+    let c = env.client().await;
+    for step in ["a", "b", "c"] {
+        env.append(&c, 5, step).await.expect("5 is current");
+    }
+    let other = env.client().await;
+    env.append(&other, 6, "d").await.expect("6 raises");
+    let err = expect_code(env.append(&c, 5, "x").await, STALE);
+    assert_stale(&err, JOB, 5, 6);
+    drop((c, other));
+    assert_eq!(env.steps().await, "abcd");
+    assert!(env.wait_for_calls("check", 5).await >= 5);
+}
