@@ -9,6 +9,7 @@
 //! - [`fake_upstream`]: a scripted fake server, for faults a real Postgres will not produce.
 //! - [`inject`]: a no-op injecting hook, to prove the reply queue hides what it injects.
 //! - [`fence`]: helpers for the fencing tests (schema install, tokens, SQLSTATEs).
+//! - [`memo`]: the table and token-carrying statements of the check-memo tests.
 //! - [`lockset`]: the lock service and workload of the Jepsen-style test.
 //! - [`endpoint`]: where a client connects (Postgres directly or the proxy), and how to build
 //!   `psql`/`pgbench`/`pg_dump` commands and tokio-postgres configs for it.
@@ -31,6 +32,7 @@ pub mod fake_upstream;
 pub mod fence;
 pub mod inject;
 pub mod lockset;
+pub mod memo;
 pub mod netns;
 pub mod pgbin;
 pub mod pgbouncer;
