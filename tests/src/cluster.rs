@@ -115,16 +115,17 @@ impl Cluster {
 
     /// Promotes this standby to primary; returns when it accepts writes.
     pub fn promote(&self) {
-        self.inner
-            .promote()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.promote());
     }
 
     /// Stops the server as a crash would (`pg_ctl -m immediate`).
     pub fn crash(&self) {
-        self.inner
-            .crash()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.crash());
+    }
+
+    /// The value of `result`, or a failed test with the error and the server log.
+    fn or_fail<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> T {
+        result.unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
     /// The TCP port Postgres listens on (127.0.0.1).
@@ -190,16 +191,12 @@ impl Cluster {
 
     /// Stops the server (fast shutdown: open sessions are terminated) and waits for it.
     pub fn stop(&self) {
-        self.inner
-            .stop()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.stop());
     }
 
     /// Starts a stopped server again on the same port and waits until it accepts connections.
     pub fn start_again(&self) {
-        self.inner
-            .start_again()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.start_again());
     }
 
     /// Stops and starts the server (all sessions are terminated); returns when it is ready.

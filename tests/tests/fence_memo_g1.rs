@@ -315,21 +315,40 @@ fn stale_bind_is_rejected(a: &mut WireClient, name: &str, why: &str) {
     );
 }
 
+/// A's statement `name` is a write with token 1; B commits token 2; then A's `round`, whose
+/// first message fails, makes the server discard the rest of it (a Close or Parse of
+/// `name`), so the proxy must still check what `name` says when A binds it.
+async fn a_message_discarded_after_an_error_leaves_the_statement_checked(
+    prefix: &str,
+    name: &str,
+    round: &[u8],
+    why: &str,
+) {
+    let (env, mut a) = env_with_a(prefix).await;
+    a.round(&parse_stale_write(name), 1, "A: Parse a write with token 1");
+    newer_holder_commits(&env, R).await;
+    a.round_expecting(round, 1, &[SYNTAX_ERROR], "A: a failing Parse, then more");
+    stale_bind_is_rejected(&mut a, name, why);
+    assert_eq!(note(&env).await, "B");
+}
+
 /// G1: a Close that the server discards (it follows an error in the same round) does not
 /// close the statement, so the proxy must still know what `s` says when A binds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g1_a_close_discarded_after_an_error_leaves_the_statement_checked() {
-    let (env, mut a) = env_with_a("memo_g1_discarded_close").await;
-    a.round(&parse_stale_write("s"), 1, "A: Parse s");
-    newer_holder_commits(&env, R).await;
     let round = msg::batch([
         msg::parse("", "bogus"),
         msg::close_statement("s"),
         msg::sync(),
     ]);
-    a.round_expecting(&round, 1, &[SYNTAX_ERROR], "A: failing Parse, Close s");
-    stale_bind_is_rejected(&mut a, "s", "Close s was discarded");
-    assert_eq!(note(&env).await, "B");
+    let why = "Close s was discarded";
+    a_message_discarded_after_an_error_leaves_the_statement_checked(
+        "memo_g1_discarded_close",
+        "s",
+        &round,
+        why,
+    )
+    .await;
 }
 
 /// G1: SQL `DEALLOCATE` drops a protocol-level statement too, so a later Parse of the same
@@ -352,19 +371,11 @@ async fn g1_a_statement_reparsed_after_sql_deallocate_is_checked() {
 /// what that one says when A binds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g1_a_discarded_parse_leaves_the_unnamed_statement_checked() {
-    let (env, mut a) = env_with_a("memo_g1_discarded_parse").await;
-    a.round(&parse_stale_write(""), 1, "A: Parse the unnamed statement");
-    newer_holder_commits(&env, R).await;
-    let round = msg::batch([
-        msg::parse("x", "bogus"),
-        msg::parse("", "SELECT 1"),
-        msg::sync(),
-    ]);
-    let what = "A: failing Parse, Parse \"\"";
-    a.round_expecting(&round, 1, &[SYNTAX_ERROR], what);
+    let failing_parse = msg::parse("x", "bogus");
+    let round = msg::batch([failing_parse, msg::parse("", "SELECT 1"), msg::sync()]);
+    let prefix = "memo_g1_discarded_parse";
     let why = "the proxy took the discarded Parse for the unnamed statement";
-    stale_bind_is_rejected(&mut a, "", why);
-    assert_eq!(note(&env).await, "B");
+    a_message_discarded_after_an_error_leaves_the_statement_checked(prefix, "", &round, why).await;
 }
 
 /// A DO block that COMMITs, run through the extended protocol outside a transaction block
