@@ -333,10 +333,15 @@ pub mod msg {
         batch([run_unnamed(sql, params), sync()])
     }
 
-    /// Bind of the prepared statement `statement` (no parameters) to the unnamed portal,
-    /// Execute and Sync.
+    /// Bind of the prepared statement `statement` to the unnamed portal, with text
+    /// parameters, and Execute (all rows), no Sync.
+    pub fn run_prepared(statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([bind("", statement, params), execute("", 0)])
+    }
+
+    /// [`run_prepared`] of `statement` with no parameters, then Sync.
     pub fn bind_and_run(statement: &str) -> Vec<u8> {
-        batch([bind("", statement, &[]), execute("", 0), sync()])
+        batch([run_prepared(statement, &[]), sync()])
     }
 
     /// Concatenates frontend messages into one write.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
 
 use fencegate_tests::cluster::SUPERUSER;
-use fencegate_tests::compare::{direct_and_proxied, first_column, sqlstate};
+use fencegate_tests::compare::{connect_with_table, direct_and_proxied, first_column, sqlstate};
 use fencegate_tests::Endpoint;
 
 type Item = (
@@ -24,12 +24,10 @@ type Item = (
 );
 
 async fn extended(ep: Endpoint, db: String) -> Vec<String> {
-    let mut client = ep.connect(SUPERUSER, &db).await;
+    let items = "CREATE TABLE items (id int PRIMARY KEY, name text, data bytea, score float8, \
+                 ok bool, tags int[])";
+    let mut client = connect_with_table(&ep, &db, items).await;
     let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text, data bytea, score float8, ok bool, tags int[])")
-        .await
-        .unwrap();
     let insert = client
         .prepare("INSERT INTO items VALUES ($1, $2, $3, $4, $5, $6)")
         .await
@@ -187,12 +185,8 @@ async fn pipelined_queries_on_one_connection() {
 }
 
 async fn transactions(ep: Endpoint, db: String) -> Vec<String> {
-    let mut client = ep.connect(SUPERUSER, &db).await;
+    let mut client = connect_with_table(&ep, &db, "CREATE TABLE acct (id int PRIMARY KEY)").await;
     let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE acct (id int PRIMARY KEY)")
-        .await
-        .unwrap();
     let insert = "INSERT INTO acct VALUES ($1)";
 
     let tx = client.transaction().await.unwrap();
@@ -248,12 +242,8 @@ async fn transactions_commit_rollback_and_savepoints() {
 }
 
 async fn copy(ep: Endpoint, db: String) -> Vec<String> {
-    let client = ep.connect(SUPERUSER, &db).await;
+    let client = connect_with_table(&ep, &db, "CREATE TABLE c (id int, note text)").await;
     let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE c (id int, note text)")
-        .await
-        .unwrap();
     let data: String = (0..50_000).map(|i| format!("{i}\tzeile ü {i}\n")).collect();
     let sink = client
         .copy_in::<_, Bytes>("COPY c FROM STDIN")
