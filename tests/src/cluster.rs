@@ -78,14 +78,7 @@ impl Cluster {
 
     /// Creates and starts a private cluster; it is stopped and deleted on `Drop`.
     pub fn start() -> Cluster {
-        let inner = TempCluster::start(PgBin::get().clone(), SETTINGS, Some(PG_HBA))
-            .unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
-        let cluster = Cluster {
-            inner,
-            next_db: AtomicU32::new(0),
-        };
-        cluster.execute("postgres", CREATE_USERS);
-        cluster
+        Cluster::start_with("")
     }
 
     /// A private cluster with `settings` added to the usual ones (e.g. replication
