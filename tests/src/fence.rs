@@ -62,7 +62,8 @@ impl FenceProxy {
     }
 }
 
-/// One test's world: a fencing proxy (no preemption) in front of the shared cluster, a fresh
+/// One test's world: a fencing proxy (no preemption, unless made [`FenceEnv::with_grace`])
+/// in front of the shared cluster, a fresh
 /// fenced database prepared with some setup SQL, and a [`Monitor`] on it.
 pub struct FenceEnv {
     /// The proxy.
@@ -77,8 +78,14 @@ impl FenceEnv {
     /// Starts the proxy, creates the database (name from `prefix`), installs the schema and
     /// runs `setup` in it.
     pub async fn new(prefix: &str, setup: &str) -> FenceEnv {
+        FenceEnv::with_grace(prefix, setup, Duration::ZERO).await
+    }
+
+    /// [`FenceEnv::new`] with a proxy whose preemption grace is `grace` (see
+    /// [`FenceProxy::start`]).
+    pub async fn with_grace(prefix: &str, setup: &str, grace: Duration) -> FenceEnv {
         let cluster = Cluster::shared();
-        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+        let fp = FenceProxy::start(cluster.port(), grace);
         let db = fenced_database(cluster, prefix, setup).await;
         let monitor = Monitor::connect(cluster, &db).await;
         FenceEnv { fp, db, monitor }
@@ -400,5 +407,18 @@ GRANT ALL ON jobs, log TO trust_user;
     /// The statement that appends `step` to job 7.
     pub fn append(step: &str) -> String {
         format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
+    }
+
+    /// [`append`] of `step`, carrying `token` for [`JOB`].
+    pub fn fenced_append(token: i64, step: &str) -> String {
+        format!("{} {}", append(step), super::comment(JOB, token))
+    }
+
+    /// Reads job 7's steps, carrying `token` for [`JOB`].
+    pub fn fenced_read(token: i64) -> String {
+        format!(
+            "SELECT steps FROM jobs WHERE id = 7 {}",
+            super::comment(JOB, token)
+        )
     }
 }
