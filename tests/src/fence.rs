@@ -326,6 +326,20 @@ impl Monitor {
         .await
     }
 
+    /// Waits until `pid` waits for a lock, then until it has waited out a preemption grace
+    /// and started waiting again `times` times (a new `waitstart` each), while `holder`, the
+    /// backend it waits for, must stay alive throughout and still be there after.
+    pub async fn wait_until_waited_again(&self, pid: i32, holder: i32, times: usize) {
+        let mut since = self.wait_until_blocked(pid).await;
+        for _ in 0..times {
+            since = self.wait_until_waiting_again(pid, &since, holder).await;
+        }
+        assert!(
+            self.backend_exists(holder).await,
+            "backend {holder}, which {pid} waited for, was ended"
+        );
+    }
+
     /// True while backend `pid` exists.
     pub async fn backend_exists(&self, pid: i32) -> bool {
         self.client

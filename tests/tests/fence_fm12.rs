@@ -184,18 +184,11 @@ async fn fm12_frozen_inside_open_transaction_is_not_ended_without_a_newer_holder
         let r = again.execute(&write(1, "C"), &[]).await;
         (r, again)
     });
-    // Wait until C has waited out its grace twice (two new waits): no preemption happened.
-    let mut since = env.monitor.wait_until_blocked(again_pid).await;
-    for _ in 0..2 {
-        since = env
-            .monitor
-            .wait_until_waiting_again(again_pid, &since, a_pid)
-            .await;
-    }
-    assert!(
-        env.monitor.backend_exists(a_pid).await,
-        "a holder of the same token ended A"
-    );
+    // Wait until C has waited out its grace twice (two new waits) and A, a holder of the
+    // same token, is still there: no preemption happened.
+    env.monitor
+        .wait_until_waited_again(again_pid, a_pid, 2)
+        .await;
     assert_eq!(a.execute(&write(1, "A"), &[]).await.unwrap(), 1);
     a.batch_execute("COMMIT").await.unwrap();
     let (r, _again) = within("C's write", same).await.unwrap();
