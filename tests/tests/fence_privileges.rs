@@ -5,7 +5,7 @@
 //! `migrate --grant ROLE` grants an application role the public interface.
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER, TRUST_USER};
-use fencegate_tests::fence::{expect_code, fenced_database};
+use fencegate_tests::fence::{backend_pid, expect_code, fenced_database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_functions_are_not_public_and_the_owner_is_no_superuser() {
@@ -26,11 +26,7 @@ async fn internal_functions_are_not_public_and_the_owner_is_no_superuser() {
         .collect();
     assert_eq!(owners, vec![("fencegate_owner".to_string(), false)]);
     let victim = cluster.endpoint().connect(SUPERUSER, &db).await;
-    let victim_pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let victim_pid = backend_pid(&victim).await;
     // The finding: any role could end a superuser's session through _preempt.
     let nobody = cluster.endpoint().connect(TRUST_USER, &db).await;
     for call in [
