@@ -201,6 +201,17 @@ pub async fn assert_usable(client: &Client) {
     assert_eq!(one, 1);
 }
 
+/// Runs each of `statements` on `client` as a simple Query of its own, in order, failing
+/// the test on the first error.
+pub async fn execute_all(client: &Client, statements: &[&str]) {
+    for sql in statements {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 /// The server process id behind a client (through the proxy: the upstream backend's).
 pub async fn backend_pid(client: &Client) -> i32 {
     client

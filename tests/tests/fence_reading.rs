@@ -7,7 +7,7 @@
 //! afterwards.
 
 use fencegate_tests::cluster::TRUST_USER;
-use fencegate_tests::fence::{comment, expect_code, FenceEnv, INVALID, STALE};
+use fencegate_tests::fence::{comment, execute_all, expect_code, FenceEnv, INVALID, STALE};
 use fencegate_tests::wire::{msg, WireClient};
 
 const SETUP: &str = "
@@ -55,12 +55,14 @@ async fn backslash_escapes_in_plain_literals_are_refused() {
         "{err:?}"
     );
     // SET LOCAL inside a transaction, and back after the rollback (the server reports both).
-    c.batch_execute("SET standard_conforming_strings = on")
-        .await
-        .unwrap();
-    c.batch_execute("BEGIN; SET LOCAL standard_conforming_strings = off")
-        .await
-        .unwrap();
+    execute_all(
+        &c,
+        &[
+            "SET standard_conforming_strings = on",
+            "BEGIN; SET LOCAL standard_conforming_strings = off",
+        ],
+    )
+    .await;
     expect_code(c.batch_execute(&escaped_stale()).await, INVALID);
     c.batch_execute("ROLLBACK").await.unwrap();
     let plain = format!("INSERT INTO t VALUES (1) {}", comment("jobs", 3));
