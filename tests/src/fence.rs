@@ -396,7 +396,8 @@ pub fn run_text(cmd: &mut Command, stdin: &str) -> (Output, String, String) {
 
 /// The table most fence tests work on: job 7 accumulates the steps its writers appended.
 pub mod jobs {
-    use super::Monitor;
+    use super::{FenceEnv, Monitor};
+    use tokio_postgres::Client;
 
     /// The resource the tests fence.
     pub const JOB: &str = "job:7";
@@ -408,6 +409,20 @@ INSERT INTO jobs VALUES (7, '');
 CREATE TABLE log (id int PRIMARY KEY, note text);
 GRANT ALL ON jobs, log TO trust_user;
 ";
+
+    /// A [`FenceEnv`] set up with [`SETUP`] (database named after `prefix`) in which a client
+    /// through the proxy raised H([`JOB`]) to `token` with an annotated `SELECT 1`; and that
+    /// client.
+    pub async fn env_raised_to(prefix: &str, token: i64) -> (FenceEnv, Client) {
+        let env = FenceEnv::new(prefix, SETUP).await;
+        let client = env.client().await;
+        let raise = format!("SELECT 1 {}", super::comment(JOB, token));
+        client
+            .simple_query(&raise)
+            .await
+            .unwrap_or_else(|e| panic!("{raise}: {e}"));
+        (env, client)
+    }
 
     /// The steps recorded in job 7, read directly.
     pub async fn steps(monitor: &Monitor) -> String {
