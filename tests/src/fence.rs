@@ -212,6 +212,24 @@ pub async fn execute_all(client: &Client, statements: &[&str]) {
     }
 }
 
+/// Runs `sql` on `client` under the session settings `fencing.resource = resource` and
+/// `fencing.token = token`, then `RESET ALL`; `sql` must succeed (`what` it is).
+pub async fn run_under_token_settings(
+    client: &Client,
+    resource: &str,
+    token: i64,
+    sql: &str,
+    what: &str,
+) {
+    let set = format!("SET fencing.resource = '{resource}'; SET fencing.token = '{token}'");
+    client.batch_execute(&set).await.expect(&set);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {sql}: {e}"));
+    client.batch_execute("RESET ALL").await.expect("RESET ALL");
+}
+
 /// The server process id behind a client (through the proxy: the upstream backend's).
 pub async fn backend_pid(client: &Client) -> i32 {
     client

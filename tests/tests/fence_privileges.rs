@@ -5,7 +5,7 @@
 //! `migrate --grant ROLE` grants an application role the public interface.
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER, TRUST_USER};
-use fencegate_tests::fence::{backend_pid, expect_code, fenced_database};
+use fencegate_tests::fence::{backend_pid, expect_code, fenced_database, run_under_token_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_functions_are_not_public_and_the_owner_is_no_superuser() {
@@ -134,15 +134,15 @@ async fn the_check_needs_no_cast_that_public_may_lose() {
     let big = 5_000_000_000_i64;
     let err = expect_code(client.batch_execute(&bump(1, 3)).await, "55Z01");
     assert_stale(&err, "casts", 3, 5);
-    client
-        .batch_execute("SET fencing.resource = 'casts'; SET fencing.token = '5'")
-        .await
-        .unwrap();
-    client
-        .batch_execute("UPDATE casts_t SET n = n + 1 WHERE id = 1")
-        .await
-        .expect("settings token 5");
-    client.batch_execute("RESET ALL").await.unwrap();
+    let what = "settings token 5";
+    run_under_token_settings(
+        &client,
+        "casts",
+        5,
+        "UPDATE casts_t SET n = n + 1 WHERE id = 1",
+        what,
+    )
+    .await;
     // An open holder of 5 is ended by a raise to a token above 2^32 after the grace.
     let holder = fp.endpoint().connect(TRUST_USER, &db).await;
     let holder_pid = backend_pid(&holder).await;

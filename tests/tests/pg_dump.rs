@@ -109,18 +109,25 @@ fn assert_same(left: &[u8], right: &[u8], what: &str) {
     panic!("{what}:\n{}", head.join("\n"));
 }
 
+/// The shared cluster, a plain proxy in front of it, a source database filled with
+/// [`SOURCE`] and an empty target database (named `{prefix}src` and `{prefix}dst`).
+fn source_and_target(prefix: &str) -> (&'static Cluster, TestProxy, String, String) {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain(cluster.port());
+    let src = cluster.create_database(&format!("{prefix}src"));
+    let dst = cluster.create_database(&format!("{prefix}dst"));
+    cluster.execute(&src, SOURCE);
+    (cluster, proxy, src, dst)
+}
+
 fn text(dump: &[u8]) -> &str {
     std::str::from_utf8(dump).expect("plain dump is UTF-8")
 }
 
 #[test]
 fn plain_dump_through_proxy_restores_identically() {
-    let cluster = Cluster::shared();
-    let proxy = TestProxy::plain(cluster.port());
-    let src = cluster.create_database("dump_src");
-    let dst = cluster.create_database("dump_dst");
+    let (cluster, proxy, src, dst) = source_and_target("dump_");
     let control = cluster.create_database("dump_control");
-    cluster.execute(&src, SOURCE);
 
     dump_into(cluster.endpoint(), &src, &control);
     dump_into(proxy.endpoint(), &src, &dst);
@@ -156,11 +163,7 @@ fn plain_dump_through_proxy_restores_identically() {
 
 #[test]
 fn custom_format_dump_and_pg_restore_through_proxy() {
-    let cluster = Cluster::shared();
-    let proxy = TestProxy::plain(cluster.port());
-    let src = cluster.create_database("dumpfc_src");
-    let dst = cluster.create_database("dumpfc_dst");
-    cluster.execute(&src, SOURCE);
+    let (cluster, proxy, src, dst) = source_and_target("dumpfc_");
     let scratch = tempfile::tempdir().expect("scratch dir");
     let archive = scratch.path().join("src.dump");
 
