@@ -134,11 +134,8 @@ fn plain_dump_through_proxy_restores_identically() {
 
     let original = pg_dump(cluster.endpoint(), &src, &[]);
     let direct_copy = pg_dump(cluster.endpoint(), &control, &[]);
-    assert_same(
-        &original,
-        &direct_copy,
-        "control: a direct dump and restore is not exact",
-    );
+    let why = "control: a direct dump and restore is not exact";
+    assert_same(&original, &direct_copy, why);
     let copy = pg_dump(cluster.endpoint(), &dst, &[]);
     assert!(text(&original).contains("naïve café — 日本語 🐘"));
     assert!(text(&original).contains("COPY app.events (id, hash, pad, amount) FROM stdin;"));
@@ -147,18 +144,12 @@ fn plain_dump_through_proxy_restores_identically() {
         "dump is only {} bytes",
         original.len()
     );
-    assert_same(
-        &original,
-        &copy,
-        "restored database differs from the source",
-    );
+    let why = "restored database differs from the source";
+    assert_same(&original, &copy, why);
 
     let proxied = pg_dump(proxy.endpoint(), &src, &[]);
-    assert_same(
-        &original,
-        &proxied,
-        "pg_dump through the proxy differs from pg_dump direct",
-    );
+    let why = "pg_dump through the proxy differs from pg_dump direct";
+    assert_same(&original, &proxied, why);
 }
 
 #[test]
@@ -175,11 +166,8 @@ fn custom_format_dump_and_pg_restore_through_proxy() {
 
     let original = pg_dump(cluster.endpoint(), &src, &[]);
     let copy = pg_dump(cluster.endpoint(), &dst, &[]);
-    assert_same(
-        &original,
-        &copy,
-        "database restored with pg_restore differs from the source",
-    );
+    let why = "database restored with pg_restore differs from the source";
+    assert_same(&original, &copy, why);
     let greeting = cluster.execute(&dst, "SELECT app.greet('Welt'), nextval('app.counter')");
     assert_eq!(greeting, "Grüß dich, Welt|1001\n");
 }
