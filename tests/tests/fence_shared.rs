@@ -242,7 +242,7 @@ async fn read_only_transactions_use_the_current_token_and_cannot_raise_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_error_keeps_every_field() {
-    let (w, c) = world_raised("g5_fields", Duration::ZERO, "f", 3).await;
+    let (_w, c) = world_raised("g5_fields", Duration::ZERO, "f", 3).await;
     c.batch_execute(&bump(1, "f", 3)).await.unwrap();
     // The client's own error after a check keeps its CONTEXT and location.
     let raise = "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '22012', MESSAGE = 'mine'; END$$";
