@@ -298,6 +298,8 @@ async fn a_raise_is_not_starved_by_a_stream_of_current_holders() {
         stream.push(tokio::spawn(async move {
             let (mut ok, mut stale) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Each holder keeps its transaction open for 20 ms of work (not a wait for
+                // anything), so that the holders' transactions overlap.
                 let sql = format!(
                     "BEGIN; {}; SELECT pg_sleep(0.02); COMMIT",
                     bump(id, "fair", 7)
