@@ -315,6 +315,16 @@ pub mod msg {
         frame(Some(b'f'), &body)
     }
 
+    /// Parse of `sql` as the statement `statement`, then Describe of that statement.
+    pub fn parse_described(statement: &str, sql: &str) -> Vec<u8> {
+        batch([parse(statement, sql), describe(b'S', statement)])
+    }
+
+    /// Bind of `statement` to `portal` with text parameters, then Describe of that portal.
+    pub fn bind_described(portal: &str, statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([bind(portal, statement, params), describe(b'P', portal)])
+    }
+
     /// Close of the prepared statement `name`.
     pub fn close_statement(name: &str) -> Vec<u8> {
         let mut body = vec![b'S'];

@@ -248,10 +248,8 @@ fn extended_named_and_unnamed_statements() {
             // Named statement: parse, describe both, bind, execute.
             Step::ready(
                 batch([
-                    msg::parse("s1", "SELECT $1::int + 1 AS n, 'x'::text AS t"),
-                    msg::describe(b'S', "s1"),
-                    msg::bind("p1", "s1", &[Some("41")]),
-                    msg::describe(b'P', "p1"),
+                    msg::parse_described("s1", "SELECT $1::int + 1 AS n, 'x'::text AS t"),
+                    msg::bind_described("p1", "s1", &[Some("41")]),
                     msg::execute("p1", 0),
                     msg::sync(),
                 ]),
