@@ -17,6 +17,7 @@
 //! - [`pgbouncer`]: PgBouncer in transaction mode in front of the cluster.
 //! - [`proxy`]: the proxy started in-process on `127.0.0.1:0`, on its own runtime thread.
 //! - [`wire`]: a small blocking raw-protocol client for byte-level comparisons.
+//! - [`transcript`]: byte-level scenarios compared directly and through an injecting proxy.
 //! - [`raw`]: raw sockets for fault tests: arbitrary bytes, reads with deadlines, resets.
 //!
 //! Every integration test runs the same client once against Postgres directly and once
@@ -38,6 +39,7 @@ pub mod pgbin;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod raw;
+pub mod transcript;
 pub mod wire;
 
 pub use cluster::Cluster;
