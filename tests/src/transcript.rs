@@ -46,6 +46,11 @@ impl Step {
         }
     }
 
+    /// One simple Query of `sql`, then read until its ReadyForQuery.
+    pub fn query(sql: &str) -> Step {
+        Step::ready(crate::wire::msg::query(sql), 1)
+    }
+
     /// `bytes`, then read exactly `n` messages.
     pub fn count(bytes: Vec<u8>, n: usize) -> Step {
         Step {

@@ -19,23 +19,14 @@ fn simple_multi_statement_queries() {
     let t = same_both_ways(Scenario {
         name: "simple",
         steps: vec![
-            Step::ready(
-                msg::query(
-                    "SELECT 1 AS a, 'x' AS b; SELECT generate_series(1, 3); VALUES (NULL::int)",
-                ),
-                1,
+            Step::query(
+                "SELECT 1 AS a, 'x' AS b; SELECT generate_series(1, 3); VALUES (NULL::int)",
             )
             .expect_tags("TDCTDDDCTDCZ"),
-            Step::ready(
-                msg::query("SET application_name = 'fg_inj'; SHOW application_name"),
-                1,
-            ),
-            Step::ready(msg::query(""), 1).expect_tags("IZ"),
-            Step::ready(msg::query(";"), 1),
-            Step::ready(
-                msg::query("DO $$BEGIN RAISE NOTICE 'hello'; END$$; SELECT 2"),
-                1,
-            ),
+            Step::query("SET application_name = 'fg_inj'; SHOW application_name"),
+            Step::query("").expect_tags("IZ"),
+            Step::query(";"),
+            Step::query("DO $$BEGIN RAISE NOTICE 'hello'; END$$; SELECT 2"),
             // Two Queries in one write.
             Step::ready(
                 batch([msg::query("SELECT 3"), msg::query("SELECT 4; SELECT 5")]),
@@ -53,17 +44,12 @@ fn simple_query_with_error_in_middle_statement() {
     same_both_ways(Scenario {
         name: "simple_err",
         steps: vec![
-            Step::ready(msg::query("SELECT 1; SELECT 1/0; SELECT 3"), 1).expect_tags("TDCEZ"),
-            Step::ready(
-                msg::query(
-                    "CREATE TABLE t (a int); INSERT INTO t VALUES (1); SELECT x FROM nowhere",
-                ),
-                1,
-            ),
+            Step::query("SELECT 1; SELECT 1/0; SELECT 3").expect_tags("TDCEZ"),
+            Step::query("CREATE TABLE t (a int); INSERT INTO t VALUES (1); SELECT x FROM nowhere"),
             // The failed implicit transaction rolled back the CREATE TABLE.
-            Step::ready(msg::query("SELECT count(*) FROM t"), 1).expect_tags("EZ"),
-            Step::ready(msg::query("SELEC 1; SELECT 2"), 1),
-            Step::ready(msg::query("SELECT 6"), 1),
+            Step::query("SELECT count(*) FROM t").expect_tags("EZ"),
+            Step::query("SELEC 1; SELECT 2"),
+            Step::query("SELECT 6"),
         ],
         ..Scenario::default()
     });
@@ -152,7 +138,7 @@ fn pipeline_of_five_syncs_with_error_in_third() {
         name: "pipeline5",
         steps: vec![
             Step::ready(pipeline, 5).expect_tags("12DCZ12DCZ12EZ12DCZ12DCZ"),
-            Step::ready(msg::query("SELECT 6"), 1),
+            Step::query("SELECT 6"),
         ],
         ..Scenario::default()
     });
@@ -179,10 +165,7 @@ fn long_pipeline_of_200_syncs() {
     }
     let t = same_both_ways(Scenario {
         name: "pipeline200",
-        steps: vec![
-            Step::ready(pipeline, 200),
-            Step::ready(msg::query("SELECT 1"), 1),
-        ],
+        steps: vec![Step::ready(pipeline, 200), Step::query("SELECT 1")],
         ..Scenario::default()
     });
     let rows = t[1].iter().filter(|m| m.0 == b'D').count();
@@ -209,7 +192,7 @@ fn execute_with_max_rows_and_portal_suspended() {
             )
             .expect_tags("12DDsDDsDCZ"),
             // A named portal in a transaction block, resumed across Syncs.
-            Step::ready(msg::query("BEGIN"), 1),
+            Step::query("BEGIN"),
             Step::ready(
                 batch([
                     msg::parse("", "SELECT generate_series(1, 5)"),
@@ -222,7 +205,7 @@ fn execute_with_max_rows_and_portal_suspended() {
             .expect_tags("12DDDsZ"),
             Step::ready(batch([msg::execute("cur", 3), msg::sync()]), 1).expect_tags("DDCZ"),
             Step::ready(batch([msg::execute("cur", 3), msg::sync()]), 1).expect_tags("CZ"),
-            Step::ready(msg::query("COMMIT"), 1),
+            Step::query("COMMIT"),
         ],
         ..Scenario::default()
     });
@@ -238,8 +221,7 @@ fn flush_without_sync_answers_before_sync() {
             Step::count(
                 batch([
                     msg::parse("", "SELECT 42"),
-                    msg::bind("", "", &[]),
-                    msg::describe(b'P', ""),
+                    msg::bind_described("", "", &[]),
                     msg::execute("", 0),
                     flush(),
                 ]),
@@ -268,10 +250,10 @@ fn failed_transaction_block_both_protocols() {
         // Executes sent in a failed block: steps 3, 4 and 9 (the ROLLBACK).
         skipped_executes: 3,
         steps: vec![
-            Step::ready(msg::query("BEGIN"), 1),
-            Step::ready(msg::query("SELECT 1/0"), 1).expect_tags("EZ"),
+            Step::query("BEGIN"),
+            Step::query("SELECT 1/0").expect_tags("EZ"),
             // 25P02 through the simple protocol...
-            Step::ready(msg::query("SELECT 1"), 1),
+            Step::query("SELECT 1"),
             // ...and through the extended one (two Executes in the failed block).
             Step::ready(extended("SELECT 2", &[]), 1),
             Step::ready(
@@ -282,13 +264,13 @@ fn failed_transaction_block_both_protocols() {
                 ]),
                 1,
             ),
-            Step::ready(msg::query("ROLLBACK"), 1),
+            Step::query("ROLLBACK"),
             // A second failed block, ended by an extended-protocol ROLLBACK.
             Step::ready(extended("BEGIN", &[]), 1),
             Step::ready(extended("SELECT 1/0", &[]), 1),
-            Step::ready(msg::query("SELECT 4"), 1),
+            Step::query("SELECT 4"),
             Step::ready(extended("ROLLBACK", &[]), 1).expect_tags("12CZ"),
-            Step::ready(msg::query("SELECT 5"), 1),
+            Step::query("SELECT 5"),
         ],
         ..Scenario::default()
     });
@@ -348,10 +330,7 @@ fn copy_from_stdin_simple() {
                 1,
             )
             .expect_tags("GCZ"),
-            Step::ready(
-                msg::query("SELECT count(*), sum(a), string_agg(b, ',' ORDER BY a) FROM t"),
-                1,
-            ),
+            Step::query("SELECT count(*), sum(a), string_agg(b, ',' ORDER BY a) FROM t"),
         ],
         ..Scenario::default()
     });
@@ -417,21 +396,15 @@ fn copy_to_stdout_both_protocols() {
     same_both_ways(Scenario {
         name: "copy_out",
         steps: vec![
-            Step::ready(
-                msg::query("COPY (SELECT g, g * 2 FROM generate_series(1, 3) g) TO STDOUT"),
-                1,
-            )
-            .expect_tags("HdddcCZ"),
+            Step::query("COPY (SELECT g, g * 2 FROM generate_series(1, 3) g) TO STDOUT")
+                .expect_tags("HdddcCZ"),
             Step::ready(
                 extended("COPY (SELECT 'a', NULL) TO STDOUT (FORMAT csv)", &[]),
                 1,
             )
             .expect_tags("12HdcCZ"),
-            Step::ready(
-                msg::query("COPY (SELECT 1 / (g - 2) FROM generate_series(1, 3) g) TO STDOUT"),
-                1,
-            )
-            .expect_tags("HdEZ"),
+            Step::query("COPY (SELECT 1 / (g - 2) FROM generate_series(1, 3) g) TO STDOUT")
+                .expect_tags("HdEZ"),
         ],
         ..Scenario::default()
     });
@@ -442,19 +415,16 @@ fn notify_to_self_after_listen() {
     let t = same_both_ways(Scenario {
         name: "notify",
         steps: vec![
-            Step::ready(msg::query("LISTEN fg_chan"), 1),
-            Step::ready(msg::query("NOTIFY fg_chan, 'simple'"), 1).expect_tags("CAZ"),
+            Step::query("LISTEN fg_chan"),
+            Step::query("NOTIFY fg_chan, 'simple'").expect_tags("CAZ"),
             Step::ready(
                 extended("SELECT pg_notify('fg_chan', $1)", &[Some("extended")]),
                 1,
             )
             .expect_tags("12DCAZ"),
-            Step::ready(
-                msg::query("BEGIN; NOTIFY fg_chan, 'in block'; NOTIFY fg_chan, 'twice'; COMMIT"),
-                1,
-            )
-            .expect_tags("CCCCAAZ"),
-            Step::ready(msg::query("UNLISTEN *; NOTIFY fg_chan, 'unheard'"), 1),
+            Step::query("BEGIN; NOTIFY fg_chan, 'in block'; NOTIFY fg_chan, 'twice'; COMMIT")
+                .expect_tags("CCCCAAZ"),
+            Step::query("UNLISTEN *; NOTIFY fg_chan, 'unheard'"),
         ],
         ..Scenario::default()
     });
