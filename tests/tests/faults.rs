@@ -98,12 +98,9 @@ fn dead_port() -> u16 {
     cluster::free_port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_startup_packets_are_refused_and_others_unaffected() {
-    let (_, db, proxy) = plain_proxy("faults_startup");
-    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
-    let addr = proxy.addr();
-
+/// Startup packets the proxy must refuse with one FATAL ErrorResponse (a login to `db`
+/// where one is named): what each is, its bytes, and the SQLSTATEs it may carry.
+fn malformed_startups(db: &str) -> [(&'static str, Vec<u8>, &'static [&'static str]); 8] {
     let mut too_long = 100_000u32.to_be_bytes().to_vec();
     too_long.extend_from_slice(&196_608u32.to_be_bytes());
     too_long.extend_from_slice(b"user\0trust_user\0");
@@ -111,7 +108,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
     no_terminator.pop();
     let len = no_terminator.len() as u32;
     no_terminator[..4].copy_from_slice(&len.to_be_bytes());
-    let cases: [(&str, Vec<u8>, &[&str]); 8] = [
+    [
         (
             "HTTP request",
             b"GET / HTTP/1.1\r\nHost: fencegate\r\n\r\n".to_vec(),
@@ -144,8 +141,16 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
             [0, 0, 0, 9, 4, 0xd2, 0x16, 0x2f, 0].to_vec(),
             &["08P01"],
         ),
-    ];
-    for (what, bytes, codes) in cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_startup_packets_are_refused_and_others_unaffected() {
+    let (_, db, proxy) = plain_proxy("faults_startup");
+    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
+    let addr = proxy.addr();
+
+    for (what, bytes, codes) in malformed_startups(&db) {
         let reply = exchange(addr, &bytes, false);
         assert!(
             !reply.reset,
