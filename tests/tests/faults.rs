@@ -127,7 +127,7 @@ fn malformed_startups(db: &str) -> [(&'static str, Vec<u8>, &'static [&'static s
         ("length 100000", too_long, &["08P01"]),
         (
             "protocol 2.0",
-            startup_v2(TRUST_USER, &db),
+            startup_v2(TRUST_USER, db),
             &["0A000", "08P01"],
         ),
         (
