@@ -85,6 +85,8 @@ async fn etcd_errors_are_reported() {
     // behind it until its (long) lease runs out.
     let a = client.lock("job:8", TTL).await.unwrap();
     let long = Duration::from_secs(600);
+    // Not a wait for anything: the second lock is given a deliberate 300 ms in which it must
+    // still be waiting, and is then cancelled.
     let waiting =
         tokio::time::timeout(Duration::from_millis(300), client.lock("job:8", long)).await;
     assert!(waiting.is_err(), "the second lock waited");
