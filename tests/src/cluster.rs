@@ -78,14 +78,7 @@ impl Cluster {
 
     /// Creates and starts a private cluster; it is stopped and deleted on `Drop`.
     pub fn start() -> Cluster {
-        let inner = TempCluster::start(PgBin::get().clone(), SETTINGS, Some(PG_HBA))
-            .unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
-        let cluster = Cluster {
-            inner,
-            next_db: AtomicU32::new(0),
-        };
-        cluster.execute("postgres", CREATE_USERS);
-        cluster
+        Cluster::start_with("")
     }
 
     /// A private cluster with `settings` added to the usual ones (e.g. replication
@@ -115,16 +108,17 @@ impl Cluster {
 
     /// Promotes this standby to primary; returns when it accepts writes.
     pub fn promote(&self) {
-        self.inner
-            .promote()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.promote());
     }
 
     /// Stops the server as a crash would (`pg_ctl -m immediate`).
     pub fn crash(&self) {
-        self.inner
-            .crash()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.crash());
+    }
+
+    /// The value of `result`, or a failed test with the error and the server log.
+    fn or_fail<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> T {
+        result.unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
     /// The TCP port Postgres listens on (127.0.0.1).
@@ -190,16 +184,12 @@ impl Cluster {
 
     /// Stops the server (fast shutdown: open sessions are terminated) and waits for it.
     pub fn stop(&self) {
-        self.inner
-            .stop()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.stop());
     }
 
     /// Starts a stopped server again on the same port and waits until it accepts connections.
     pub fn start_again(&self) {
-        self.inner
-            .start_again()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.or_fail(self.inner.start_again());
     }
 
     /// Stops and starts the server (all sessions are terminated); returns when it is ready.

@@ -30,6 +30,17 @@ where
     direct
 }
 
+/// A superuser session on `db` through `ep`, in which the scenario's table has been made
+/// with `create`.
+pub async fn connect_with_table(ep: &Endpoint, db: &str, create: &str) -> tokio_postgres::Client {
+    let client = ep.connect(crate::cluster::SUPERUSER, db).await;
+    client
+        .batch_execute(create)
+        .await
+        .unwrap_or_else(|e| panic!("{create}: {e}"));
+    client
+}
+
 /// The SQLSTATE of a tokio-postgres error, or a description when the server sent none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()

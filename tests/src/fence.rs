@@ -62,7 +62,8 @@ impl FenceProxy {
     }
 }
 
-/// One test's world: a fencing proxy (no preemption) in front of the shared cluster, a fresh
+/// One test's world: a fencing proxy (no preemption, unless made [`FenceEnv::with_grace`])
+/// in front of the shared cluster, a fresh
 /// fenced database prepared with some setup SQL, and a [`Monitor`] on it.
 pub struct FenceEnv {
     /// The proxy.
@@ -77,8 +78,14 @@ impl FenceEnv {
     /// Starts the proxy, creates the database (name from `prefix`), installs the schema and
     /// runs `setup` in it.
     pub async fn new(prefix: &str, setup: &str) -> FenceEnv {
+        FenceEnv::with_grace(prefix, setup, Duration::ZERO).await
+    }
+
+    /// [`FenceEnv::new`] with a proxy whose preemption grace is `grace` (see
+    /// [`FenceProxy::start`]).
+    pub async fn with_grace(prefix: &str, setup: &str, grace: Duration) -> FenceEnv {
         let cluster = Cluster::shared();
-        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+        let fp = FenceProxy::start(cluster.port(), grace);
         let db = fenced_database(cluster, prefix, setup).await;
         let monitor = Monitor::connect(cluster, &db).await;
         FenceEnv { fp, db, monitor }
@@ -192,6 +199,35 @@ pub async fn assert_usable(client: &Client) {
         .expect("SELECT 1 after the error")
         .get(0);
     assert_eq!(one, 1);
+}
+
+/// Runs each of `statements` on `client` as a simple Query of its own, in order, failing
+/// the test on the first error.
+pub async fn execute_all(client: &Client, statements: &[&str]) {
+    for sql in statements {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Runs `sql` on `client` under the session settings `fencing.resource = resource` and
+/// `fencing.token = token`, then `RESET ALL`; `sql` must succeed (`what` it is).
+pub async fn run_under_token_settings(
+    client: &Client,
+    resource: &str,
+    token: i64,
+    sql: &str,
+    what: &str,
+) {
+    let set = format!("SET fencing.resource = '{resource}'; SET fencing.token = '{token}'");
+    client.batch_execute(&set).await.expect(&set);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {sql}: {e}"));
+    client.batch_execute("RESET ALL").await.expect("RESET ALL");
 }
 
 /// The server process id behind a client (through the proxy: the upstream backend's).
@@ -319,6 +355,20 @@ impl Monitor {
         .await
     }
 
+    /// Waits until `pid` waits for a lock, then until it has waited out a preemption grace
+    /// and started waiting again `times` times (a new `waitstart` each), while `holder`, the
+    /// backend it waits for, must stay alive throughout and still be there after.
+    pub async fn wait_until_waited_again(&self, pid: i32, holder: i32, times: usize) {
+        let mut since = self.wait_until_blocked(pid).await;
+        for _ in 0..times {
+            since = self.wait_until_waiting_again(pid, &since, holder).await;
+        }
+        assert!(
+            self.backend_exists(holder).await,
+            "backend {holder}, which {pid} waited for, was ended"
+        );
+    }
+
     /// True while backend `pid` exists.
     pub async fn backend_exists(&self, pid: i32) -> bool {
         self.client
@@ -364,7 +414,8 @@ pub fn run_text(cmd: &mut Command, stdin: &str) -> (Output, String, String) {
 
 /// The table most fence tests work on: job 7 accumulates the steps its writers appended.
 pub mod jobs {
-    use super::Monitor;
+    use super::{FenceEnv, Monitor};
+    use tokio_postgres::Client;
 
     /// The resource the tests fence.
     pub const JOB: &str = "job:7";
@@ -376,6 +427,20 @@ INSERT INTO jobs VALUES (7, '');
 CREATE TABLE log (id int PRIMARY KEY, note text);
 GRANT ALL ON jobs, log TO trust_user;
 ";
+
+    /// A [`FenceEnv`] set up with [`SETUP`] (database named after `prefix`) in which a client
+    /// through the proxy raised H([`JOB`]) to `token` with an annotated `SELECT 1`; and that
+    /// client.
+    pub async fn env_raised_to(prefix: &str, token: i64) -> (FenceEnv, Client) {
+        let env = FenceEnv::new(prefix, SETUP).await;
+        let client = env.client().await;
+        let raise = format!("SELECT 1 {}", super::comment(JOB, token));
+        client
+            .simple_query(&raise)
+            .await
+            .unwrap_or_else(|e| panic!("{raise}: {e}"));
+        (env, client)
+    }
 
     /// The steps recorded in job 7, read directly.
     pub async fn steps(monitor: &Monitor) -> String {
@@ -400,5 +465,18 @@ GRANT ALL ON jobs, log TO trust_user;
     /// The statement that appends `step` to job 7.
     pub fn append(step: &str) -> String {
         format!("UPDATE jobs SET steps = steps || '{step}' WHERE id = 7")
+    }
+
+    /// [`append`] of `step`, carrying `token` for [`JOB`].
+    pub fn fenced_append(token: i64, step: &str) -> String {
+        format!("{} {}", append(step), super::comment(JOB, token))
+    }
+
+    /// Reads job 7's steps, carrying `token` for [`JOB`].
+    pub fn fenced_read(token: i64) -> String {
+        format!(
+            "SELECT steps FROM jobs WHERE id = 7 {}",
+            super::comment(JOB, token)
+        )
     }
 }

@@ -9,6 +9,7 @@
 //! - [`fake_upstream`]: a scripted fake server, for faults a real Postgres will not produce.
 //! - [`inject`]: a no-op injecting hook, to prove the reply queue hides what it injects.
 //! - [`fence`]: helpers for the fencing tests (schema install, tokens, SQLSTATEs).
+//! - [`memo`]: the table and token-carrying statements of the check-memo tests.
 //! - [`lockset`]: the lock service and workload of the Jepsen-style test.
 //! - [`endpoint`]: where a client connects (Postgres directly or the proxy), and how to build
 //!   `psql`/`pgbench`/`pg_dump` commands and tokio-postgres configs for it.
@@ -16,6 +17,7 @@
 //! - [`pgbouncer`]: PgBouncer in transaction mode in front of the cluster.
 //! - [`proxy`]: the proxy started in-process on `127.0.0.1:0`, on its own runtime thread.
 //! - [`wire`]: a small blocking raw-protocol client for byte-level comparisons.
+//! - [`transcript`]: byte-level scenarios compared directly and through an injecting proxy.
 //! - [`raw`]: raw sockets for fault tests: arbitrary bytes, reads with deadlines, resets.
 //!
 //! Every integration test runs the same client once against Postgres directly and once
@@ -31,11 +33,13 @@ pub mod fake_upstream;
 pub mod fence;
 pub mod inject;
 pub mod lockset;
+pub mod memo;
 pub mod netns;
 pub mod pgbin;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod raw;
+pub mod transcript;
 pub mod wire;
 
 pub use cluster::Cluster;

@@ -88,6 +88,47 @@ impl WireClient {
         Ok(out)
     }
 
+    /// Reads messages until one with `tag` has arrived; returns all of them.
+    pub fn read_until_tag(&mut self, tag: u8) -> io::Result<Vec<Message>> {
+        let mut out = Vec::new();
+        loop {
+            let message = self.read_message()?;
+            let done = message.0 == tag;
+            out.push(message);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sends `bytes` and reads up to the `ready`-th ReadyForQuery; any I/O error, or any
+    /// ErrorResponse other than those `expected` (by SQLSTATE, in order), fails the test.
+    pub fn round_expecting(
+        &mut self,
+        bytes: &[u8],
+        ready: usize,
+        expected: &[&str],
+        what: &str,
+    ) -> Vec<Message> {
+        self.send(bytes)
+            .unwrap_or_else(|e| panic!("{what}: send: {e}"));
+        let replies = self
+            .read_until_ready(ready)
+            .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        assert_eq!(
+            error_codes(&replies),
+            expected,
+            "{what}: errors: {:?}",
+            render(&replies)
+        );
+        replies
+    }
+
+    /// [`WireClient::round_expecting`] with no error expected.
+    pub fn round(&mut self, bytes: &[u8], ready: usize, what: &str) -> Vec<Message> {
+        self.round_expecting(bytes, ready, &[], what)
+    }
+
     /// Reads until the peer closes the connection; returns what arrived before that.
     pub fn read_to_close(&mut self) -> Vec<Message> {
         let mut out = Vec::new();
@@ -120,6 +161,27 @@ pub fn render(messages: &[Message]) -> Vec<String> {
 /// The messages' tags as a string (`"TDDCZ"`), for checking the shape of a reply.
 pub fn tags(messages: &[Message]) -> String {
     messages.iter().map(|m| m.0 as char).collect()
+}
+
+/// The SQLSTATEs of the ErrorResponses among `messages`, in order.
+pub fn error_codes(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| {
+            let code = fencegate::protocol::backend::error_field(body, b'C');
+            String::from_utf8_lossy(code.unwrap_or_default()).into_owned()
+        })
+        .collect()
+}
+
+/// The transaction status byte of the last ReadyForQuery among `messages`.
+pub fn last_status(messages: &[Message]) -> Option<u8> {
+    messages
+        .iter()
+        .rev()
+        .find(|(tag, _)| *tag == b'Z')
+        .map(|(_, body)| body[0])
 }
 
 /// Asserts that two transcripts (startup first, then one list per step, as the byte-level
@@ -167,8 +229,13 @@ pub mod msg {
 
     /// Query (simple protocol).
     pub fn query(sql: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        cstr(&mut body, sql);
+        query_bytes(sql.as_bytes())
+    }
+
+    /// Query of bytes that need not be UTF-8 (a client encoding's own).
+    pub fn query_bytes(sql: &[u8]) -> Vec<u8> {
+        let mut body = sql.to_vec();
+        body.push(0);
         frame(Some(b'Q'), &body)
     }
 
@@ -246,6 +313,45 @@ pub mod msg {
         let mut body = Vec::new();
         cstr(&mut body, reason);
         frame(Some(b'f'), &body)
+    }
+
+    /// Parse of `sql` as the statement `statement`, then Describe of that statement.
+    pub fn parse_described(statement: &str, sql: &str) -> Vec<u8> {
+        batch([parse(statement, sql), describe(b'S', statement)])
+    }
+
+    /// Bind of `statement` to `portal` with text parameters, then Describe of that portal.
+    pub fn bind_described(portal: &str, statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([bind(portal, statement, params), describe(b'P', portal)])
+    }
+
+    /// Close of the prepared statement `name`.
+    pub fn close_statement(name: &str) -> Vec<u8> {
+        let mut body = vec![b'S'];
+        cstr(&mut body, name);
+        frame(Some(b'C'), &body)
+    }
+
+    /// Parse, Bind and Execute (all rows) of `sql` as the unnamed statement and portal, with
+    /// text parameters and no Sync: to be followed by more of the same round.
+    pub fn run_unnamed(sql: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([parse("", sql), bind("", "", params), execute("", 0)])
+    }
+
+    /// [`run_unnamed`] of `sql`, then Sync: one extended-protocol round.
+    pub fn extended(sql: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([run_unnamed(sql, params), sync()])
+    }
+
+    /// Bind of the prepared statement `statement` to the unnamed portal, with text
+    /// parameters, and Execute (all rows), no Sync.
+    pub fn run_prepared(statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+        batch([bind("", statement, params), execute("", 0)])
+    }
+
+    /// [`run_prepared`] of `statement` with no parameters, then Sync.
+    pub fn bind_and_run(statement: &str) -> Vec<u8> {
+        batch([run_prepared(statement, &[]), sync()])
     }
 
     /// Concatenates frontend messages into one write.

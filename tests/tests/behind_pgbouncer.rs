@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
-use fencegate_tests::fence::{assert_stale, comment, fenced_database, FenceProxy, Monitor, STALE};
+use fencegate_tests::fence::{
+    assert_stale, comment, execute_all, fenced_database, FenceProxy, Monitor, STALE,
+};
 use fencegate_tests::pgbouncer::PgBouncer;
 use tokio_postgres::Client;
 
@@ -52,6 +54,11 @@ impl Layout {
     }
 }
 
+/// Sets `v` to `token`, carrying `token` for the resource `job`.
+fn write_with_token(token: i64) -> String {
+    format!("UPDATE t SET v = {token} {}", comment("job", token))
+}
+
 /// Runs `sql`, which must be refused as stale; returns the server's error.
 async fn refused_stale(c: &Client, sql: &str) -> tokio_postgres::error::DbError {
     let e = c.batch_execute(sql).await.expect_err(sql);
@@ -67,10 +74,10 @@ async fn refused_stale(c: &Client, sql: &str) -> tokio_postgres::error::DbError 
 async fn comment_and_set_local_tokens_are_enforced_through_pgbouncer() {
     let l = layout("bouncer_tokens", Duration::from_secs(5)).await;
     let c = l.client().await;
-    c.batch_execute(&format!("UPDATE t SET v = 5 {}", comment("job", 5)))
+    c.batch_execute(&write_with_token(5))
         .await
         .expect("token 5");
-    let err = refused_stale(&c, &format!("UPDATE t SET v = 4 {}", comment("job", 4))).await;
+    let err = refused_stale(&c, &write_with_token(4)).await;
     assert_stale(&err, "job", 4, 5);
     assert_eq!(l.value().await, "5");
 
@@ -81,13 +88,15 @@ async fn comment_and_set_local_tokens_are_enforced_through_pgbouncer() {
     .await
     .expect("SET LOCAL token 6");
     assert_eq!(l.monitor.high_water("job").await, Some(6));
-    c.batch_execute("BEGIN").await.unwrap();
-    c.batch_execute("SET LOCAL fencing.resource = 'job'")
-        .await
-        .unwrap();
-    c.batch_execute("SET LOCAL fencing.token = '5'")
-        .await
-        .unwrap();
+    execute_all(
+        &c,
+        &[
+            "BEGIN",
+            "SET LOCAL fencing.resource = 'job'",
+            "SET LOCAL fencing.token = '5'",
+        ],
+    )
+    .await;
     refused_stale(&c, "UPDATE t SET v = 50").await;
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(l.value().await, "6", "the stale write did not land");
@@ -97,13 +106,13 @@ async fn comment_and_set_local_tokens_are_enforced_through_pgbouncer() {
 async fn a_paused_holder_is_preempted_through_pgbouncer() {
     let l = layout("bouncer_preempt", Duration::from_millis(500)).await;
     let old = l.client().await;
-    old.batch_execute(&format!("BEGIN; UPDATE t SET v = 7 {}", comment("job", 7)))
+    old.batch_execute(&format!("BEGIN; {}", write_with_token(7)))
         .await
         .expect("the old holder writes, then pauses inside its transaction");
     let new = l.client().await;
     tokio::time::timeout(
         Duration::from_secs(30),
-        new.batch_execute(&format!("UPDATE t SET v = 8 {}", comment("job", 8))),
+        new.batch_execute(&write_with_token(8)),
     )
     .await
     .expect("the newer holder is not blocked for good")

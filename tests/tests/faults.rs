@@ -1,11 +1,11 @@
-//! Faults: malformed and hostile input, unreachable and dying servers, vanishing clients, TLS
-//! negotiation, and shutdown. Each test names the behaviour it checks and fails when it breaks: a bad
+//! Faults: malformed and hostile input, unreachable and dying servers, vanishing clients and
+//! shutdown (TLS negotiation is in `faults_tls.rs`). Each test names the behaviour it checks and fails when it breaks: a bad
 //! peer gets a FATAL ErrorResponse (where the protocol allows one) and a closed connection,
 //! and nothing else is disturbed: other sessions keep working, new ones still connect, and no
 //! server backend is left behind.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +15,13 @@ use fencegate_tests::activity::wait_until_active;
 use fencegate_tests::cluster::{self, Cluster, SUPERUSER, TRUST_USER};
 use fencegate_tests::endpoint::run;
 use fencegate_tests::fake_upstream::FakeUpstream;
+use fencegate_tests::fence::backend_pid;
 use fencegate_tests::raw::{
     assert_one_fatal, exchange, messages, raw_session, read_message, read_to_close, reset_on_drop,
     ssl_request, startup_v2, startup_version, CLOSE_DEADLINE,
 };
 use fencegate_tests::wire::{self, msg, Message, WireClient};
-use fencegate_tests::{Endpoint, TestProxy};
+use fencegate_tests::TestProxy;
 use tokio_postgres::error::SqlState;
 
 /// Asserts that `client` (through the proxy) still answers queries.
@@ -59,7 +60,7 @@ async fn assert_backend_exits(pid: i32, what: &str) {
 }
 
 /// The backend pid of a raw session, asked with `SELECT pg_backend_pid()`.
-fn backend_pid(client: &mut WireClient) -> i32 {
+fn raw_backend_pid(client: &mut WireClient) -> i32 {
     client.send(&msg::query("SELECT pg_backend_pid()")).unwrap();
     let replies = client.read_until_ready(1).unwrap();
     let row = replies.iter().find(|m| m.0 == b'D').expect("a DataRow");
@@ -70,13 +71,26 @@ fn backend_pid(client: &mut WireClient) -> i32 {
         .unwrap()
 }
 
-/// A proxy whose client messages may be at most 1 MiB (`max_message_size`).
-fn proxy_with_1mib_limit(cluster: &Cluster) -> TestProxy {
-    TestProxy::start(
+/// The shared cluster, a fresh database in it (named after `prefix`) and a plain proxy in
+/// front of it.
+fn plain_proxy(prefix: &str) -> (&'static Cluster, String, TestProxy) {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database(prefix);
+    let proxy = TestProxy::plain(cluster.port());
+    (cluster, db, proxy)
+}
+
+/// A fresh database (named after `prefix`) and a proxy in front of the shared cluster whose
+/// client messages may be at most 1 MiB (`max_message_size`).
+fn proxy_with_1mib_limit(prefix: &str) -> (String, TestProxy) {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database(prefix);
+    let proxy = TestProxy::start(
         cluster.port(),
         |c| c.max_message_size = 1 << 20,
         Arc::new(NoHooks),
-    )
+    );
+    (db, proxy)
 }
 
 /// A loopback port with nothing listening on it (bound, then released).
@@ -84,14 +98,9 @@ fn dead_port() -> u16 {
     cluster::free_port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_startup_packets_are_refused_and_others_unaffected() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_startup");
-    let proxy = TestProxy::plain(cluster.port());
-    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
-    let addr = proxy.addr();
-
+/// Startup packets the proxy must refuse with one FATAL ErrorResponse (a login to `db`
+/// where one is named): what each is, its bytes, and the SQLSTATEs it may carry.
+fn malformed_startups(db: &str) -> [(&'static str, Vec<u8>, &'static [&'static str]); 8] {
     let mut too_long = 100_000u32.to_be_bytes().to_vec();
     too_long.extend_from_slice(&196_608u32.to_be_bytes());
     too_long.extend_from_slice(b"user\0trust_user\0");
@@ -99,7 +108,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
     no_terminator.pop();
     let len = no_terminator.len() as u32;
     no_terminator[..4].copy_from_slice(&len.to_be_bytes());
-    let cases: [(&str, Vec<u8>, &[&str]); 8] = [
+    [
         (
             "HTTP request",
             b"GET / HTTP/1.1\r\nHost: fencegate\r\n\r\n".to_vec(),
@@ -118,7 +127,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
         ("length 100000", too_long, &["08P01"]),
         (
             "protocol 2.0",
-            startup_v2(TRUST_USER, &db),
+            startup_v2(TRUST_USER, db),
             &["0A000", "08P01"],
         ),
         (
@@ -132,8 +141,16 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
             [0, 0, 0, 9, 4, 0xd2, 0x16, 0x2f, 0].to_vec(),
             &["08P01"],
         ),
-    ];
-    for (what, bytes, codes) in cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_startup_packets_are_refused_and_others_unaffected() {
+    let (_, db, proxy) = plain_proxy("faults_startup");
+    let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
+    let addr = proxy.addr();
+
+    for (what, bytes, codes) in malformed_startups(&db) {
         let reply = exchange(addr, &bytes, false);
         assert!(
             !reply.reset,
@@ -180,9 +197,7 @@ async fn malformed_startup_packets_are_refused_and_others_unaffected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_message_lengths_after_auth_are_fatal() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_length");
-    let proxy = proxy_with_1mib_limit(cluster);
+    let (db, proxy) = proxy_with_1mib_limit("faults_length");
     let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
 
     let oversized = [&b"Q"[..], &(2u32 << 20).to_be_bytes(), b"SELECT '"].concat();
@@ -193,7 +208,7 @@ async fn bad_message_lengths_after_auth_are_fatal() {
     ];
     for (what, bytes) in cases {
         let (mut client, _) = WireClient::connect(proxy.addr(), TRUST_USER, &db).unwrap();
-        let pid = backend_pid(&mut client);
+        let pid = raw_backend_pid(&mut client);
         client.send(&bytes).unwrap();
         let got = client.read_to_close();
         let text = assert_one_fatal(&got, &["08P01"], what);
@@ -218,9 +233,7 @@ async fn bad_message_lengths_after_auth_are_fatal() {
 /// server. A row larger than the client limit must reach the client as it would directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_rows_larger_than_max_message_size_reach_the_client() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_bigrow");
-    let proxy = proxy_with_1mib_limit(cluster);
+    let (db, proxy) = proxy_with_1mib_limit("faults_bigrow");
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
     let row = client
         .query_one("SELECT repeat('x', 2 << 20)", &[])
@@ -305,18 +318,12 @@ async fn server_gone_mid_query_errors_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_backend_reports_57p01() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_terminate");
-    let proxy = TestProxy::plain(cluster.port());
+    let (cluster, db, proxy) = plain_proxy("faults_terminate");
     let admin = cluster.endpoint().connect(SUPERUSER, &db).await;
 
     // A running query sees the termination as its error.
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&client).await;
     let sleeper =
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await.map(|_| ()) });
     wait_until_active(&admin, "SELECT pg_sleep(60)").await;
@@ -334,7 +341,7 @@ async fn terminated_backend_reports_57p01() {
     // An idle raw session gets exactly what a direct one gets: one FATAL 57P01, then close.
     for addr in [cluster.endpoint().addr, proxy.addr()] {
         let (mut raw, _) = WireClient::connect(addr, TRUST_USER, &db).unwrap();
-        let pid = backend_pid(&mut raw);
+        let pid = raw_backend_pid(&mut raw);
         admin
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await
@@ -377,9 +384,7 @@ fn vanish(addr: SocketAddr, db: &str, how: Vanish) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_clients_leave_no_backend() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_vanish");
-    let proxy = TestProxy::plain(cluster.port());
+    let (_, db, proxy) = plain_proxy("faults_vanish");
     let healthy = proxy.endpoint().connect(TRUST_USER, &db).await;
     for how in [Vanish::Close, Vanish::Reset, Vanish::CloseMidResult] {
         let pid = vanish(proxy.addr(), &db, how);
@@ -388,189 +393,11 @@ async fn vanished_clients_leave_no_backend() {
     }
 }
 
-/// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM files in a tempdir.
-struct TestCert {
-    dir: tempfile::TempDir,
-}
-
-impl TestCert {
-    fn new() -> TestCert {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .expect("generate certificate");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("key.pem"),
-            certified.key_pair.serialize_pem(),
-        )
-        .unwrap();
-        TestCert { dir }
-    }
-
-    fn cert(&self) -> std::path::PathBuf {
-        self.dir.path().join("cert.pem")
-    }
-
-    fn key(&self) -> std::path::PathBuf {
-        self.dir.path().join("key.pem")
-    }
-
-    fn proxy(&self, upstream_port: u16) -> TestProxy {
-        let (cert, key) = (self.cert(), self.key());
-        TestProxy::start(
-            upstream_port,
-            |c| {
-                c.tls_cert = Some(cert);
-                c.tls_key = Some(key);
-            },
-            Arc::new(NoHooks),
-        )
-    }
-}
-
-/// Runs psql with `-c` commands and libpq settings in `env`; returns (exit code, stdout, stderr).
-fn psql(
-    ep: Endpoint,
-    db: &str,
-    env: &[(&str, &str)],
-    commands: &[&str],
-) -> (Option<i32>, String, String) {
-    let mut cmd = ep.command("psql", TRUST_USER, db);
-    cmd.arg("-X");
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = run(&mut cmd, b"");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn tls_terminated_by_proxy_with_configured_certificate() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_tls");
-    let cert = TestCert::new();
-    let proxy = cert.proxy(cluster.port());
-    let root = cert.cert();
-    for env in [
-        vec![("PGSSLMODE", "require")],
-        // The proxy presents the configured certificate, valid for the host.
-        vec![
-            ("PGSSLMODE", "verify-full"),
-            ("PGSSLROOTCERT", root.to_str().unwrap()),
-        ],
-    ] {
-        let (code, out, err) = psql(
-            proxy.endpoint(),
-            &db,
-            &env,
-            &["\\conninfo", "SELECT 40 + 2"],
-        );
-        assert_eq!(code, Some(0), "{env:?}: {err}");
-        assert!(
-            out.contains("SSL connection (protocol: TLSv1."),
-            "{env:?}: {out}"
-        );
-        assert!(out.contains("42"), "{out}");
-    }
-    // The upstream link is plain TCP: Postgres sees no TLS on the proxied session.
-    let (code, out, err) = psql(
-        proxy.endpoint(),
-        &db,
-        &[("PGSSLMODE", "require")],
-        &["SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains(" f\n"), "{out}");
-}
-
-#[test]
-fn without_certificate_require_fails_and_prefer_works() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_notls");
-    let proxy = TestProxy::plain(cluster.port());
-    let (code, _, err) = psql(
-        proxy.endpoint(),
-        &db,
-        &[("PGSSLMODE", "require")],
-        &["SELECT 1"],
-    );
-    assert_eq!(
-        code,
-        Some(2),
-        "sslmode=require succeeded without TLS: {err}"
-    );
-    assert!(err.contains("server does not support SSL"), "{err}");
-    let (code, out, err) = psql(
-        proxy.endpoint(),
-        &db,
-        &[("PGSSLMODE", "prefer")],
-        &["\\conninfo", "SELECT 40 + 2"],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    assert!(!out.contains("SSL connection"), "{out}");
-    assert!(out.contains("42"), "{out}");
-}
-
-#[test]
-fn bytes_pipelined_after_ssl_request_are_refused() {
-    // CVE-2021-23214: bytes sent together with SSLRequest, before the handshake, could be a
-    // man in the middle's; a server that answers `S` and later reads them as if they had been
-    // encrypted is injectable. The proxy must not answer `S`.
-    let cluster = Cluster::shared();
-    let cert = TestCert::new();
-    let proxy = cert.proxy(cluster.port());
-    let startup = msg::startup(&[("user", TRUST_USER), ("database", "postgres")]);
-    let reply = exchange(
-        proxy.addr(),
-        &[ssl_request(), startup.clone()].concat(),
-        false,
-    );
-    assert_ne!(
-        reply.bytes.first(),
-        Some(&b'S'),
-        "answered S with plaintext pending: {reply:?}"
-    );
-    assert!(!reply.reset, "{reply:?}");
-    assert_one_fatal(
-        &messages(&reply.bytes),
-        &["08P01"],
-        "SSLRequest + StartupMessage",
-    );
-
-    // With TLS not configured the answer is `N` and the pipelined startup is fine (nothing
-    // is encrypted, so nothing can be smuggled): the session starts.
-    let plain = TestProxy::plain(cluster.port());
-    let mut stream = TcpStream::connect(plain.addr()).unwrap();
-    stream
-        .write_all(&[ssl_request(), startup].concat())
-        .unwrap();
-    let mut answer = [0u8];
-    stream.read_exact(&mut answer).unwrap();
-    assert_eq!(answer[0], b'N');
-    let mut got = vec![read_message(&mut stream)];
-    while got.last().unwrap().0 != b'Z' {
-        got.push(read_message(&mut stream));
-    }
-    assert_eq!(got[0], (b'R', vec![0, 0, 0, 0]), "{:?}", wire::render(&got));
-}
-
 /// After Terminate Postgres closes the connection without a word; so must the proxy, also
 /// when the client waits to see the close (the proxy sees the server's close first).
 #[test]
 fn terminate_closes_quietly_like_postgres() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_quiet");
-    let proxy = TestProxy::plain(cluster.port());
+    let (cluster, db, proxy) = plain_proxy("faults_quiet");
     let cases = [
         msg::terminate(),
         [msg::query("SELECT 1"), msg::terminate()].concat(),
@@ -596,9 +423,7 @@ fn terminate_closes_quietly_like_postgres() {
 /// buffers between server and client, so the server can finish without the client reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_behind_large_result_delivers_all_of_it() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("faults_tail");
-    let proxy = TestProxy::plain(cluster.port());
+    let (cluster, db, proxy) = plain_proxy("faults_tail");
     for rows in [4000, 6000] {
         let sql = format!("SELECT repeat('x', 1000) FROM generate_series(1, {rows})");
         let request = [msg::query(&sql), msg::terminate()].concat();

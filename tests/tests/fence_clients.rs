@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use fencegate_tests::compare::first_column;
-use fencegate_tests::fence::jobs::{log_ids, steps, JOB, SETUP};
+use fencegate_tests::fence::jobs::{env_raised_to, log_ids, steps, JOB, SETUP};
 use futures_util::{pin_mut, SinkExt};
 
 use fencegate_tests::fence::{
@@ -136,11 +136,7 @@ async fn tokio_postgres_set_local_in_a_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_fails_only_the_stale_statement() {
-    let env = FenceEnv::new("pipeline", SETUP).await;
-    let c = env.client().await;
-    c.simple_query(&format!("SELECT 1 {}", comment(JOB, 2)))
-        .await
-        .unwrap();
+    let (env, c) = env_raised_to("pipeline", 2).await;
     let insert = |note: &str, token: Option<i64>| {
         let a = token.map(|t| comment(JOB, t)).unwrap_or_default();
         format!("INSERT INTO log VALUES ($1, '{note}') {a}")

@@ -5,20 +5,27 @@
 //! happened.
 #![forbid(unsafe_code)]
 
-use fencegate_tests::fence::jobs::{append, steps, JOB, SETUP};
+use fencegate_tests::fence::jobs::{append, env_raised_to, steps, JOB, SETUP};
 use std::time::Duration;
 
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
-    assert_usable, comment, expect_code, FenceEnv, FenceProxy, INVALID, NOT_INSTALLED,
+    assert_usable, comment, expect_code, FenceProxy, INVALID, NOT_INSTALLED,
 };
+
+/// A fencing proxy in front of the shared cluster and a database there (named after
+/// `prefix`) with the jobs table but without the `fencegate` schema.
+fn proxy_and_unfenced_database(prefix: &str) -> (&'static Cluster, FenceProxy, String) {
+    let cluster = Cluster::shared();
+    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
+    let db = cluster.create_database(prefix);
+    cluster.execute(&db, SETUP);
+    (cluster, fp, db)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_installed_database_rejects_fenced_statements_with_migrate_hint() {
-    let cluster = Cluster::shared();
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let db = cluster.create_database("no_schema");
-    cluster.execute(&db, SETUP);
+    let (cluster, fp, db) = proxy_and_unfenced_database("no_schema");
     let c = fp.endpoint().connect(TRUST_USER, &db).await;
     let fenced = format!("{} {}", append("a"), comment(JOB, 1));
     let check = |err: tokio_postgres::error::DbError| {
@@ -59,10 +66,7 @@ async fn not_installed_database_rejects_fenced_statements_with_migrate_hint() {
 /// schema its statements must run as they would directly, not fail with 55Z03.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_installed_database_runs_statements_without_a_token_after_the_token_is_reset() {
-    let cluster = Cluster::shared();
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let db = cluster.create_database("no_schema_reset");
-    cluster.execute(&db, SETUP);
+    let (cluster, fp, db) = proxy_and_unfenced_database("no_schema_reset");
     for reset in [
         "DISCARD ALL",
         "RESET ALL",
@@ -87,11 +91,7 @@ async fn not_installed_database_runs_statements_without_a_token_after_the_token_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_annotations_are_client_errors_and_the_connection_goes_on() {
-    let env = FenceEnv::new("invalid", SETUP).await;
-    let c = env.client().await;
-    c.simple_query(&format!("SELECT 1 {}", comment(JOB, 3)))
-        .await
-        .unwrap();
+    let (env, c) = env_raised_to("invalid", 3).await;
     let long = "r".repeat(257);
     let comments = [
         (

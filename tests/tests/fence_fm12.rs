@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use fencegate::fence::stats::FenceStats;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
-    assert_stale, backend_pid, comment, expect_code, fenced_database, within, FenceProxy, Monitor,
-    STALE,
+    assert_stale, backend_pid, comment, expect_code, fenced_database, within, FenceEnv, FenceProxy,
+    Monitor, STALE,
 };
 use fencegate_tests::Endpoint;
 use tokio_postgres::Client;
@@ -116,12 +116,13 @@ async fn open_and_read(a: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
-    let cluster = Cluster::shared();
-    let fp = FenceProxy::start(cluster.port(), GRACE);
-    let db = fenced_database(cluster, "fm12_open", SETUP).await;
-    let monitor = Monitor::connect(cluster, &db).await;
-    let a = fp.endpoint().connect(TRUST_USER, &db).await;
-    let (b, b_notices) = fp.endpoint().connect_keeping_notices(TRUST_USER, &db).await;
+    let env = FenceEnv::with_grace("fm12_open", SETUP, GRACE).await;
+    let a = env.client().await;
+    let (b, b_notices) = env
+        .fp
+        .endpoint()
+        .connect_keeping_notices(TRUST_USER, &env.db)
+        .await;
     let a_pid = backend_pid(&a).await;
     // A opens a transaction, is admitted with token 1 by its read, and freezes there.
     open_and_read(&a).await;
@@ -129,7 +130,7 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
     let started = Instant::now();
     let b_write = within("B's write", b.execute(&write(2, "B"), &[])).await;
     let waited = started.elapsed();
-    let log_when_b_done = cluster.log();
+    let log_when_b_done = Cluster::shared().log();
     assert_eq!(b_write.expect("B's write is admitted"), 1);
     assert!(
         waited >= GRACE,
@@ -146,10 +147,10 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
         log_when_b_done.contains(&ended),
         "B completed but A's backend {a_pid} was not ended first; server log:\n{log_when_b_done}"
     );
-    monitor.wait_until_gone(a_pid).await;
+    env.monitor.wait_until_gone(a_pid).await;
     // The proxy counts the preemption its check reported, and B sees nothing of it.
     assert_eq!(
-        FenceStats::get(&fp.stats.preempted),
+        FenceStats::get(&env.fp.stats.preempted),
         1,
         "preemptions counted"
     );
@@ -166,19 +167,16 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
     assert!(late.is_err(), "A's write after preemption: {late:?}");
     let commit = a.batch_execute("COMMIT").await;
     assert!(commit.is_err(), "A's COMMIT after preemption succeeded");
-    assert_eq!(record(&monitor).await, b_result());
-    assert_eq!(monitor.high_water(JOB).await, Some(2));
+    assert_eq!(record(&env.monitor).await, b_result());
+    assert_eq!(env.monitor.high_water(JOB).await, Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fm12_frozen_inside_open_transaction_is_not_ended_without_a_newer_holder() {
     // Same token (A's own retry through another connection) and an unfenced writer never end A.
-    let cluster = Cluster::shared();
-    let fp = FenceProxy::start(cluster.port(), GRACE);
-    let db = fenced_database(cluster, "fm12_same_token", SETUP).await;
-    let monitor = Monitor::connect(cluster, &db).await;
-    let a = fp.endpoint().connect(TRUST_USER, &db).await;
-    let again = fp.endpoint().connect(TRUST_USER, &db).await;
+    let env = FenceEnv::with_grace("fm12_same_token", SETUP, GRACE).await;
+    let a = env.client().await;
+    let again = env.client().await;
     let a_pid = backend_pid(&a).await;
     let again_pid = backend_pid(&again).await;
     open_and_read(&a).await;
@@ -186,27 +184,21 @@ async fn fm12_frozen_inside_open_transaction_is_not_ended_without_a_newer_holder
         let r = again.execute(&write(1, "C"), &[]).await;
         (r, again)
     });
-    // Wait until C has waited out its grace twice (two new waits): no preemption happened.
-    let mut since = monitor.wait_until_blocked(again_pid).await;
-    for _ in 0..2 {
-        since = monitor
-            .wait_until_waiting_again(again_pid, &since, a_pid)
-            .await;
-    }
-    assert!(
-        monitor.backend_exists(a_pid).await,
-        "a holder of the same token ended A"
-    );
+    // Wait until C has waited out its grace twice (two new waits) and A, a holder of the
+    // same token, is still there: no preemption happened.
+    env.monitor
+        .wait_until_waited_again(again_pid, a_pid, 2)
+        .await;
     assert_eq!(a.execute(&write(1, "A"), &[]).await.unwrap(), 1);
     a.batch_execute("COMMIT").await.unwrap();
     let (r, _again) = within("C's write", same).await.unwrap();
     assert_eq!(r.unwrap(), 1);
     assert_eq!(
-        record(&monitor).await,
+        record(&env.monitor).await,
         ("done".into(), Some("C: processed".into()), "AC".into())
     );
     assert_eq!(
-        FenceStats::get(&fp.stats.preempted),
+        FenceStats::get(&env.fp.stats.preempted),
         0,
         "preemptions counted"
     );

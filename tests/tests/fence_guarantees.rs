@@ -15,7 +15,7 @@ use fencegate::fence::stats::FenceStats;
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{
     assert_stale, assert_usable, backend_pid, comment, expect_code, fenced_database, render,
-    within, FenceProxy, Monitor, STALE,
+    within, FenceEnv, FenceProxy, Monitor, STALE,
 };
 use fencegate_tests::Endpoint;
 use tokio_postgres::Client;
@@ -34,6 +34,18 @@ async fn setup(prefix: &str) -> (&'static Cluster, String, Monitor) {
     let db = fenced_database(cluster, prefix, SETUP).await;
     let monitor = Monitor::connect(cluster, &db).await;
     (cluster, db, monitor)
+}
+
+/// `N` workers through `env`'s proxy, as the ordinary role.
+async fn workers<const N: usize>(env: &FenceEnv) -> [Client; N] {
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(env.client().await);
+    }
+    match clients.try_into() {
+        Ok(clients) => clients,
+        Err(_) => unreachable!("{N} clients were made"),
+    }
 }
 
 async fn worker(ep: Endpoint, db: &str) -> Client {
@@ -87,18 +99,16 @@ async fn assert_older_holder_rejected(a: &Client, monitor: &Monitor) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g1_stale_token_rejected_for_writes_and_reads_after_newer_commit() {
-    let (cluster, db, monitor) = setup("g1_same_proxy").await;
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let a = worker(fp.endpoint(), &db).await;
-    let b = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::new("g1_same_proxy", SETUP).await;
+    let [a, b] = workers(&env).await;
     // A was admitted with token 1 first, so this is a real takeover, not a first grant.
     a.query(&read_job(1), &[]).await.unwrap();
-    assert_eq!(monitor.high_water(JOB).await, Some(1));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(1));
     assert_eq!(b.execute(&write_job(2, "B"), &[]).await.unwrap(), 1);
-    assert_older_holder_rejected(&a, &monitor).await;
+    assert_older_holder_rejected(&a, &env.monitor).await;
     // The current holder's token is still good (t >= H admits t == H).
     b.query(&read_job(2), &[]).await.unwrap();
-    assert_eq!(FenceStats::get(&fp.stats.stale), 4);
+    assert_eq!(FenceStats::get(&env.fp.stats.stale), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,10 +226,8 @@ async fn g2_token_order_holds_across_two_proxy_instances() {
 /// shows the older holder never ends the newer one: A retries its wait (a new `waitstart`)
 /// at least twice, each time after the grace ran out, and B's backend is still there.
 async fn older_blocked_by_newer_then_rejected(prefix: &str, b_first: String) {
-    let (cluster, db, monitor) = setup(prefix).await;
-    let fp = FenceProxy::start(cluster.port(), Duration::from_millis(200));
-    let a = worker(fp.endpoint(), &db).await;
-    let b = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::with_grace(prefix, SETUP, Duration::from_millis(200)).await;
+    let [a, b] = workers(&env).await;
     a.query(&read_job(1), &[]).await.unwrap();
     let (a_pid, b_pid) = (backend_pid(&a).await, backend_pid(&b).await);
 
@@ -229,19 +237,11 @@ async fn older_blocked_by_newer_then_rejected(prefix: &str, b_first: String) {
         let r = a.execute(&write_job(1, "A"), &[]).await;
         (r, a)
     });
-    let mut waiting_since = monitor.wait_until_blocked(a_pid).await;
-    for _ in 0..2 {
-        waiting_since = monitor
-            .wait_until_waiting_again(a_pid, &waiting_since, b_pid)
-            .await;
-    }
+    // A waited out its grace twice, and B, the newer holder, is still there.
+    env.monitor.wait_until_waited_again(a_pid, b_pid, 2).await;
     assert!(
         !writer.is_finished(),
         "A's write finished while B's transaction was open"
-    );
-    assert!(
-        monitor.backend_exists(b_pid).await,
-        "the older holder ended the newer one"
     );
 
     assert_eq!(b.execute(&write_job(2, "B"), &[]).await.unwrap(), 1);
@@ -249,8 +249,8 @@ async fn older_blocked_by_newer_then_rejected(prefix: &str, b_first: String) {
     let (result, a) = within("A's write", writer).await.unwrap();
     assert_stale(&expect_code(result, STALE), JOB, 1, 2);
     assert_usable(&a).await;
-    assert_eq!(job(&monitor).await, ("done".into(), "B".into()));
-    assert_eq!(monitor.high_water(JOB).await, Some(2));
+    assert_eq!(job(&env.monitor).await, ("done".into(), "B".into()));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,24 +272,25 @@ async fn g6_newer_holders_open_first_read_fences_out_older_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_newer_holders_committed_first_read_fences_out_older_write() {
-    let (cluster, db, monitor) = setup("g6_committed_read").await;
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let a = worker(fp.endpoint(), &db).await;
-    let b = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::new("g6_committed_read", SETUP).await;
+    let [a, b] = workers(&env).await;
     a.query(&read_job(1), &[]).await.unwrap();
     let seen: String = b.query_one(&read_job(2), &[]).await.unwrap().get(0);
     assert_eq!(seen, "");
-    assert_eq!(monitor.high_water(JOB).await, Some(2), "B's read raised H");
+    assert_eq!(
+        env.monitor.high_water(JOB).await,
+        Some(2),
+        "B's read raised H"
+    );
     let err = expect_code(a.execute(&write_job(1, "A"), &[]).await, STALE);
     assert_stale(&err, JOB, 1, 2);
-    assert_eq!(job(&monitor).await, ("new".into(), "".into()));
+    assert_eq!(job(&env.monitor).await, ("new".into(), "".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_rolled_back_fenced_write_leaves_high_water_and_data_unchanged() {
-    let (cluster, db, monitor) = setup("g3_rollback").await;
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let c = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::new("g3_rollback", SETUP).await;
+    let [c] = workers(&env).await;
     c.query(&read_job(3), &[]).await.unwrap();
     c.batch_execute("BEGIN").await.unwrap();
     assert_eq!(c.execute(&write_job(5, "X"), &[]).await.unwrap(), 1);
@@ -300,18 +301,17 @@ async fn g3_rolled_back_fenced_write_leaves_high_water_and_data_unchanged() {
         .get(0);
     assert_eq!(inside, 5, "the check raised H inside the transaction");
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(monitor.high_water(JOB).await, Some(3));
-    assert_eq!(job(&monitor).await, ("new".into(), "".into()));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(3));
+    assert_eq!(job(&env.monitor).await, ("new".into(), "".into()));
     // H really is 3 again: a token between 3 and 5 is admitted.
     assert_eq!(c.execute(&write_job(4, "Y"), &[]).await.unwrap(), 1);
-    assert_eq!(monitor.high_water(JOB).await, Some(4));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_failing_fenced_statement_does_not_raise_high_water() {
-    let (cluster, db, monitor) = setup("g3_failing").await;
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let c = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::new("g3_failing", SETUP).await;
+    let [c] = workers(&env).await;
     c.query(&read_job(3), &[]).await.unwrap();
     // The check passes, then the statement itself fails: both are one implicit transaction.
     let failing = format!(
@@ -319,22 +319,28 @@ async fn g3_failing_fenced_statement_does_not_raise_high_water() {
         comment(JOB, 5)
     );
     expect_code(c.simple_query(&failing).await, "22012");
-    assert_eq!(monitor.high_water(JOB).await, Some(3), "simple protocol");
+    assert_eq!(
+        env.monitor.high_water(JOB).await,
+        Some(3),
+        "simple protocol"
+    );
     expect_code(c.execute(&failing, &[]).await, "22012");
-    assert_eq!(monitor.high_water(JOB).await, Some(3), "extended protocol");
+    assert_eq!(
+        env.monitor.high_water(JOB).await,
+        Some(3),
+        "extended protocol"
+    );
     let in_block = format!("BEGIN; {failing}; COMMIT");
     expect_code(c.simple_query(&in_block).await, "22012");
     assert_usable(&c).await;
-    assert_eq!(monitor.high_water(JOB).await, Some(3), "explicit block");
-    assert_eq!(job(&monitor).await, ("new".into(), "".into()));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(3), "explicit block");
+    assert_eq!(job(&env.monitor).await, ("new".into(), "".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_rollback_to_savepoint_undoes_the_check_and_its_lock() {
-    let (cluster, db, monitor) = setup("g3_savepoint").await;
-    let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-    let a = worker(fp.endpoint(), &db).await;
-    let b = worker(fp.endpoint(), &db).await;
+    let env = FenceEnv::new("g3_savepoint", SETUP).await;
+    let [a, b] = workers(&env).await;
     a.query(&read_job(3), &[]).await.unwrap();
     let high_water = "SELECT fencegate.high_water('job:7')";
     a.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
@@ -354,14 +360,14 @@ async fn g3_rollback_to_savepoint_undoes_the_check_and_its_lock() {
     })
     .await;
     assert_eq!(b_write.unwrap(), 1);
-    assert_eq!(monitor.high_water(JOB).await, Some(4));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(4));
 
     // A presents token 5 again: the check runs again (it was forgotten with the savepoint),
     // so H becomes 5 when A commits, and the rolled-back write never shows.
     assert_eq!(a.execute(&write_job(5, "A"), &[]).await.unwrap(), 1);
     a.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(monitor.high_water(JOB).await, Some(5));
-    assert_eq!(job(&monitor).await, ("done".into(), "BA".into()));
+    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
+    assert_eq!(job(&env.monitor).await, ("done".into(), "BA".into()));
 }
 
 const ITEMS: &str = "

@@ -5,7 +5,12 @@
 //! `migrate --grant ROLE` grants an application role the public interface.
 
 use fencegate_tests::cluster::{Cluster, SUPERUSER, TRUST_USER};
-use fencegate_tests::fence::{expect_code, fenced_database};
+use std::time::Duration;
+
+use fencegate_tests::fence::{
+    assert_stale, backend_pid, comment, expect_code, fenced_database, run_under_token_settings,
+    FenceEnv,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_functions_are_not_public_and_the_owner_is_no_superuser() {
@@ -26,11 +31,7 @@ async fn internal_functions_are_not_public_and_the_owner_is_no_superuser() {
         .collect();
     assert_eq!(owners, vec![("fencegate_owner".to_string(), false)]);
     let victim = cluster.endpoint().connect(SUPERUSER, &db).await;
-    let victim_pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let victim_pid = backend_pid(&victim).await;
     // The finding: any role could end a superuser's session through _preempt.
     let nobody = cluster.endpoint().connect(TRUST_USER, &db).await;
     for call in [
@@ -117,13 +118,8 @@ async fn the_check_needs_no_cast_that_public_may_lose() {
     // check (as fencegate_owner) and the statement the proxy injects (as the client) must not
     // depend on any such cast: raise, current token, stale token, settings, preemption and a
     // REPEATABLE READ snapshot that a raise superseded all still answer as they should.
-    use fencegate_tests::fence::{assert_stale, backend_pid, comment, FenceProxy, Monitor};
-    use std::time::Duration;
-    let cluster = Cluster::shared();
-    let db = fenced_database(cluster, "priv_casts", REVOKE_CASTS).await;
-    let fp = FenceProxy::start(cluster.port(), Duration::from_millis(200));
-    let monitor = Monitor::connect(cluster, &db).await;
-    let client = fp.endpoint().connect(TRUST_USER, &db).await;
+    let env = FenceEnv::with_grace("priv_casts", REVOKE_CASTS, Duration::from_millis(200)).await;
+    let (monitor, client) = (&env.monitor, env.client().await);
     let bump = |id: i32, token: i64| {
         format!(
             "UPDATE casts_t SET n = n + 1 WHERE id = {id} {}",
@@ -138,17 +134,10 @@ async fn the_check_needs_no_cast_that_public_may_lose() {
     let big = 5_000_000_000_i64;
     let err = expect_code(client.batch_execute(&bump(1, 3)).await, "55Z01");
     assert_stale(&err, "casts", 3, 5);
-    client
-        .batch_execute("SET fencing.resource = 'casts'; SET fencing.token = '5'")
-        .await
-        .unwrap();
-    client
-        .batch_execute("UPDATE casts_t SET n = n + 1 WHERE id = 1")
-        .await
-        .expect("settings token 5");
-    client.batch_execute("RESET ALL").await.unwrap();
+    let unannotated = "UPDATE casts_t SET n = n + 1 WHERE id = 1";
+    run_under_token_settings(&client, "casts", 5, unannotated, "settings token 5").await;
     // An open holder of 5 is ended by a raise to a token above 2^32 after the grace.
-    let holder = fp.endpoint().connect(TRUST_USER, &db).await;
+    let holder = env.client().await;
     let holder_pid = backend_pid(&holder).await;
     holder
         .batch_execute(&format!("BEGIN; {}", bump(2, 5)))
@@ -162,7 +151,7 @@ async fn the_check_needs_no_cast_that_public_may_lose() {
     assert_eq!(monitor.high_water("casts").await, Some(big));
     // A REPEATABLE READ snapshot taken before a raise: a serialization failure, not a
     // permission error.
-    let rr = fp.endpoint().connect(TRUST_USER, &db).await;
+    let rr = env.client().await;
     rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT n FROM casts_t")
         .await
         .unwrap();
@@ -171,13 +160,10 @@ async fn the_check_needs_no_cast_that_public_may_lose() {
         .await
         .expect("raise");
     expect_code(rr.batch_execute(&bump(1, big + 1)).await, "40001");
-    let n: i32 = monitor
-        .client()
-        .query_one("SELECT n FROM casts_t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 4);
+    let n = monitor
+        .text("SELECT n::text FROM casts_t WHERE id = 1")
+        .await;
+    assert_eq!(n.as_deref(), Some("4"));
     // The lease functions, called the way fencegate's lease service and client crate do.
     let token: i64 = client
         .query_one(

@@ -6,10 +6,9 @@
 //! annotation the old lexer took for part of a string literal; each reads the table
 //! afterwards.
 
-use fencegate::protocol::backend::error_field;
 use fencegate_tests::cluster::TRUST_USER;
-use fencegate_tests::fence::{comment, expect_code, FenceEnv, INVALID, STALE};
-use fencegate_tests::wire::{msg, Message, WireClient};
+use fencegate_tests::fence::{comment, execute_all, expect_code, FenceEnv, INVALID, STALE};
+use fencegate_tests::wire::{msg, WireClient};
 
 const SETUP: &str = "
 CREATE TABLE t (v int);
@@ -56,12 +55,14 @@ async fn backslash_escapes_in_plain_literals_are_refused() {
         "{err:?}"
     );
     // SET LOCAL inside a transaction, and back after the rollback (the server reports both).
-    c.batch_execute("SET standard_conforming_strings = on")
-        .await
-        .unwrap();
-    c.batch_execute("BEGIN; SET LOCAL standard_conforming_strings = off")
-        .await
-        .unwrap();
+    execute_all(
+        &c,
+        &[
+            "SET standard_conforming_strings = on",
+            "BEGIN; SET LOCAL standard_conforming_strings = off",
+        ],
+    )
+    .await;
     expect_code(c.batch_execute(&escaped_stale()).await, INVALID);
     c.batch_execute("ROLLBACK").await.unwrap();
     let plain = format!("INSERT INTO t VALUES (1) {}", comment("jobs", 3));
@@ -83,25 +84,6 @@ async fn strings_off_from_the_startup_packet_are_refused() {
     assert_eq!(rows(&env).await, 0, "a stale write landed");
 }
 
-/// One Query through a raw connection: its replies up to ReadyForQuery.
-fn round(raw: &mut WireClient, sql: &[u8]) -> Vec<Message> {
-    let mut q = vec![b'Q'];
-    q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-    q.extend_from_slice(sql);
-    q.push(0);
-    raw.send(&q).unwrap();
-    raw.read_until_ready(1).unwrap()
-}
-
-fn error_code(replies: &[Message]) -> Option<String> {
-    replies
-        .iter()
-        .find(|(tag, _)| *tag == b'E')
-        .map(|(_, body)| {
-            String::from_utf8_lossy(error_field(body, b'C').unwrap_or_default()).into_owned()
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multibyte_encodings_set_after_startup_are_refused() {
     let env = env("read_sjis").await;
@@ -114,23 +96,15 @@ async fn multibyte_encodings_set_after_startup_are_refused() {
         stale.extend_from_slice(&[lead, 0x5C]);
         stale.extend_from_slice(b"')) ");
         stale.extend_from_slice(comment("jobs", 3).as_bytes());
-        let mut query = vec![b'Q'];
-        query.extend_from_slice(&((stale.len() + 5) as i32).to_be_bytes());
-        query.extend_from_slice(&stale);
-        query.push(0);
+        let query = msg::query_bytes(&stale);
         // Pipelined right behind the change, before its reply: the rules are unknown.
-        let mut both = msg::query(&format!("SET client_encoding = '{encoding}'"));
-        both.extend_from_slice(&query);
-        raw.send(&both).unwrap();
-        let replies = raw.read_until_ready(2).unwrap();
-        assert_eq!(
-            error_code(&replies).as_deref(),
-            Some(INVALID),
-            "{encoding} pipelined"
-        );
+        let both = msg::batch([
+            msg::query(&format!("SET client_encoding = '{encoding}'")),
+            query.clone(),
+        ]);
+        raw.round_expecting(&both, 2, &[INVALID], &format!("{encoding} pipelined"));
         // Once the server has reported the encoding.
-        let replies = round(&mut raw, &stale);
-        assert_eq!(error_code(&replies).as_deref(), Some(INVALID), "{encoding}");
+        raw.round_expecting(&query, 1, &[INVALID], encoding);
     }
     assert_eq!(rows(&env).await, 0, "a stale write landed");
 }

@@ -8,7 +8,9 @@
 
 use fencegate::schema::require;
 use fencegate_tests::cluster::{Cluster, SUPERUSER, TRUST_USER};
-use fencegate_tests::fence::{comment, expect_code, psql_command, run_text, FenceEnv, INVALID};
+use fencegate_tests::fence::{
+    comment, expect_code, psql_command, run_text, run_under_token_settings, FenceEnv, INVALID,
+};
 use tokio_postgres::Client;
 
 const SETUP: &str = "
@@ -161,15 +163,8 @@ async fn a_current_token_admits_the_write_on_every_path() {
     ] {
         proxied.batch_execute(&sql).await.expect(&sql);
     }
-    proxied
-        .batch_execute("SET fencing.resource = 'req'; SET fencing.token = '1'")
-        .await
-        .unwrap();
-    proxied
-        .batch_execute("UPDATE req_t SET n = n + 1")
-        .await
-        .expect("token as a setting");
-    proxied.batch_execute("RESET ALL").await.unwrap();
+    let what = "token as a setting";
+    run_under_token_settings(&proxied, "req", 1, "UPDATE req_t SET n = n + 1", what).await;
     // A later migration keeps the checks' proofs on.
     fencegate_tests::fence::install(Cluster::shared().port(), &env.db).await;
     // Around the proxy: the check called by the application itself.

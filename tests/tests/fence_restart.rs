@@ -10,44 +10,28 @@
 use std::time::Duration;
 
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
+use fencegate_tests::fence::jobs::{fenced_append, fenced_read, JOB, SETUP};
 use fencegate_tests::fence::{
-    assert_stale, assert_usable, comment, expect_code, fenced_database, FenceProxy, Monitor, STALE,
+    assert_stale, assert_usable, expect_code, fenced_database, FenceProxy, Monitor, STALE,
 };
 use fencegate_tests::Endpoint;
-
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-GRANT ALL ON jobs TO trust_user;
-";
-
-fn write(token: i64, step: &str) -> String {
-    format!(
-        "UPDATE jobs SET steps = steps || '{step}' WHERE id = 7 {}",
-        comment(JOB, token)
-    )
-}
-
-fn read(token: i64) -> String {
-    format!(
-        "SELECT steps FROM jobs WHERE id = 7 {}",
-        comment(JOB, token)
-    )
-}
 
 /// A (token 1) connects through `ep` after the restart: its write and its read fail.
 async fn assert_a_rejected(ep: Endpoint, db: &str) {
     let a = ep.connect(TRUST_USER, db).await;
     assert_stale(
-        &expect_code(a.execute(&write(1, "A"), &[]).await, STALE),
+        &expect_code(a.execute(&fenced_append(1, "A"), &[]).await, STALE),
         JOB,
         1,
         2,
     );
     assert_usable(&a).await;
-    assert_stale(&expect_code(a.query(&read(1), &[]).await, STALE), JOB, 1, 2);
+    assert_stale(
+        &expect_code(a.query(&fenced_read(1), &[]).await, STALE),
+        JOB,
+        1,
+        2,
+    );
     assert_usable(&a).await;
 }
 
@@ -59,15 +43,15 @@ async fn g1_stale_token_rejected_after_postgres_restart() {
     let a = fp.endpoint().connect(TRUST_USER, &db).await;
     let b = fp.endpoint().connect(TRUST_USER, &db).await;
     let later = fp.endpoint().connect(TRUST_USER, &db).await;
-    a.query(&read(1), &[]).await.unwrap();
-    assert_eq!(b.execute(&write(2, "B"), &[]).await.unwrap(), 1);
+    a.query(&fenced_read(1), &[]).await.unwrap();
+    assert_eq!(b.execute(&fenced_append(2, "B"), &[]).await.unwrap(), 1);
     // A newer holder is admitted but has not committed when the server goes down.
     later.batch_execute("BEGIN").await.unwrap();
-    later.query(&read(3), &[]).await.unwrap();
+    later.query(&fenced_read(3), &[]).await.unwrap();
 
     cluster.restart();
 
-    let old = a.execute(&write(1, "A"), &[]).await;
+    let old = a.execute(&fenced_append(1, "A"), &[]).await;
     assert!(
         old.is_err(),
         "a session from before the restart went on: {old:?}"
@@ -83,7 +67,7 @@ async fn g1_stale_token_rejected_after_postgres_restart() {
     assert_a_rejected(fresh_proxy.endpoint(), &db).await;
     // Token 2 is still current; nothing of A's landed.
     let b = fresh_proxy.endpoint().connect(TRUST_USER, &db).await;
-    assert_eq!(b.execute(&write(2, "b"), &[]).await.unwrap(), 1);
+    assert_eq!(b.execute(&fenced_append(2, "b"), &[]).await.unwrap(), 1);
     assert_eq!(
         monitor
             .text("SELECT steps FROM jobs WHERE id = 7")

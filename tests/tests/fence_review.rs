@@ -6,7 +6,10 @@
 //! a rejection after the same transaction raised the token itself.
 #![forbid(unsafe_code)]
 
+use fencegate_tests::cluster::TRUST_USER;
 use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv};
+use fencegate_tests::wire::{msg, tags, WireClient};
+use tokio_postgres::error::DbError;
 
 const SETUP: &str = "
 CREATE TABLE jobs (id int PRIMARY KEY, v text NOT NULL DEFAULT '');
@@ -19,8 +22,14 @@ GRANT ALL ON PROCEDURE bump(text) TO trust_user;
 GRANT CREATE ON SCHEMA public TO trust_user;
 ";
 
-/// A fenced environment where H(job:7) = 10 has been committed.
-async fn at_ten(prefix: &str) -> FenceEnv {
+/// `sql` carrying token 3 for job:7: stale once [`at_ten`] committed H = 10.
+fn stale(sql: &str) -> String {
+    format!("{sql} {}", comment("job:7", 3))
+}
+
+/// A fenced environment where H(job:7) = 10 has been committed, and a client through its
+/// proxy.
+async fn at_ten(prefix: &str) -> (FenceEnv, tokio_postgres::Client) {
     let env = FenceEnv::new(prefix, SETUP).await;
     let client = env.client().await;
     client
@@ -28,9 +37,15 @@ async fn at_ten(prefix: &str) -> FenceEnv {
         .await
         .unwrap();
     assert_eq!(env.monitor.high_water("job:7").await, Some(10));
-    env
+    (env, client)
 }
 
+/// Runs `sql` on `client`, which must fail with SQLSTATE `code`.
+async fn refused(client: &tokio_postgres::Client, sql: &str, code: &str) -> DbError {
+    expect_code(client.batch_execute(sql).await, code)
+}
+
+/// Job 7's value, read directly.
 async fn value(env: &FenceEnv) -> String {
     env.monitor
         .text("SELECT v FROM jobs WHERE id = 7")
@@ -40,8 +55,7 @@ async fn value(env: &FenceEnv) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_with_quoted_identifiers_and_spaces_are_checked() {
-    let env = at_ten("review_quoted_settings").await;
-    let client = env.client().await;
+    let (env, client) = at_ten("review_quoted_settings").await;
     for set in [
         "SET \"fencing\".\"resource\" = 'job:7'; SET \"fencing\".\"token\" = 3",
         "SET fencing . resource = 'job:7'; SET fencing . token = 3",
@@ -56,20 +70,16 @@ async fn settings_with_quoted_identifiers_and_spaces_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotation_after_the_final_semicolon_is_checked() {
-    let env = at_ten("review_trailing").await;
-    let client = env.client().await;
-    let sql = format!(
-        "UPDATE jobs SET v = 'stale' WHERE id = 7; {}",
-        comment("job:7", 3)
-    );
-    expect_code(client.batch_execute(&sql).await, "55Z01");
+    let (env, client) = at_ten("review_trailing").await;
+    let trailing = stale("UPDATE jobs SET v = 'stale' WHERE id = 7;");
+    let err = refused(&client, &trailing, "55Z01").await;
+    assert_stale(&err, "job:7", 3, 10);
     assert_eq!(value(&env).await, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_comment_ended_by_carriage_return_hides_nothing() {
-    let env = at_ten("review_cr").await;
-    let client = env.client().await;
+    let (_env, client) = at_ten("review_cr").await;
     client
         .batch_execute("SET fencing.resource = 'job:7'; SET fencing.token = 3")
         .await
@@ -107,8 +117,7 @@ async fn a_line_comment_ended_by_carriage_return_hides_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_with_a_token_needs_a_transaction_block_in_the_extended_protocol() {
-    let env = at_ten("review_call").await;
-    let client = env.client().await;
+    let (env, client) = at_ten("review_call").await;
     let fresh = format!("CALL bump('B') {}", comment("job:7", 11));
     // Outside a block the procedure could COMMIT midway and release the fence: refused.
     let statement = client.prepare(&fresh).await.unwrap();
@@ -120,58 +129,39 @@ async fn call_with_a_token_needs_a_transaction_block_in_the_extended_protocol() 
     assert_eq!(value(&env).await, "B");
     assert_eq!(env.monitor.high_water("job:7").await, Some(11));
     // The simple protocol makes it atomic by itself (the check goes in front of it).
-    let stale = format!("CALL bump('A') {}", comment("job:7", 3));
-    expect_code(client.batch_execute(&stale).await, "55Z01");
+    refused(&client, &stale("CALL bump('A')"), "55Z01").await;
     assert_eq!(value(&env).await, "B");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_prepare_with_an_annotation_is_refused() {
-    let env = at_ten("review_prepare").await;
-    let client = env.client().await;
-    let sql = format!(
-        "PREPARE p AS UPDATE jobs SET v = 'stale' WHERE id = 7 {}",
-        comment("job:7", 3)
-    );
-    expect_code(client.batch_execute(&sql).await, "55Z02");
+    let (env, client) = at_ten("review_prepare").await;
+    let prepare = stale("PREPARE p AS UPDATE jobs SET v = 'stale' WHERE id = 7");
+    refused(&client, &prepare, "55Z02").await;
     // The annotation on EXECUTE is checked.
     client
         .batch_execute("PREPARE q AS UPDATE jobs SET v = 'x' WHERE id = 7")
         .await
         .unwrap();
-    let execute = format!("EXECUTE q {}", comment("job:7", 3));
-    expect_code(client.batch_execute(&execute).await, "55Z01");
+    refused(&client, &stale("EXECUTE q"), "55Z01").await;
     assert_eq!(value(&env).await, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_second_parse_does_not_replace_the_first() {
-    let env = at_ten("review_reparse").await;
-    let client = env.client().await;
+    let (env, client) = at_ten("review_reparse").await;
     // tokio-postgres names statements itself; use two raw Parse messages instead.
-    let stale = format!(
-        "UPDATE jobs SET v = 'stale' WHERE id = 7 {}",
-        comment("job:7", 3)
-    );
-    let mut bytes = Vec::new();
-    bytes.extend(fencegate::protocol::build::parse("s", &stale));
-    bytes.extend(fencegate::protocol::build::parse("s", "SELECT 1"));
-    bytes.extend(fencegate::protocol::build::sync());
-    bytes.extend(fencegate::protocol::build::bind("", "s", &[]));
-    bytes.extend(fencegate::protocol::build::execute(""));
-    bytes.extend(fencegate::protocol::build::sync());
-    let (mut raw, _) = fencegate_tests::wire::WireClient::connect(
-        env.fp.endpoint().addr,
-        fencegate_tests::cluster::TRUST_USER,
-        &env.db,
-    )
-    .unwrap();
-    raw.send(&bytes).unwrap();
-    let replies = raw.read_until_ready(2).unwrap();
-    let tags: String = replies.iter().map(|m| m.0 as char).collect();
+    let bytes = msg::batch([
+        msg::parse("s", &stale("UPDATE jobs SET v = 'stale' WHERE id = 7")),
+        msg::parse("s", "SELECT 1"),
+        msg::sync(),
+        msg::bind_and_run("s"),
+    ]);
+    let (mut raw, _) = WireClient::connect(env.fp.endpoint().addr, TRUST_USER, &env.db).unwrap();
     // Parse ok, duplicate Parse fails (42P05); then the check fails (55Z01).
-    assert_eq!(tags, "1EZEZ", "{tags}");
-    assert!(String::from_utf8_lossy(&replies[3].1).contains("55Z01"));
+    let what = "Parse s twice, then Bind s";
+    let replies = raw.round_expecting(&bytes, 2, &["42P05", "55Z01"], what);
+    assert_eq!(tags(&replies), "1EZEZ");
     drop(client);
     assert_eq!(value(&env).await, "");
 }
@@ -231,6 +221,19 @@ async fn resources_cannot_forge_each_others_check_record() {
     assert_eq!(value(&env).await, "");
 }
 
+/// Runs the DDL `ddl` on `client`; the body PostgreSQL stored (read with `definition`)
+/// must not have the proxy's check in it.
+async fn stored_as_written(
+    env: &FenceEnv,
+    client: &tokio_postgres::Client,
+    ddl: &str,
+    definition: &str,
+) {
+    client.batch_execute(ddl).await.unwrap();
+    let stored = env.monitor.text(definition).await.unwrap();
+    assert!(!stored.contains("fencegate"), "{stored}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_and_function_bodies_are_not_rewritten() {
     let env = FenceEnv::new("review_ddl", SETUP).await;
@@ -244,25 +247,15 @@ async fn rule_and_function_bodies_are_not_rewritten() {
          INSERT INTO audit VALUES ('b') {})",
         comment("job:7", 1)
     );
-    client.batch_execute(&rule).await.unwrap();
-    let definition = env
-        .monitor
-        .text("SELECT definition FROM pg_rules WHERE rulename = 'r'")
-        .await
-        .unwrap();
-    assert!(!definition.contains("fencegate"), "{definition}");
+    let rule_definition = "SELECT definition FROM pg_rules WHERE rulename = 'r'";
+    stored_as_written(&env, &client, &rule, rule_definition).await;
     let function = format!(
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC \
          SELECT count(*)::int FROM jobs j WHERE j.v <> 'end'; SELECT 1 {}; END",
         comment("job:7", 1)
     );
-    client.batch_execute(&function).await.unwrap();
-    let body = env
-        .monitor
-        .text("SELECT pg_get_functiondef('f'::regproc)")
-        .await
-        .unwrap();
-    assert!(!body.contains("fencegate"), "{body}");
+    let function_definition = "SELECT pg_get_functiondef('f'::regproc)";
+    stored_as_written(&env, &client, &function, function_definition).await;
 }
 
 /// Under REPEATABLE READ and SERIALIZABLE the transaction's snapshot may predate a newer
@@ -272,7 +265,7 @@ async fn rule_and_function_bodies_are_not_rewritten() {
 /// the newer holder wrote, so only the check can stop it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_older_than_the_fence_row_admits_no_token() {
-    let env = at_ten("review_isolation").await;
+    let (env, _client) = at_ten("review_isolation").await;
     for (level, token) in [
         ("REPEATABLE READ", 10),
         ("REPEATABLE READ", 12),
@@ -325,7 +318,7 @@ async fn a_snapshot_older_than_the_fence_row_admits_no_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_below_one_this_transaction_raised_is_rejected_until_a_savepoint_undoes_the_raise()
 {
-    let env = at_ten("own_raise").await;
+    let (env, _client) = at_ten("own_raise").await;
     let c = env.client().await;
     let append = |s: &str, token: i64| {
         format!(

@@ -52,6 +52,23 @@ impl Env {
         }
     }
 
+    /// A fresh [`Env`] where H(job:7) was raised to `token`, and a client through its proxy.
+    async fn raised(prefix: &str, token: i64) -> (Env, Client) {
+        let env = Env::new(prefix).await;
+        env.raise(token).await;
+        let client = env.client().await;
+        (env, client)
+    }
+
+    /// Asserts that H(job:7) is `high_water` now: `why`.
+    async fn assert_high_water(&self, high_water: i64, why: &str) {
+        assert_eq!(
+            self.monitor.high_water(JOB).await,
+            Some(high_water),
+            "{why}"
+        );
+    }
+
     async fn client(&self) -> Client {
         self.fp.endpoint().connect(TRUST_USER, &self.db).await
     }
@@ -72,6 +89,18 @@ impl Env {
             .await
             .unwrap()
     }
+
+    /// Asserts that H(job:7) ended at `high_water` and job 7's steps at `steps`.
+    async fn assert_outcome(&self, high_water: i64, steps: &str) {
+        assert_eq!(self.monitor.high_water(JOB).await, Some(high_water));
+        assert_eq!(self.steps().await, steps);
+    }
+}
+
+/// Runs the probe on `c`, which must be refused as stale: `presented` against H = `current`.
+async fn probe_is_stale(c: &Client, presented: i64, current: i64) {
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, presented, current);
 }
 
 /// The session's `fencing.token` from `SHOW` (never checked: it touches no data).
@@ -94,11 +123,7 @@ async fn set_local_token_is_checked_then_ends_with_its_transaction() {
         .unwrap();
     c.batch_execute(PROBE).await.unwrap();
     c.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        env.monitor.high_water(JOB).await,
-        Some(5),
-        "SET LOCAL token checked"
-    );
+    env.assert_high_water(5, "SET LOCAL token checked").await;
     assert_eq!(token_setting(&c).await, "");
     env.raise(7).await;
     // The next transaction carries no token: the probe is not checked (5 would be stale).
@@ -106,8 +131,7 @@ async fn set_local_token_is_checked_then_ends_with_its_transaction() {
     c.batch_execute(&format!("BEGIN; {PROBE}; COMMIT"))
         .await
         .unwrap();
-    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
-    assert_eq!(env.steps().await, "xxx");
+    env.assert_outcome(7, "xxx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,8 +145,7 @@ async fn session_set_token_persists_across_transactions() {
         .await
         .unwrap();
     env.raise(7).await;
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 5, 7);
+    probe_is_stale(&c, 5, 7).await;
     // Reads are checked too, and in a later explicit transaction.
     c.batch_execute("BEGIN").await.unwrap();
     let err = expect_code(c.query("SELECT steps FROM jobs", &[]).await, STALE);
@@ -139,13 +162,10 @@ async fn session_set_token_persists_across_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_reset_all_and_discard_all_clear_the_token() {
-    let env = Env::new("set_reset").await;
-    env.raise(7).await;
-    let c = env.client().await;
+    let (env, c) = Env::raised("set_reset", 7).await;
     for clear in ["RESET fencing.token", "RESET ALL", "DISCARD ALL"] {
         c.batch_execute(SET_5).await.unwrap();
-        let err = expect_code(c.batch_execute(PROBE).await, STALE);
-        assert_stale(&err, JOB, 5, 7);
+        probe_is_stale(&c, 5, 7).await;
         c.batch_execute(clear).await.unwrap();
         c.batch_execute(PROBE)
             .await
@@ -158,15 +178,12 @@ async fn reset_reset_all_and_discard_all_clear_the_token() {
     expect_code(c.batch_execute(PROBE).await, INVALID);
     c.batch_execute("ROLLBACK; RESET ALL").await.unwrap();
     assert_usable(&c).await;
-    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
-    assert_eq!(env.steps().await, "xxx");
+    env.assert_outcome(7, "xxx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_undoes_the_set_of_its_transaction() {
-    let env = Env::new("set_rollback").await;
-    env.raise(7).await;
-    let c = env.client().await;
+    let (env, c) = Env::raised("set_rollback", 7).await;
     // A plain SET inside a transaction that rolls back is undone.
     c.batch_execute(&format!("BEGIN; {SET_5}; ROLLBACK"))
         .await
@@ -192,15 +209,12 @@ async fn rollback_undoes_the_set_of_its_transaction() {
         .await
         .unwrap();
     expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
-    assert_eq!(env.steps().await, "xxx");
+    env.assert_outcome(7, "xxx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_overrides_set_and_set_local_overrides_set() {
-    let env = Env::new("set_precedence").await;
-    env.raise(3).await;
-    let c = env.client().await;
+    let (env, c) = Env::raised("set_precedence", 3).await;
     c.batch_execute(SET_5).await.unwrap();
     // The comment's token 1 is checked, not the session's fresh 5.
     let stale = format!("{PROBE} {}", comment(JOB, 1));
@@ -222,8 +236,7 @@ async fn comment_overrides_set_and_set_local_overrides_set() {
     .await
     .unwrap();
     assert_eq!(env.monitor.high_water(JOB).await, Some(6));
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 1, 6);
+    probe_is_stale(&c, 1, 6).await;
     assert_eq!(env.steps().await, "xx");
 }
 
@@ -235,24 +248,18 @@ async fn startup_options_token_applies_to_the_session_below_set() {
     let (c, connection) = config.connect(NoTls).await.expect("connect with options");
     tokio::spawn(connection);
     c.batch_execute(PROBE).await.unwrap();
-    assert_eq!(
-        env.monitor.high_water(JOB).await,
-        Some(5),
-        "startup token checked"
-    );
+    env.assert_high_water(5, "startup token checked").await;
     assert_eq!(token_setting(&c).await, "5");
     env.raise(7).await;
     let err = expect_code(c.query("SELECT steps FROM jobs", &[]).await, STALE);
     assert_stale(&err, JOB, 5, 7);
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 5, 7);
+    probe_is_stale(&c, 5, 7).await;
     // SET overrides the startup value; RESET goes back to it.
     c.batch_execute("SET fencing.token = 8").await.unwrap();
     c.batch_execute(PROBE).await.unwrap();
     assert_eq!(env.monitor.high_water(JOB).await, Some(8));
     c.batch_execute("RESET fencing.token").await.unwrap();
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 5, 8);
+    probe_is_stale(&c, 5, 8).await;
     assert_eq!(env.steps().await, "xx");
 }
 
@@ -405,6 +412,5 @@ async fn assert_server_side_changes_are_checked(env: &Env) {
         assert_stale(&err, to_resource, to_token, current);
         c.batch_execute("ROLLBACK").await.unwrap();
     }
-    assert_eq!(env.monitor.high_water(JOB).await, Some(5));
-    assert_eq!(env.steps().await, "");
+    env.assert_outcome(5, "").await;
 }

@@ -38,6 +38,19 @@ async fn world(prefix: &str, grace: Duration) -> World {
     World { fp, db, monitor }
 }
 
+/// A [`world`] where H(`resource`) was raised to `token`, and a client through its proxy.
+async fn world_raised(
+    prefix: &str,
+    grace: Duration,
+    resource: &str,
+    token: i64,
+) -> (World, Client) {
+    let w = world(prefix, grace).await;
+    w.raise(resource, token).await;
+    let client = w.client().await;
+    (w, client)
+}
+
 impl World {
     async fn client(&self) -> Client {
         self.fp.endpoint().connect(TRUST_USER, &self.db).await
@@ -202,9 +215,7 @@ async fn repeatable_read_and_serializable_holders_never_fail_because_of_the_fenc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_transactions_use_the_current_token_and_cannot_raise_it() {
-    let w = world("g7_read_only", Duration::ZERO).await;
-    w.raise("ro", 7).await;
-    let c = w.client().await;
+    let (w, c) = world_raised("g7_read_only", Duration::ZERO, "ro", 7).await;
     let rows = c
         .simple_query(&format!(
             "BEGIN READ ONLY; SELECT n FROM slots WHERE id = 1 {}; COMMIT",
@@ -213,14 +224,11 @@ async fn read_only_transactions_use_the_current_token_and_cannot_raise_it() {
         .await
         .expect("a read-only transaction with the current token");
     assert!(!rows.is_empty());
-    let err = expect_code(
-        c.batch_execute(&format!(
-            "BEGIN READ ONLY; SELECT n FROM slots WHERE id = 1 {}",
-            comment("ro", 8)
-        ))
-        .await,
-        "25006",
+    let newer = format!(
+        "BEGIN READ ONLY; SELECT n FROM slots WHERE id = 1 {}",
+        comment("ro", 8)
     );
+    let err = expect_code(c.batch_execute(&newer).await, "25006");
     assert!(
         err.message().starts_with(
             "cannot admit fencing token 8 for resource 'ro' in a read-only transaction"
@@ -234,19 +242,12 @@ async fn read_only_transactions_use_the_current_token_and_cannot_raise_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_error_keeps_every_field() {
-    let w = world("g5_fields", Duration::ZERO).await;
-    w.raise("f", 3).await;
-    let c = w.client().await;
+    let (_w, c) = world_raised("g5_fields", Duration::ZERO, "f", 3).await;
     c.batch_execute(&bump(1, "f", 3)).await.unwrap();
     // The client's own error after a check keeps its CONTEXT and location.
-    let err = expect_code(
-        c.batch_execute(&format!(
-            "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '22012', MESSAGE = 'mine'; END$$ {}",
-            comment("f", 3)
-        ))
-        .await,
-        "22012",
-    );
+    let raise = "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '22012', MESSAGE = 'mine'; END$$";
+    let raise = format!("{raise} {}", comment("f", 3));
+    let err = expect_code(c.batch_execute(&raise).await, "22012");
     assert!(
         err.where_().is_some_and(|w| w.contains("PL/pgSQL")),
         "{err:?}"
@@ -256,9 +257,7 @@ async fn a_client_error_keeps_every_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tokens_in_one_transaction_upgrade_the_lock() {
-    let w = world("g7_upgrade", Duration::from_millis(300)).await;
-    w.raise("up", 7).await;
-    let c = w.client().await;
+    let (w, c) = world_raised("g7_upgrade", Duration::from_millis(300), "up", 7).await;
     let other = w.client().await;
     c.batch_execute(&format!(
         "BEGIN; {}; {}",
@@ -299,6 +298,8 @@ async fn a_raise_is_not_starved_by_a_stream_of_current_holders() {
         stream.push(tokio::spawn(async move {
             let (mut ok, mut stale) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Each holder keeps its transaction open for 20 ms of work (not a wait for
+                // anything), so that the holders' transactions overlap.
                 let sql = format!(
                     "BEGIN; {}; SELECT pg_sleep(0.02); COMMIT",
                     bump(id, "fair", 7)
@@ -398,9 +399,7 @@ async fn a_session_squatting_the_resource_lock_delays_a_check_only_boundedly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_settings_memo_admits_nothing() {
-    let w = world("sec_forged_memo", Duration::ZERO).await;
-    w.raise("jobs", 5).await;
-    let c = w.client().await;
+    let (w, c) = world_raised("sec_forged_memo", Duration::ZERO, "jobs", 5).await;
     let err = expect_code(
         c.batch_execute(
             "BEGIN; SET LOCAL fencegate.settings_admitted = '4:jobs=3'; \

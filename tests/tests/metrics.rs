@@ -56,10 +56,11 @@ fn scrape(addr: SocketAddr) -> (String, HashMap<String, f64>) {
     (status, samples)
 }
 
-#[tokio::test]
-async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
+/// A fenced database (set up with [`SETUP`], named after `prefix`) and a fencing proxy in
+/// front of it that serves metrics.
+async fn fenced_proxy_with_metrics(prefix: &str) -> (String, TestProxy) {
     let cluster = Cluster::shared();
-    let db = fenced_database(cluster, "metrics", SETUP).await;
+    let db = fenced_database(cluster, prefix, SETUP).await;
     let stats = Arc::new(FenceStats::default());
     let hooks = FenceHooks::new(FencePolicy::from_config(&Config::default()), stats.clone());
     let proxy = TestProxy::start_with_metrics(
@@ -68,6 +69,20 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
         Arc::new(hooks),
         Arc::new(Metrics::new(stats)),
     );
+    (db, proxy)
+}
+
+/// Increments row 1's counter, carrying (`resource`, `token`).
+fn increment(resource: &str, token: i64) -> String {
+    format!(
+        "UPDATE t SET n = n + 1 WHERE id = 1 {}",
+        comment(resource, token)
+    )
+}
+
+#[tokio::test]
+async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
+    let (db, proxy) = fenced_proxy_with_metrics("metrics").await;
     let metrics_addr = proxy.metrics_addr().expect("a metrics endpoint");
 
     let (status, before) = tokio::task::spawn_blocking(move || scrape(metrics_addr))
@@ -78,12 +93,7 @@ async fn a_scrape_reports_connections_checks_rejections_and_check_latency() {
     assert_eq!(before["fencegate_check_duration_seconds_count"], 0.0);
 
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
-    let write = |token: i64| {
-        format!(
-            "UPDATE t SET n = n + 1 WHERE id = 1 {}",
-            comment("metrics:1", token)
-        )
-    };
+    let write = |token: i64| increment("metrics:1", token);
     // Simple protocol: admitted, admitted, stale.
     client.batch_execute(&write(5)).await.expect("token 5");
     client.batch_execute(&write(7)).await.expect("token 7");
@@ -149,25 +159,11 @@ enum End {
 
 #[tokio::test]
 async fn status_counts_a_check_waiting_behind_a_lock_until_it_or_its_session_ends() {
-    let cluster = Cluster::shared();
-    let db = fenced_database(cluster, "waiting", SETUP).await;
-    let stats = Arc::new(FenceStats::default());
-    let hooks = FenceHooks::new(FencePolicy::from_config(&Config::default()), stats.clone());
-    let proxy = TestProxy::start_with_metrics(
-        cluster.port(),
-        |_| {},
-        Arc::new(hooks),
-        Arc::new(Metrics::new(stats)),
-    );
+    let (db, proxy) = fenced_proxy_with_metrics("waiting").await;
     let status = proxy.metrics_addr().expect("a metrics endpoint");
     let addr = proxy.addr();
-    let monitor = Monitor::connect(cluster, &db).await;
-    let write = |token: i64| {
-        format!(
-            "UPDATE t SET n = n + 1 WHERE id = 1 {}",
-            comment("waiting:1", token)
-        )
-    };
+    let monitor = Monitor::connect(Cluster::shared(), &db).await;
+    let write = |token: i64| increment("waiting:1", token);
     // Token 1 creates the fence row that the checks below must update to raise H.
     let client = proxy.endpoint().connect(TRUST_USER, &db).await;
     client.batch_execute(&write(1)).await.expect("token 1");

@@ -109,29 +109,33 @@ fn assert_same(left: &[u8], right: &[u8], what: &str) {
     panic!("{what}:\n{}", head.join("\n"));
 }
 
+/// The shared cluster, a plain proxy in front of it, a source database filled with
+/// [`SOURCE`] and an empty target database (named `{prefix}src` and `{prefix}dst`).
+fn source_and_target(prefix: &str) -> (&'static Cluster, TestProxy, String, String) {
+    let cluster = Cluster::shared();
+    let proxy = TestProxy::plain(cluster.port());
+    let src = cluster.create_database(&format!("{prefix}src"));
+    let dst = cluster.create_database(&format!("{prefix}dst"));
+    cluster.execute(&src, SOURCE);
+    (cluster, proxy, src, dst)
+}
+
 fn text(dump: &[u8]) -> &str {
     std::str::from_utf8(dump).expect("plain dump is UTF-8")
 }
 
 #[test]
 fn plain_dump_through_proxy_restores_identically() {
-    let cluster = Cluster::shared();
-    let proxy = TestProxy::plain(cluster.port());
-    let src = cluster.create_database("dump_src");
-    let dst = cluster.create_database("dump_dst");
+    let (cluster, proxy, src, dst) = source_and_target("dump_");
     let control = cluster.create_database("dump_control");
-    cluster.execute(&src, SOURCE);
 
     dump_into(cluster.endpoint(), &src, &control);
     dump_into(proxy.endpoint(), &src, &dst);
 
     let original = pg_dump(cluster.endpoint(), &src, &[]);
     let direct_copy = pg_dump(cluster.endpoint(), &control, &[]);
-    assert_same(
-        &original,
-        &direct_copy,
-        "control: a direct dump and restore is not exact",
-    );
+    let why = "control: a direct dump and restore is not exact";
+    assert_same(&original, &direct_copy, why);
     let copy = pg_dump(cluster.endpoint(), &dst, &[]);
     assert!(text(&original).contains("naïve café — 日本語 🐘"));
     assert!(text(&original).contains("COPY app.events (id, hash, pad, amount) FROM stdin;"));
@@ -140,27 +144,17 @@ fn plain_dump_through_proxy_restores_identically() {
         "dump is only {} bytes",
         original.len()
     );
-    assert_same(
-        &original,
-        &copy,
-        "restored database differs from the source",
-    );
+    let why = "restored database differs from the source";
+    assert_same(&original, &copy, why);
 
     let proxied = pg_dump(proxy.endpoint(), &src, &[]);
-    assert_same(
-        &original,
-        &proxied,
-        "pg_dump through the proxy differs from pg_dump direct",
-    );
+    let why = "pg_dump through the proxy differs from pg_dump direct";
+    assert_same(&original, &proxied, why);
 }
 
 #[test]
 fn custom_format_dump_and_pg_restore_through_proxy() {
-    let cluster = Cluster::shared();
-    let proxy = TestProxy::plain(cluster.port());
-    let src = cluster.create_database("dumpfc_src");
-    let dst = cluster.create_database("dumpfc_dst");
-    cluster.execute(&src, SOURCE);
+    let (cluster, proxy, src, dst) = source_and_target("dumpfc_");
     let scratch = tempfile::tempdir().expect("scratch dir");
     let archive = scratch.path().join("src.dump");
 
@@ -172,11 +166,8 @@ fn custom_format_dump_and_pg_restore_through_proxy() {
 
     let original = pg_dump(cluster.endpoint(), &src, &[]);
     let copy = pg_dump(cluster.endpoint(), &dst, &[]);
-    assert_same(
-        &original,
-        &copy,
-        "database restored with pg_restore differs from the source",
-    );
+    let why = "database restored with pg_restore differs from the source";
+    assert_same(&original, &copy, why);
     let greeting = cluster.execute(&dst, "SELECT app.greet('Welt'), nextval('app.counter')");
     assert_eq!(greeting, "Grüß dich, Welt|1001\n");
 }

@@ -9,9 +9,10 @@
 
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
+use tokio_postgres::types::ToSql;
 
 use fencegate_tests::cluster::SUPERUSER;
-use fencegate_tests::compare::{direct_and_proxied, first_column, sqlstate};
+use fencegate_tests::compare::{connect_with_table, direct_and_proxied, first_column, sqlstate};
 use fencegate_tests::Endpoint;
 
 type Item = (
@@ -23,50 +24,50 @@ type Item = (
     Option<Vec<i32>>,
 );
 
-async fn extended(ep: Endpoint, db: String) -> Vec<String> {
-    let mut client = ep.connect(SUPERUSER, &db).await;
-    let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text, data bytea, score float8, ok bool, tags int[])")
+/// Row `i` of `items`, every column set.
+fn item(i: i32) -> Item {
+    (
+        i,
+        Some(format!("näme {i} 🐘")),
+        Some(vec![i as u8; i as usize]),
+        Some(f64::from(i) / 3.0),
+        Some(i % 2 == 0),
+        Some(vec![i, -i]),
+    )
+}
+
+/// The columns of `item`, as parameters of an INSERT into `items`.
+fn columns(item: &Item) -> [&(dyn ToSql + Sync); 6] {
+    [&item.0, &item.1, &item.2, &item.3, &item.4, &item.5]
+}
+
+/// Everything `COPY ... TO STDOUT` sends, in one piece.
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> Vec<u8> {
+    let chunks: Vec<Bytes> = client
+        .copy_out(sql)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    chunks.concat()
+}
+
+async fn extended(ep: Endpoint, db: String) -> Vec<String> {
+    let items = "CREATE TABLE items (id int PRIMARY KEY, name text, data bytea, score float8, \
+                 ok bool, tags int[])";
+    let mut client = connect_with_table(&ep, &db, items).await;
+    let mut seen = Vec::new();
     let insert = client
         .prepare("INSERT INTO items VALUES ($1, $2, $3, $4, $5, $6)")
         .await
         .unwrap();
-    for i in 0..20i32 {
-        let item: Item = (
-            i,
-            Some(format!("näme {i} 🐘")),
-            Some(vec![i as u8; i as usize]),
-            Some(f64::from(i) / 3.0),
-            Some(i % 2 == 0),
-            Some(vec![i, -i]),
-        );
-        let n = client
-            .execute(
-                &insert,
-                &[&item.0, &item.1, &item.2, &item.3, &item.4, &item.5],
-            )
-            .await
-            .unwrap();
-        assert_eq!(n, 1);
+    for item in (0..20).map(item) {
+        assert_eq!(client.execute(&insert, &columns(&item)).await.unwrap(), 1);
     }
     let none: Item = (100, None, None, None, None, None);
-    client
-        .execute(
-            &insert,
-            &[&none.0, &none.1, &none.2, &none.3, &none.4, &none.5],
-        )
-        .await
-        .unwrap();
-    let dup = client
-        .execute(
-            &insert,
-            &[&none.0, &none.1, &none.2, &none.3, &none.4, &none.5],
-        )
-        .await
-        .unwrap_err();
+    client.execute(&insert, &columns(&none)).await.unwrap();
+    let dup = client.execute(&insert, &columns(&none)).await.unwrap_err();
     seen.push(format!("duplicate: {}", sqlstate(&dup)));
 
     for row in client
@@ -187,12 +188,8 @@ async fn pipelined_queries_on_one_connection() {
 }
 
 async fn transactions(ep: Endpoint, db: String) -> Vec<String> {
-    let mut client = ep.connect(SUPERUSER, &db).await;
+    let mut client = connect_with_table(&ep, &db, "CREATE TABLE acct (id int PRIMARY KEY)").await;
     let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE acct (id int PRIMARY KEY)")
-        .await
-        .unwrap();
     let insert = "INSERT INTO acct VALUES ($1)";
 
     let tx = client.transaction().await.unwrap();
@@ -248,12 +245,8 @@ async fn transactions_commit_rollback_and_savepoints() {
 }
 
 async fn copy(ep: Endpoint, db: String) -> Vec<String> {
-    let client = ep.connect(SUPERUSER, &db).await;
+    let client = connect_with_table(&ep, &db, "CREATE TABLE c (id int, note text)").await;
     let mut seen = Vec::new();
-    client
-        .batch_execute("CREATE TABLE c (id int, note text)")
-        .await
-        .unwrap();
     let data: String = (0..50_000).map(|i| format!("{i}\tzeile ü {i}\n")).collect();
     let sink = client
         .copy_in::<_, Bytes>("COPY c FROM STDIN")
@@ -265,25 +258,14 @@ async fn copy(ep: Endpoint, db: String) -> Vec<String> {
     }
     seen.push(format!("copied in {}", sink.finish().await.unwrap()));
 
-    let out: Vec<Bytes> = client
-        .copy_out("COPY c TO STDOUT")
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    seen.push(format!(
-        "copy out equals input: {}",
-        out.concat() == data.as_bytes()
-    ));
-    let binary: Vec<Bytes> = client
-        .copy_out("COPY (SELECT * FROM c WHERE id < 1000) TO STDOUT (FORMAT binary)")
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    seen.push(format!("binary {:?}", binary.concat()));
+    let out = copy_out(&client, "COPY c TO STDOUT").await;
+    seen.push(format!("copy out equals input: {}", out == data.as_bytes()));
+    let binary = copy_out(
+        &client,
+        "COPY (SELECT * FROM c WHERE id < 1000) TO STDOUT (FORMAT binary)",
+    )
+    .await;
+    seen.push(format!("binary {binary:?}"));
 
     let bad = client
         .copy_in::<_, Bytes>("COPY c FROM STDIN")

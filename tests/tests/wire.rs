@@ -90,10 +90,8 @@ fn extended_protocol_byte_for_byte() {
     let steps: Vec<Step> = vec![
         (
             batch([
-                msg::parse("s1", "SELECT g, $1::text FROM generate_series(1, 5) g"),
-                msg::describe(b'S', "s1"),
-                msg::bind("p1", "s1", &[Some("ü")]),
-                msg::describe(b'P', "p1"),
+                msg::parse_described("s1", "SELECT g, $1::text FROM generate_series(1, 5) g"),
+                msg::bind_described("p1", "s1", &[Some("ü")]),
                 msg::execute("p1", 2),
                 msg::execute("p1", 2),
                 msg::execute("p1", 0),
@@ -104,13 +102,9 @@ fn extended_protocol_byte_for_byte() {
         (
             // An error mid-batch: the rest is skipped until Sync.
             batch([
-                msg::bind("", "s1", &[None]),
-                msg::execute("", 0),
-                msg::parse("", "SELECT 1/0"),
-                msg::bind("", "", &[]),
-                msg::execute("", 0),
-                msg::bind("", "s1", &[Some("skipped")]),
-                msg::execute("", 0),
+                msg::run_prepared("s1", &[None]),
+                msg::run_unnamed("SELECT 1/0", &[]),
+                msg::run_prepared("s1", &[Some("skipped")]),
                 msg::sync(),
             ]),
             1,

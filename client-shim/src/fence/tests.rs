@@ -4,6 +4,13 @@ fn fence(resource: &str, token: i64) -> Fence {
     Fence::new(resource, token).unwrap()
 }
 
+/// Asserts that `render` turns each fence of `cases` into its expected text.
+fn assert_renders<const N: usize>(render: fn(&Fence) -> String, cases: [(Fence, &str); N]) {
+    for (f, expected) in cases {
+        assert_eq!(render(&f), expected, "{f}");
+    }
+}
+
 #[test]
 fn new_checks_the_limits_fencegate_enforces() {
     assert_eq!(Fence::new("", 1), Err(InvalidFence::ResourceLength(0)));
@@ -27,13 +34,18 @@ fn new_checks_the_limits_fencegate_enforces() {
 
 #[test]
 fn comment_is_sorted_quoted_and_url_encoded() {
-    assert_eq!(
-        fence("jobs:7", 42).sql_comment(),
-        "/*fencing_resource='jobs%3A7',fencing_token='42'*/"
-    );
-    assert_eq!(
-        fence("AZaz09-._~", 0).sql_comment(),
-        "/*fencing_resource='AZaz09-._~',fencing_token='0'*/"
+    assert_renders(
+        Fence::sql_comment,
+        [
+            (
+                fence("jobs:7", 42),
+                "/*fencing_resource='jobs%3A7',fencing_token='42'*/",
+            ),
+            (
+                fence("AZaz09-._~", 0),
+                "/*fencing_resource='AZaz09-._~',fencing_token='0'*/",
+            ),
+        ],
     );
 }
 
@@ -77,29 +89,39 @@ fn tag_keeps_existing_comments_and_escapes_line_comments() {
 
 #[test]
 fn set_local_quotes_the_resource_like_quote_literal() {
-    assert_eq!(
-        fence("jobs:7", 42).set_local_sql(),
-        "SET LOCAL fencing.resource = 'jobs:7'; SET LOCAL fencing.token = 42"
-    );
-    assert_eq!(
-        fence("o'brien; DROP TABLE x", 1).set_local_sql(),
-        "SET LOCAL fencing.resource = 'o''brien; DROP TABLE x'; SET LOCAL fencing.token = 1"
-    );
-    assert_eq!(
-        fence(r"a\b'c", 2).set_local_sql(),
-        r"SET LOCAL fencing.resource = E'a\\b''c'; SET LOCAL fencing.token = 2"
+    assert_renders(
+        Fence::set_local_sql,
+        [
+        (
+            fence("jobs:7", 42),
+            "SET LOCAL fencing.resource = 'jobs:7'; SET LOCAL fencing.token = 42",
+        ),
+        (
+            fence("o'brien; DROP TABLE x", 1),
+            "SET LOCAL fencing.resource = 'o''brien; DROP TABLE x'; SET LOCAL fencing.token = 1",
+        ),
+        (
+            fence(r"a\b'c", 2),
+            r"SET LOCAL fencing.resource = E'a\\b''c'; SET LOCAL fencing.token = 2",
+        ),
+        ],
     );
 }
 
 #[test]
 fn connect_options_escape_whitespace_and_backslashes() {
-    assert_eq!(
-        fence("jobs:7", 42).connect_options(),
-        "-c fencing.resource=jobs:7 -c fencing.token=42"
-    );
-    assert_eq!(
-        fence("a b\tc\\d=e\u{b}", 3).connect_options(),
-        "-c fencing.resource=a\\ b\\\tc\\\\d=e\\\u{b} -c fencing.token=3"
+    assert_renders(
+        Fence::connect_options,
+        [
+            (
+                fence("jobs:7", 42),
+                "-c fencing.resource=jobs:7 -c fencing.token=42",
+            ),
+            (
+                fence("a b\tc\\d=e\u{b}", 3),
+                "-c fencing.resource=a\\ b\\\tc\\\\d=e\\\u{b} -c fencing.token=3",
+            ),
+        ],
     );
 }
 

@@ -9,7 +9,7 @@ use fencegate_client::etcd::EtcdClient;
 use fencegate_client::{LeaseStatus, LostReason};
 
 use crate::etcd_server::EtcdServer;
-use crate::support::{within, Env};
+use crate::support::{within, Env, JOB_SETUP};
 
 /// etcd's shortest lease with the test server's raft timers is one second; ask for three
 /// so that a busy machine keeps it alive in time (keepalive every TTL / 3).
@@ -18,12 +18,7 @@ const TTL: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_lock_tokens_fence_writes() {
     let etcd = EtcdServer::start().await;
-    let env = Env::new(
-        "etcd_fence",
-        "CREATE TABLE job (id int PRIMARY KEY, result text);
-                                      INSERT INTO job VALUES (7, NULL);",
-    )
-    .await;
+    let env = Env::new("etcd_fence", JOB_SETUP).await;
     let proxied = env.proxy_pool().await;
     let client = EtcdClient::new(etcd.url()).unwrap();
 
@@ -41,6 +36,8 @@ async fn etcd_lock_tokens_fence_writes() {
         let client = client.clone();
         async move { client.lock("job:7", TTL).await }
     });
+    // Not a wait for anything: a deliberate interval of two TTLs, during which B must not
+    // get the lock.
     tokio::time::sleep(2 * TTL).await;
     assert!(!b.is_finished(), "B got the lock while A held it");
     assert_eq!(a.status(), LeaseStatus::Held);
@@ -88,6 +85,8 @@ async fn etcd_errors_are_reported() {
     // behind it until its (long) lease runs out.
     let a = client.lock("job:8", TTL).await.unwrap();
     let long = Duration::from_secs(600);
+    // Not a wait for anything: the second lock is given a deliberate 300 ms in which it must
+    // still be waiting, and is then cancelled.
     let waiting =
         tokio::time::timeout(Duration::from_millis(300), client.lock("job:8", long)).await;
     assert!(waiting.is_err(), "the second lock waited");

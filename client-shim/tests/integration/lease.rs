@@ -8,7 +8,7 @@ use fencegate_client::{Lease, LeaseError, LeaseRequest, LeaseStatus, LostReason}
 use sqlx::PgPool;
 
 use crate::relay::Relay;
-use crate::support::{eventually, pool, within, Env, DEADLINE};
+use crate::support::{eventually, job_result, pool, within, Env, DEADLINE, JOB_SETUP};
 
 /// Long enough that a busy 2-core machine renews in time (renewal every TTL / 3).
 const TTL: Duration = Duration::from_secs(3);
@@ -32,7 +32,8 @@ async fn renews_past_its_ttl_and_releases() {
     assert!(a.token() >= 1);
     assert_eq!(a.fence().resource(), "job:1");
 
-    // Two TTLs later it is still ours, with the same token: the renewals got through.
+    // Two TTLs later it is still ours, with the same token: the renewals got through. Not a
+    // wait for anything: the holder is sampled every 100 ms through a deliberate interval.
     let until = Instant::now() + 2 * TTL;
     while Instant::now() < until {
         assert_eq!(
@@ -89,12 +90,7 @@ async fn dropping_a_lease_releases_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_when_taken_over_and_its_fence_is_stale() {
-    let env = Env::new(
-        "lease_takeover",
-        "CREATE TABLE job (id int PRIMARY KEY, result text);
-                                           INSERT INTO job VALUES (7, NULL);",
-    )
-    .await;
+    let env = Env::new("lease_takeover", JOB_SETUP).await;
     let direct = env.direct_pool().await;
     let proxied = env.proxy_pool().await;
     let a = Lease::acquire(&direct, "job:7", "worker-a", TTL)
@@ -124,11 +120,7 @@ async fn lost_when_taken_over_and_its_fence_is_stale() {
 
     // B writes; A's late write through the proxy is rejected with its fence.
     crate::support::b_writes_then_a_is_rejected(&proxied, a.fence(), b.fence()).await;
-    let result: String = sqlx::query_scalar("SELECT result FROM job WHERE id = 7")
-        .fetch_one(&direct)
-        .await
-        .unwrap();
-    assert_eq!(result, "b");
+    assert_eq!(job_result(&direct).await.as_deref(), Some("b"));
     assert!(!a.release().await.unwrap(), "A's lease was no longer held");
 }
 
@@ -144,6 +136,8 @@ async fn lost_when_renewals_cannot_get_through() {
         .await
         .unwrap();
     let lost = a.lost_signal();
+    // Not a wait for anything: a deliberate interval of two TTLs, which the lease outlives
+    // only if its renewals get through.
     tokio::time::sleep(2 * TTL).await;
     assert_eq!(
         a.status(),

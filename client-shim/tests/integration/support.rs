@@ -80,6 +80,18 @@ pub async fn pool(url: &str, max: u32) -> PgPool {
 
 pub use fencegate_tests::fence::{eventually, within};
 
+/// The table [`write_job`] writes to: job 7, no result yet.
+pub const JOB_SETUP: &str = "CREATE TABLE job (id int PRIMARY KEY, result text);
+                             INSERT INTO job VALUES (7, NULL);";
+
+/// Job 7's result, read from `pool`.
+pub async fn job_result(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT result FROM job WHERE id = 7")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// Writes `who` as job 7's result through the proxy, in a transaction fenced by `fence`.
 pub async fn write_job(
     proxied: &PgPool,

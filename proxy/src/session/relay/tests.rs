@@ -46,6 +46,13 @@ fn select_reply(status: u8) -> Vec<u8> {
     out
 }
 
+/// CommandComplete with `tag`, then ReadyForQuery(status).
+fn completed(tag: &str, status: u8) -> Vec<u8> {
+    let mut out = frame(b'C', format!("{tag}\0").as_bytes());
+    out.extend(ready(status));
+    out
+}
+
 /// A relay between two socket pairs, the far ends (client, server) the test holds, and the
 /// signals it listens to.
 fn rig() -> (Relay, UnixStream, UnixStream, Arc<Signals>) {
@@ -86,16 +93,20 @@ async fn read_n(stream: &mut UnixStream, n: usize) -> Vec<u8> {
     got
 }
 
+/// Writes `bytes` into `from` and reads as many out of `to`: what the relay passed on.
+async fn pass(from: &mut UnixStream, to: &mut UnixStream, bytes: &[u8]) -> Vec<u8> {
+    from.write_all(bytes).await.unwrap();
+    read_n(to, bytes.len()).await
+}
+
 #[tokio::test]
 async fn bytes_pass_unchanged_both_ways_and_a_closing_client_ends_the_session() {
     let (mut relay, mut client, mut server, signals) = rig();
     let sent = query("SELECT 1");
     let reply = select_reply(b'I');
     let end = run_with(&mut relay, &signals, async {
-        client.write_all(&sent).await.unwrap();
-        assert_eq!(read_n(&mut server, sent.len()).await, sent);
-        server.write_all(&reply).await.unwrap();
-        assert_eq!(read_n(&mut client, reply.len()).await, reply);
+        assert_eq!(pass(&mut client, &mut server, &sent).await, sent);
+        assert_eq!(pass(&mut server, &mut client, &reply).await, reply);
         client.write_all(&frame(b'X', b"")).await.unwrap();
         client.shutdown().await.unwrap();
         assert_eq!(read_n(&mut server, 5).await, frame(b'X', b""));
@@ -200,28 +211,16 @@ async fn a_frame_with_an_impossible_length_ends_the_session_as_the_clients_fault
 #[tokio::test]
 async fn a_drain_waits_for_the_open_transaction_and_a_stop_does_not() {
     let (mut relay, mut client, mut server, signals) = rig();
-    let begin = query("BEGIN");
     let end = run_with(&mut relay, &signals, async {
-        client.write_all(&begin).await.unwrap();
-        read_n(&mut server, begin.len()).await;
-        let mut in_transaction = frame(b'C', b"BEGIN\0");
-        in_transaction.extend(ready(b'T'));
-        server.write_all(&in_transaction).await.unwrap();
-        read_n(&mut client, in_transaction.len()).await;
+        pass(&mut client, &mut server, &query("BEGIN")).await;
+        pass(&mut server, &mut client, &completed("BEGIN", b'T')).await;
         signals.drain();
         // Still open: the client's next statement and its answer go through.
         let select = query("SELECT 1");
-        client.write_all(&select).await.unwrap();
-        assert_eq!(read_n(&mut server, select.len()).await, select);
-        server.write_all(&select_reply(b'T')).await.unwrap();
-        read_n(&mut client, select_reply(b'T').len()).await;
-        let commit = query("COMMIT");
-        client.write_all(&commit).await.unwrap();
-        read_n(&mut server, commit.len()).await;
-        let mut committed = frame(b'C', b"COMMIT\0");
-        committed.extend(ready(b'I'));
-        server.write_all(&committed).await.unwrap();
-        read_n(&mut client, committed.len()).await;
+        assert_eq!(pass(&mut client, &mut server, &select).await, select);
+        pass(&mut server, &mut client, &select_reply(b'T')).await;
+        pass(&mut client, &mut server, &query("COMMIT")).await;
+        pass(&mut server, &mut client, &completed("COMMIT", b'I')).await;
     })
     .await;
     assert_eq!(end.unwrap(), End::Drained, "ends once idle");
