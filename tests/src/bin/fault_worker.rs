@@ -205,7 +205,10 @@ impl Failure {
 
     /// Whether the connection it happened on is unusable now.
     fn ends_connection(&self) -> bool {
-        matches!(self.code.as_str(), "closed" | "timeout" | "57P01" | "08006" | "08P01")
+        matches!(
+            self.code.as_str(),
+            "closed" | "timeout" | "57P01" | "08006" | "08P01"
+        )
     }
 }
 
@@ -346,7 +349,8 @@ fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
 /// The lease an add is made with: resource and token.
 type Lease = (usize, i64);
 
-/// One add with `lease` on `main`, reading on `side` while its transaction is open.
+/// One add with `lease` on `main`, reading on `side` before and while its transaction is
+/// open.
 /// Returns the row's version after the add; `side_dead` is set when `side` is unusable.
 async fn add(
     args: &Args,
@@ -362,6 +366,14 @@ async fn add(
     } else {
         String::new()
     };
+    // The holder's first touch, on its own (autocommit) statement: it commits the raise of
+    // the fence, so the transaction below and the read beside it both carry the current
+    // token. (A second connection's statement waits while the raise is still uncommitted
+    // in another transaction of the same holder: see docs/testing.md, "Fault suite".)
+    let sql = format!("SELECT version FROM sets WHERE id = {r} {note}");
+    query(side, &sql, limit).await.inspect_err(|f| {
+        *side_dead = f.ends_connection();
+    })?;
     query(main, "BEGIN", limit).await?;
     let sql = format!("SELECT elems FROM sets WHERE id = {r} {note}");
     let read = query(main, &sql, limit).await?;
@@ -421,8 +433,8 @@ async fn operate(
         Err(f) => {
             let message = one_line(&f.message);
             say(&format!("err op {} {r} {token} {message}", f.code));
-            let rolled_back = !f.ends_connection()
-                && query(pair.0, "ROLLBACK", args.op_timeout).await.is_ok();
+            let rolled_back =
+                !f.ends_connection() && query(pair.0, "ROLLBACK", args.op_timeout).await.is_ok();
             if !rolled_back {
                 conns[main] = None;
             }
