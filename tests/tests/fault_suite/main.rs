@@ -62,7 +62,7 @@ fn figures(r: &Report) -> String {
     };
     format!(
         "faults[{}] {:?}: {:.1?}, operations {ops}, acknowledged {} (after the lease {}), \
-         committed {}, rejected 55Z01 {}, preempted 57P01 {}, errors {{{}}}, faults {} [{}], \
+         committed {}, rejected 55Z01 {}, preempted {} (57P01 seen {}), errors {{{}}}, faults {} [{}], \
          missing acknowledged {}, token regressions {}, verdict: {verdict}",
         r.name,
         r.mode,
@@ -71,6 +71,7 @@ fn figures(r: &Report) -> String {
         rec.late_acks,
         r.committed,
         rec.count("55Z01"),
+        r.preempted,
         rec.count("57P01"),
         errors.join(" "),
         r.faults.len(),
@@ -112,6 +113,13 @@ fn judge_common(r: &Report) {
         "{}: nothing was acknowledged",
         r.name
     );
+    for (resource, (committed, granted)) in r.tokens.iter().enumerate() {
+        assert!(
+            committed.is_none_or(|t| t <= *granted),
+            "{}: resource {resource} committed token {committed:?}, last granted {granted}",
+            r.name
+        );
+    }
 }
 
 /// A fenced run: [`judge_common`], nothing lost, no stale commit, and stale holders met.
@@ -151,6 +159,10 @@ async fn a_worker_frozen_past_its_lease_is_fenced_out() {
     judge_fenced(&report);
     assert_refused("freeze inside", &inside);
     assert_refused("freeze between", &between);
+    assert!(
+        report.preempted > 0,
+        "the holder frozen inside was never preempted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +232,20 @@ async fn unfenced(name: &'static str, mode: Mode) {
     let between = rig.freeze(1, false).await;
     let report = rig.finish(run_secs()).await;
     judge_common(&report);
-    assert!(
-        matches!(inside, Outcome::Acked(_)) && matches!(between, Outcome::Acked(_)),
-        "{name}: without the fence the frozen holders should commit: {inside:?}, {between:?}"
-    );
+    for frozen in [inside, between] {
+        let Outcome::Acked(add) = frozen else {
+            panic!("{name}: without the fence a frozen holder commits, but: {frozen:?}");
+        };
+        assert!(
+            report
+                .verdict
+                .token_regressions
+                .iter()
+                .any(|r| r.stale == add),
+            "{name}: the frozen holder's commit [{add}] is no token regression: {}",
+            report.verdict.describe(5)
+        );
+    }
     assert!(
         !report.verdict.token_regressions.is_empty(),
         "{name}: no token regression without the fence: the checker has no teeth ({})",

@@ -161,11 +161,6 @@ impl WorkerProc {
         }
     }
 
-    /// The worker's number.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
     /// Sends one command line.
     pub async fn send(&mut self, command: &str) {
         let line = format!("{command}\n");

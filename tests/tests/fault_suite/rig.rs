@@ -64,8 +64,10 @@ pub struct Rig {
     pub mode: Mode,
     started: Instant,
     cluster: Cluster,
+    /// Sessions ended by a preemption before the run (none: the cluster is new).
+    ended_before: usize,
     db: String,
-    pub leases: LeaseServer,
+    leases: LeaseServer,
     pub proxies: Vec<ProxyProc>,
     /// `front[g]`: workers of group g → proxy g (or PostgreSQL, directly).
     pub front: Vec<Relay>,
@@ -125,6 +127,7 @@ impl Rig {
             name,
             mode,
             started: Instant::now(),
+            ended_before: ended_sessions(&cluster.log()),
             cluster,
             db,
             leases,
@@ -248,6 +251,13 @@ impl Rig {
         let acked: Vec<Add> = record.acked.iter().map(|(a, _, _)| *a).collect();
         let verdict = check(&rows, &history, &acked);
         let logs = self.proxies.iter().map(ProxyProc::log_text).collect();
+        let tokens = (0..RESOURCES)
+            .map(|r| {
+                let committed = history.iter().filter(|a| a.resource == r).map(|a| a.token);
+                (committed.max(), self.leases.last_token(r))
+            })
+            .collect();
+        let preempted = ended_sessions(&self.cluster.log()) - self.ended_before;
         Report {
             name: self.name,
             mode: self.mode,
@@ -255,6 +265,8 @@ impl Rig {
             record,
             verdict,
             committed: history.len(),
+            tokens,
+            preempted,
             faults: self.faults,
             proxy_logs: logs,
         }
@@ -269,8 +281,17 @@ pub struct Report {
     pub record: Record,
     pub verdict: Verdict,
     pub committed: usize,
+    /// Per resource: the highest committed token and the last token granted.
+    pub tokens: Vec<(Option<i64>, i64)>,
+    /// Sessions the proxies' preemption ended (PostgreSQL's log).
+    pub preempted: usize,
     pub faults: Vec<String>,
     pub proxy_logs: Vec<String>,
+}
+
+/// How many sessions a proxy's preemption ended, from PostgreSQL's log.
+fn ended_sessions(log: &str) -> usize {
+    log.matches("fencegate: ended session").count()
 }
 
 /// The final rows and the history, read directly.
