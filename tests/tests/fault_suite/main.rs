@@ -86,6 +86,9 @@ fn figures(r: &Report) -> String {
 fn judge_common(r: &Report) {
     println!("{}", figures(r));
     if std::env::var_os("FENCEGATE_FAULT_LOGS").is_some() {
+        for line in r.record.samples.values() {
+            println!("  sample: {line}");
+        }
         for (g, log) in r.proxy_logs.iter().enumerate() {
             println!("--- fencegate {g} log:\n{log}");
         }

@@ -223,17 +223,12 @@ fn is_stopped(stat: &Path) -> bool {
     matches!(state, Some(Some('T' | 't')))
 }
 
-/// The `fencegate` binary, built (once per test process) from this workspace.
+/// The `fencegate` binary of this workspace: the one `cargo test --workspace` built (for
+/// the proxy's own tests) when it is newer than every source of it, else built now with
+/// `cargo build -p fencegate` (once per test process; for `cargo test -p fencegate-tests`).
 fn fencegate_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "fencegate", "--bin", "fencegate"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p fencegate: {status}");
         let exe = std::env::current_exe().expect("test binary path");
         // target/debug/deps/<test> → target/debug/fencegate
         let bin = exe
@@ -241,9 +236,38 @@ fn fencegate_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("target directory")
             .join("fencegate");
+        let workspace = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let sources = [workspace.join("proxy"), workspace.join("Cargo.lock")];
+        if built.is_none_or(|built| sources.iter().any(|p| newer_than(p, built))) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "fencegate", "--bin", "fencegate"])
+                .current_dir(workspace)
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p fencegate: {status}");
+        }
         assert!(bin.is_file(), "no fencegate binary at {}", bin.display());
         bin
     })
+}
+
+/// Whether `path`, or a file under it (not under `target`), changed after `time`.
+fn newer_than(path: &Path, time: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.is_file() {
+        return meta.modified().is_ok_and(|m| m > time);
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name() != "target")
+        .any(|e| newer_than(&e.path(), time))
 }
 
 /// `fencegate serve` as a process of its own, on a fixed loopback port it keeps across

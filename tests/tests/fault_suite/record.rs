@@ -58,6 +58,8 @@ pub struct Record {
     pub errors: BTreeMap<String, u64>,
     /// The first few lines of each undocumented code.
     pub undocumented: Vec<String>,
+    /// The first line seen of each `kind code`, for the report.
+    pub samples: BTreeMap<String, String>,
     /// Workers that reported `ready`, and `done`.
     pub ready: Vec<usize>,
     /// Workers that reported `done`.
@@ -115,7 +117,11 @@ impl Record {
                 outcomes.push((Outcome::Acked(add), now));
             }
             ["err", kind, code, ..] => {
-                *self.errors.entry(format!("{kind} {code}")).or_default() += 1;
+                let key = format!("{kind} {code}");
+                self.samples
+                    .entry(key.clone())
+                    .or_insert_with(|| line.to_string());
+                *self.errors.entry(key).or_default() += 1;
                 if !DOCUMENTED.contains(code) && self.undocumented.len() < 20 {
                     self.undocumented.push(format!("worker {worker}: {line}"));
                 }
