@@ -366,10 +366,10 @@ async fn add(
     } else {
         String::new()
     };
-    // The holder's first touch, on its own (autocommit) statement: it commits the raise of
-    // the fence, so the transaction below and the read beside it both carry the current
-    // token. (A second connection's statement waits while the raise is still uncommitted
-    // in another transaction of the same holder: see docs/testing.md, "Fault suite".)
+    // The holder's first touch, on its own (autocommit) statement, as the client crate's
+    // `Fence` does: until a raise of the fence commits, the holder's other connections
+    // wait for it (docs/fencing.md, "First touch of a new token"), and the read beside
+    // the transaction below would wait for the transaction that waits for it.
     let sql = format!("SELECT version FROM sets WHERE id = {r} {note}");
     query(side, &sql, limit).await.inspect_err(|f| {
         *side_dead = f.ends_connection();

@@ -116,10 +116,10 @@ fn judge_common(r: &Report) {
         "{}: nothing was acknowledged",
         r.name
     );
-    for (resource, (committed, granted)) in r.tokens.iter().enumerate() {
+    for (resource, t) in r.tokens.iter().enumerate() {
         assert!(
-            committed.is_none_or(|t| t <= *granted),
-            "{}: resource {resource} committed token {committed:?}, last granted {granted}",
+            t.committed.is_none_or(|c| c <= t.granted),
+            "{}: resource {resource}: a token never granted committed: {t:?}",
             r.name
         );
     }
@@ -129,6 +129,16 @@ fn judge_common(r: &Report) {
 fn judge_fenced(r: &Report) {
     judge_common(r);
     let logs = r.proxy_logs.join("\n");
+    assert!(
+        r.proxies_alive,
+        "{}: a fencegate process died:\n{logs}",
+        r.name
+    );
+    assert!(
+        !logs.contains("panicked"),
+        "{}: fencegate panicked:\n{logs}",
+        r.name
+    );
     assert_eq!(
         r.verdict.anomalies(),
         0,
@@ -137,6 +147,14 @@ fn judge_fenced(r: &Report) {
         r.verdict.describe(10)
     );
     assert_eq!(missing_acknowledged(&r.verdict), 0, "{}", r.name);
+    // G1 across every fault: the fence is at least every committed token, at most granted.
+    for (resource, t) in r.tokens.iter().enumerate() {
+        assert!(
+            t.high_water >= t.committed && t.high_water.is_some_and(|h| h <= t.granted),
+            "{}: resource {resource}: {t:?}",
+            r.name
+        );
+    }
     assert!(
         r.record.count("55Z01") > 0,
         "{}: no stale holder was refused",

@@ -342,6 +342,13 @@ impl ProxyProc {
         self.spawn().await;
     }
 
+    /// Whether the process is still running (it is not after a crash of its own).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The process's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

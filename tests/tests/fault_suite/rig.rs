@@ -236,7 +236,7 @@ impl Rig {
 
     /// Lets the workload run until `secs` after the start (a deliberate run length), stops
     /// the workers and judges the run.
-    pub async fn finish(self, secs: u64) -> Report {
+    pub async fn finish(mut self, secs: u64) -> Report {
         let end = self.started + Duration::from_secs(secs);
         tokio::time::sleep_until(end.into()).await;
         let elapsed = self.started.elapsed();
@@ -251,12 +251,16 @@ impl Rig {
         let acked: Vec<Add> = record.acked.iter().map(|(a, _, _)| *a).collect();
         let verdict = check(&rows, &history, &acked);
         let logs = self.proxies.iter().map(ProxyProc::log_text).collect();
-        let tokens = (0..RESOURCES)
-            .map(|r| {
-                let committed = history.iter().filter(|a| a.resource == r).map(|a| a.token);
-                (committed.max(), self.leases.last_token(r))
-            })
-            .collect();
+        let proxies_alive = self.proxies.iter_mut().all(ProxyProc::running);
+        let mut tokens = Vec::new();
+        for r in 0..RESOURCES {
+            let committed = history.iter().filter(|a| a.resource == r).map(|a| a.token);
+            tokens.push(Tokens {
+                committed: committed.max(),
+                high_water: monitor.high_water(&format!("faults:set:{r}")).await,
+                granted: self.leases.last_token(r),
+            });
+        }
         let preempted = ended_sessions(&self.cluster.log()) - self.ended_before;
         Report {
             name: self.name,
@@ -267,6 +271,7 @@ impl Rig {
             committed: history.len(),
             tokens,
             preempted,
+            proxies_alive,
             faults: self.faults,
             proxy_logs: logs,
         }
@@ -281,12 +286,25 @@ pub struct Report {
     pub record: Record,
     pub verdict: Verdict,
     pub committed: usize,
-    /// Per resource: the highest committed token and the last token granted.
-    pub tokens: Vec<(Option<i64>, i64)>,
+    /// Per resource: the tokens at the end.
+    pub tokens: Vec<Tokens>,
     /// Sessions the proxies' preemption ended (PostgreSQL's log).
     pub preempted: usize,
+    /// Whether every proxy process was still running at the end.
+    pub proxies_alive: bool,
     pub faults: Vec<String>,
     pub proxy_logs: Vec<String>,
+}
+
+/// One resource's tokens at the end of a run.
+#[derive(Debug)]
+pub struct Tokens {
+    /// The highest token of a committed add.
+    pub committed: Option<i64>,
+    /// The fence's high-water mark (none when no check ever ran).
+    pub high_water: Option<i64>,
+    /// The last token the lease service granted.
+    pub granted: i64,
 }
 
 /// How many sessions a proxy's preemption ended, from PostgreSQL's log.
