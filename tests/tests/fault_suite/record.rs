@@ -60,7 +60,7 @@ pub struct Record {
     pub undocumented: Vec<String>,
     /// The first line seen of each `kind code`, for the report.
     pub samples: BTreeMap<String, String>,
-    /// Workers that reported `ready`, and `done`.
+    /// Workers that reported `ready`.
     pub ready: Vec<usize>,
     /// Workers that reported `done`.
     pub done: Vec<usize>,

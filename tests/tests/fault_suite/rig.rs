@@ -60,23 +60,23 @@ pub enum Mode {
 
 /// A running rig.
 pub struct Rig {
-    pub name: &'static str,
-    pub mode: Mode,
+    name: &'static str,
+    mode: Mode,
     started: Instant,
     cluster: Cluster,
     /// Sessions ended by a preemption before the run (none: the cluster is new).
     ended_before: usize,
     db: String,
     leases: LeaseServer,
-    pub proxies: Vec<ProxyProc>,
+    proxies: Vec<ProxyProc>,
     /// `front[g]`: workers of group g → proxy g (or PostgreSQL, directly).
-    pub front: Vec<Relay>,
+    front: Vec<Relay>,
     /// `back[g]`: proxy g → PostgreSQL.
-    pub back: Vec<Relay>,
-    pub workers: Vec<WorkerProc>,
-    pub shared: Arc<Shared>,
+    back: Vec<Relay>,
+    workers: Vec<WorkerProc>,
+    shared: Arc<Shared>,
     /// The faults injected, in order.
-    pub faults: Vec<String>,
+    faults: Vec<String>,
     _logs: tempfile::TempDir,
 }
 
