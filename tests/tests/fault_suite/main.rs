@@ -231,15 +231,21 @@ async fn partitions_cut_and_healed_lose_nothing() {
 async fn all_faults_in_one_run_lose_nothing() {
     let _turn = TURN.lock().await;
     let mut rig = Rig::start("mixed", Mode::Fenced, SEED ^ 1).await;
-    let inside = rig.freeze(2, true).await;
+    // Worker 2 (proxy 0) stays frozen inside its transaction across a kill of the other
+    // proxy and a partition of its own proxy's clients.
+    let frozen = rig.freeze_start(2, true).await;
     rig.kill_proxy(1, DOWN).await;
     rig.partition(0, true, Link::Blackhole, Duration::from_millis(600))
         .await;
+    let inside = rig.freeze_end(frozen).await;
     rig.crash_postgres(DOWN).await;
-    let between = rig.freeze(3, false).await;
+    // Worker 3 (proxy 1) stays frozen between transactions across a reset of its proxy's
+    // server link and a kill of the other proxy.
+    let frozen = rig.freeze_start(3, false).await;
     rig.partition(1, false, Link::Reset, Duration::from_millis(300))
         .await;
     rig.kill_proxy(0, DOWN).await;
+    let between = rig.freeze_end(frozen).await;
     let report = rig.finish(run_secs()).await;
     judge_fenced(&report);
     assert_refused("freeze inside", &inside);

@@ -12,7 +12,7 @@ use fencegate_tests::fence::{fenced_database, Monitor};
 use fencegate_tests::lockset::{check, Add, FinalRow, Verdict};
 
 use crate::procs::{LeaseServer, ProxyProc, WorkerArgs, WorkerProc};
-use crate::record::{Outcome, Record, Shared};
+use crate::record::{Outcome, Parked, Record, Shared};
 use crate::relay::{Link, Relay};
 
 /// Resources (rows of `sets`).
@@ -78,6 +78,13 @@ pub struct Rig {
     /// The faults injected, in order.
     faults: Vec<String>,
     _logs: tempfile::TempDir,
+}
+
+/// A worker stopped by [`Rig::freeze_start`].
+#[must_use = "a frozen worker must be resumed with Rig::freeze_end"]
+pub struct Frozen {
+    worker: usize,
+    parked: Parked,
 }
 
 /// The group (proxy) of worker `w`.
@@ -157,13 +164,30 @@ impl Rig {
             .await;
     }
 
-    /// Freezes worker `w` with SIGSTOP parked `inside` its transaction or between
-    /// transactions, keeps it stopped until a newer holder of its resource has committed,
-    /// then resumes it with SIGCONT and returns how its operation ended.
+    /// Freezes worker `w` with SIGSTOP past its lease, parked `inside` its transaction or
+    /// between transactions, keeps it stopped until a newer holder of its resource has
+    /// committed, then resumes it with SIGCONT; returns how its operation ended.
     pub async fn freeze(&mut self, w: usize, inside: bool) -> Outcome {
-        let place = if inside { "inside" } else { "between" };
+        let frozen = self.freeze_start(w, inside).await;
+        self.freeze_end(frozen).await
+    }
+
+    /// The first half of [`Self::freeze`]: returns once worker `w` is stopped, so that
+    /// other faults can happen while it is.
+    pub async fn freeze_start(&mut self, w: usize, inside: bool) -> Frozen {
+        let place = if inside {
+            "inside a transaction"
+        } else {
+            "between transactions"
+        };
         let parks = self.shared.read(|r| r.parked.get(&w).map_or(0, Vec::len));
-        self.workers[w].send(&format!("freeze {place}")).await;
+        self.workers[w]
+            .send(if inside {
+                "freeze inside"
+            } else {
+                "freeze between"
+            })
+            .await;
         let parked = self
             .shared
             .until("park", WAIT, |r| r.parked.get(&w)?.get(parks).copied())
@@ -172,7 +196,13 @@ impl Rig {
         self.workers[w].wait_stopped().await;
         // Read when it wakes up: it is parked until then.
         self.workers[w].send("go").await;
-        let (resource, token) = (parked.resource, parked.token);
+        self.faults.push(format!("SIGSTOP worker {w} {place}"));
+        Frozen { worker: w, parked }
+    }
+
+    /// The second half of [`Self::freeze`].
+    pub async fn freeze_end(&mut self, frozen: Frozen) -> Outcome {
+        let (w, resource, token) = (frozen.worker, frozen.parked.resource, frozen.parked.token);
         self.shared
             .until("commit by a newer holder", WAIT, |r| {
                 r.acked
@@ -183,8 +213,6 @@ impl Rig {
             .await;
         let done = self.shared.read(|r| r.outcomes.get(&w).map_or(0, Vec::len));
         self.workers[w].signal("CONT");
-        self.faults
-            .push(format!("SIGSTOP worker {w} {place} a transaction"));
         self.shared
             .until("frozen operation's end", WAIT, |r| {
                 r.outcomes.get(&w)?.get(done).map(|(o, _)| o.clone())
