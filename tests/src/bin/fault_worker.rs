@@ -3,16 +3,17 @@
 //!
 //! The worker takes leases from the suite's lease server (a line protocol on loopback:
 //! `acquire R` → `granted R TOKEN TTL_MS`, `release R TOKEN` → `ok`), and for each lease adds
-//! one element to set R in a read-modify-write transaction on one of its connections,
-//! carrying the lease's token as a statement comment (unless started with `--fence off`).
-//! While that transaction is open, another of its connections reads with the same token.
+//! one element to set R: a first touch of the fence on one connection (autocommit), then a
+//! read-modify-write transaction on another, with a read on the first while it is open;
+//! every statement carries the lease's token as a statement comment (unless started with
+//! `--fence off`). `--pause-pct` percent of the operations first pause past the lease.
 //!
 //! It reports on stdout, one line per event:
 //! - `ready` once all its connections are up;
 //! - `ack R TOKEN ELEMENT VERSION LATE`: a COMMIT returned (LATE is 1 when the lease had
 //!   expired by then);
-//! - `err KIND CODE R TOKEN MESSAGE`: KIND `op` (the add failed), `side` (the second
-//!   connection's read failed) or `connect`; CODE is the SQLSTATE, `closed` when the
+//! - `err KIND CODE R TOKEN MESSAGE`: KIND `op` (the add failed), `side` (the read beside
+//!   the open transaction failed) or `connect`; CODE is the SQLSTATE, `closed` when the
 //!   connection ended without an ErrorResponse, `timeout` when a statement did not answer
 //!   within the operation timeout, `08001` when a connection could not be made;
 //! - `parked inside|between R TOKEN` when it stops where the suite asked it to, and
