@@ -36,6 +36,9 @@ pub enum AnnotationError {
     /// The resource is empty or longer than 256 bytes, or not UTF-8.
     #[error("fencing_resource must be 1 to 256 bytes of UTF-8, got {0} bytes")]
     BadResource(usize),
+    /// The resource holds a NUL byte, which no PostgreSQL text can.
+    #[error("fencing_resource must not contain a NUL byte (%00)")]
+    NulInResource,
     /// The comment is not `key='value'` pairs, or a value is not valid URL encoding.
     #[error("malformed sqlcommenter comment: {0}")]
     Malformed(&'static str),

@@ -42,6 +42,9 @@ impl Fence {
         if resource.is_empty() || resource.len() > MAX_RESOURCE_LEN {
             return Err(AnnotationError::BadResource(resource.len()));
         }
+        if resource.contains(&0) {
+            return Err(AnnotationError::NulInResource);
+        }
         let len = resource.len();
         let resource =
             String::from_utf8(resource).map_err(|_| AnnotationError::BadResource(len))?;
@@ -63,6 +66,19 @@ pub fn parse_token(text: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_is_1_to_256_bytes_of_utf8_without_nul() {
+        assert!(Fence::new(b"job:7".to_vec(), b"1").is_ok());
+        assert!(Fence::new(vec![b'x'; 256], b"1").is_ok());
+        for bad in [vec![], vec![b'x'; 257], b"a\0b".to_vec(), vec![0xff]] {
+            assert!(Fence::new(bad.clone(), b"1").is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            Fence::new(b"a\0b".to_vec(), b"1"),
+            Err(AnnotationError::NulInResource)
+        );
+    }
 
     #[test]
     fn tokens_are_non_negative_i64() {

@@ -237,10 +237,12 @@ impl FencePolicy {
             CheckForm::Check | CheckForm::CheckAsking => "check",
             CheckForm::Current => "check_current",
         };
-        // The token as a typed literal: a bare integer below 2^31 would be cast with
-        // int8(integer), which a database may have revoked from PUBLIC.
+        // The token as a literal of a schema-qualified type: a bare integer below 2^31
+        // would be cast with int8(integer), which a database may have revoked from PUBLIC,
+        // and an unqualified type name is looked up in the session's search_path, where a
+        // client may have put a type of its own called int8 before pg_catalog.
         let call = format!(
-            "fencegate.{function}({}, int8 '{}', {})",
+            "fencegate.{function}({}, '{}'::pg_catalog.int8, {})",
             text_expr(&fence.resource),
             fence.token,
             self.grace_ms
