@@ -139,28 +139,51 @@ async fn nul_and_overlong_names_are_refused_and_the_longest_is_itself() {
     );
 }
 
+/// A schema of the client's own, put before pg_catalog: an int8 that accepts nothing, an =
+/// that is always true, a <> that is always false, and a check that admits anything.
+const EVIL: &str = "CREATE SCHEMA evil AUTHORIZATION trust_user;
+     CREATE DOMAIN evil.int8 AS bigint CHECK (VALUE < 0);
+     CREATE FUNCTION evil.yes(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+     CREATE FUNCTION evil.no(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT false';
+     CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+     CREATE OPERATOR evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.no);
+     CREATE FUNCTION evil.check(text, bigint, int4) RETURNS bigint LANGUAGE sql AS 'SELECT $2'";
+
+const EVIL_PATH: &str = "SET search_path = evil, pg_catalog, public";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_search_path_of_the_clients_own_leaves_the_check_as_it_is() {
-    let env = FenceEnv::new("names_search_path", SETUP).await;
-    // A schema of the client's own with an int8 that accepts nothing, an = that is always
-    // true, and a check that admits anything, put before pg_catalog.
+async fn a_search_path_of_the_clients_own_leaves_the_settings_check_as_it_is() {
+    // The first statement of a proxy that does not know yet whether the database has the
+    // schema: the settings check goes in its DO form, whose comparison must not be the
+    // client's `<>`.
+    let env = FenceEnv::new("names_search_path_do", SETUP).await;
+    env.monitor.client().batch_execute(EVIL).await.unwrap();
     env.monitor
         .client()
-        .batch_execute(
-            "CREATE SCHEMA evil AUTHORIZATION trust_user;
-             CREATE DOMAIN evil.int8 AS bigint CHECK (VALUE < 0);
-             CREATE FUNCTION evil.yes(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
-             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
-             CREATE FUNCTION evil.check(text, bigint, int4) RETURNS bigint LANGUAGE sql AS 'SELECT $2'",
-        )
+        .batch_execute("INSERT INTO fencegate.fence (resource, token) VALUES ('sp', 5)")
         .await
         .unwrap();
     let mut raw = session(&env);
+    raw.round(&msg::query(EVIL_PATH), 1, "search_path");
     raw.round(
-        &msg::query("SET search_path = evil, pg_catalog, public"),
+        &msg::query("SET fencing.resource = 'sp'; SET fencing.token = 4"),
         1,
-        "search_path",
+        "settings",
     );
+    let stale = codes_of(
+        &mut raw,
+        &msg::query("INSERT INTO t VALUES (2)"),
+        "stale setting",
+    );
+    assert_eq!(stale, [STALE], "the stale token as a setting, DO form");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_of_the_clients_own_leaves_the_check_as_it_is() {
+    let env = FenceEnv::new("names_search_path", SETUP).await;
+    env.monitor.client().batch_execute(EVIL).await.unwrap();
+    let mut raw = session(&env);
+    raw.round(&msg::query(EVIL_PATH), 1, "search_path");
     let current = codes_of(&mut raw, &insert("sp", 5), "current token");
     assert!(current.is_empty(), "the current token: {current:?}");
     let stale = codes_of(&mut raw, &insert("sp", 4), "stale token");

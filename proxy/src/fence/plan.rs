@@ -201,7 +201,7 @@ impl FencePolicy {
             // A DO block, so that the function is only looked up when a token is set: a
             // session without a token must not fail in a database without the schema.
             Decision::CheckSettings { required } => Some(format!(
-                "DO $fencegate$BEGIN IF {required} OR pg_catalog.current_setting('fencing.token', true) <> '' \
+                "DO $fencegate$BEGIN IF {required} OR pg_catalog.current_setting('fencing.token', true) OPERATOR(pg_catalog.<>) '' \
                  THEN PERFORM fencegate.check_settings({}, {required}); END IF; END$fencegate$",
                 self.grace_ms
             )),
@@ -210,7 +210,7 @@ impl FencePolicy {
                 ascii_literal(reason)
             )),
             Decision::RefuseIfToken(reason) => Some(format!(
-                "DO $fencegate$BEGIN IF pg_catalog.current_setting('fencing.token', true) <> '' \
+                "DO $fencegate$BEGIN IF pg_catalog.current_setting('fencing.token', true) OPERATOR(pg_catalog.<>) '' \
                  THEN RAISE EXCEPTION USING ERRCODE = '55Z02', MESSAGE = 'invalid fencing annotation: {}'; \
                  END IF; END$fencegate$",
                 ascii_literal(reason)
