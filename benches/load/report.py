@@ -70,6 +70,22 @@ def memory_table(memory):
     return "\n".join(lines)
 
 
+def token_cost_targets(summary):
+    """Issue 13's goals: what a token costs, as TPS with tokens over fencegate without."""
+    out = []
+    goals = (("tpcb-like", "simple", 8, "fencegate+token", "tpcb-like, comment tokens", 0.90),
+             ("select-only", "simple", 8, "fencegate+token", "one-statement fenced read", 0.85),
+             ("tpcb-like", "simple", 8, "fencegate+SET LOCAL", "tpcb-like, SET LOCAL tokens", 0.85))
+    for script, protocol, clients, label, name, goal in goals:
+        rows = next((r for w, r in summary.items()
+                     if (w.script, w.protocol, w.clients) == (script, protocol, clients)), None)
+        if rows and label in rows and "fencegate" in rows:
+            x = rows[label]["tps"] / rows["fencegate"]["tps"]
+            out.append(f"- {name} ({script} {protocol} c={clients}): {label} / fencegate TPS = "
+                       f"{x:.2f} (goal ≥ {goal:.2f}): {'met' if x >= goal else 'missed'}")
+    return "\n".join(out)
+
+
 def issue_targets(summary, memory):
     """The issue's goals, judged on this run's medians (a benchmark, never a test)."""
     out = []
@@ -162,6 +178,9 @@ Fresh proxy processes; each client did its startup and one `SELECT 1`, then stay
 
 ## Issue 5 goals, judged on this run
 {issue_targets(summary, memory) or '(not enough data)'}
+
+## Issue 13 goals (what a token costs), judged on this run
+{token_cost_targets(summary) or '(not enough data)'}
 
 ## Checks
 {chr(10).join('- ' + c for c in checks)}

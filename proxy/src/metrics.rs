@@ -79,7 +79,40 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let single: [(&str, &str, &str, &AtomicU64); 7] = [
+        let single = self.single_samples();
+        for (name, kind, help, value) in single {
+            metric(name, kind, help, &[("", get(value))]);
+        }
+        metric(
+            "fencegate_rejections_total",
+            "counter",
+            "Statements rejected by the fence, by reason (SQLSTATE 55Z01, 55Z02, 55Z03).",
+            &[
+                ("{reason=\"stale\"}", get(&f.stale)),
+                ("{reason=\"invalid\"}", get(&f.invalid)),
+                ("{reason=\"not_installed\"}", get(&f.not_installed)),
+            ],
+        );
+        metric(
+            "fencegate_reloads_total",
+            "counter",
+            "Reloads (SIGHUP) by result: applied, or refused because the settings did not read or validate.",
+            &[
+                ("{result=\"applied\"}", get(&self.reloads_applied)),
+                ("{result=\"refused\"}", get(&self.reloads_refused)),
+            ],
+        );
+        self.render_check_duration(&mut out);
+        if let Some(hosts) = self.upstream.get() {
+            hosts.render(&mut out);
+        }
+        out
+    }
+
+    /// The metrics with one sample each: name, type, help, value.
+    fn single_samples(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64); 7] {
+        let f = &*self.fence;
+        [
             (
                 "fencegate_client_connections_open",
                 "gauge",
@@ -122,30 +155,12 @@ impl Metrics {
                 "Sessions ended by this proxy's checks for holding an older token past the preemption grace.",
                 &f.preempted,
             ),
-        ];
-        for (name, kind, help, value) in single {
-            metric(name, kind, help, &[("", get(value))]);
-        }
-        metric(
-            "fencegate_rejections_total",
-            "counter",
-            "Statements rejected by the fence, by reason (SQLSTATE 55Z01, 55Z02, 55Z03).",
-            &[
-                ("{reason=\"stale\"}", get(&f.stale)),
-                ("{reason=\"invalid\"}", get(&f.invalid)),
-                ("{reason=\"not_installed\"}", get(&f.not_installed)),
-            ],
-        );
-        metric(
-            "fencegate_reloads_total",
-            "counter",
-            "Reloads (SIGHUP) by result: applied, or refused because the settings did not read or validate.",
-            &[
-                ("{result=\"applied\"}", get(&self.reloads_applied)),
-                ("{result=\"refused\"}", get(&self.reloads_refused)),
-            ],
-        );
-        let (cumulative, count, sum) = f.check_seconds.snapshot();
+        ]
+    }
+
+    /// The check latency histogram.
+    fn render_check_duration(&self, out: &mut String) {
+        let (cumulative, count, sum) = self.fence.check_seconds.snapshot();
         let name = "fencegate_check_duration_seconds";
         let _ = writeln!(
             out,
@@ -157,10 +172,6 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
-        if let Some(hosts) = self.upstream.get() {
-            hosts.render(&mut out);
-        }
-        out
     }
 }
 

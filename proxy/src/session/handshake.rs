@@ -282,38 +282,7 @@ impl LoginState {
             return Ok(None);
         };
         match frame[0] {
-            be::READY_FOR_QUERY => {
-                let mut role = ServerRole::from_parameters(&self.parameters);
-                if role.is_none() && wanted.attrs != TargetSessionAttrs::Any {
-                    role = ask_role(server).await?;
-                }
-                let matches = match role {
-                    Some(role) => wanted.attrs.accepts(role),
-                    None => wanted.attrs == TargetSessionAttrs::Any,
-                };
-                if !matches {
-                    return Ok(Some(Login::WrongRole(role)));
-                }
-                let primary = role.is_some_and(|r| !r.in_hot_standby);
-                let mut synchronous = None;
-                if let Some(mode) = wanted.synchronous.filter(|_| primary) {
-                    synchronous = ask_synchronous(server).await?;
-                    if mode == SynchronousReplication::Require && synchronous != Some(true) {
-                        return Ok(Some(Login::NotSynchronous(role)));
-                    }
-                }
-                held.extend_from_slice(&frame);
-                client
-                    .write_flush(held)
-                    .await
-                    .map_err(SessionError::ClientIo)?;
-                Ok(Some(Login::Established(Established {
-                    status: TxStatus::from_ready_body(body).unwrap_or_default(),
-                    parameters: std::mem::take(&mut self.parameters),
-                    role,
-                    synchronous,
-                })))
-            }
+            be::READY_FOR_QUERY => self.ready(client, server, &frame, wanted).await,
             be::ERROR_RESPONSE if be::is_fatal(body) => {
                 held.extend_from_slice(&frame);
                 client
@@ -331,6 +300,50 @@ impl LoginState {
                 self.hold(&frame).map(|()| None)
             }
         }
+    }
+
+    /// The server's first ReadyForQuery while the post-login messages are held: judges the
+    /// server (its role, and whether its commits wait for a synchronous standby, where asked)
+    /// and either hands the held messages to the client or says why this host will not do.
+    async fn ready(
+        &mut self,
+        client: &mut Conn,
+        server: &mut Conn,
+        frame: &[u8],
+        wanted: Wanted,
+    ) -> Result<Option<Login>, SessionError> {
+        let body = &frame[5..];
+        let mut role = ServerRole::from_parameters(&self.parameters);
+        if role.is_none() && wanted.attrs != TargetSessionAttrs::Any {
+            role = ask_role(server).await?;
+        }
+        let matches = match role {
+            Some(role) => wanted.attrs.accepts(role),
+            None => wanted.attrs == TargetSessionAttrs::Any,
+        };
+        if !matches {
+            return Ok(Some(Login::WrongRole(role)));
+        }
+        let primary = role.is_some_and(|r| !r.in_hot_standby);
+        let mut synchronous = None;
+        if let Some(mode) = wanted.synchronous.filter(|_| primary) {
+            synchronous = ask_synchronous(server).await?;
+            if mode == SynchronousReplication::Require && synchronous != Some(true) {
+                return Ok(Some(Login::NotSynchronous(role)));
+            }
+        }
+        let held = self.held.get_or_insert_with(BytesMut::new);
+        held.extend_from_slice(frame);
+        client
+            .write_flush(held)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        Ok(Some(Login::Established(Established {
+            status: TxStatus::from_ready_body(body).unwrap_or_default(),
+            parameters: std::mem::take(&mut self.parameters),
+            role,
+            synchronous,
+        })))
     }
 
     fn hold(&mut self, frame: &[u8]) -> Result<(), SessionError> {
