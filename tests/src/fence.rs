@@ -91,6 +91,21 @@ impl FenceEnv {
         FenceEnv { fp, db, monitor }
     }
 
+    /// [`FenceEnv::new`] for a database whose sessions count their function calls
+    /// (`track_functions = 'all'`), for a test that reads pg_stat_user_functions.
+    pub async fn counting(prefix: &str, setup: &str) -> FenceEnv {
+        let env = FenceEnv::new(prefix, setup).await;
+        env.monitor
+            .client()
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET track_functions = 'all'",
+                env.db
+            ))
+            .await
+            .expect("enable track_functions for the test database");
+        env
+    }
+
     /// A tokio-postgres client through the proxy, as the ordinary role [`TRUST_USER`].
     pub async fn client(&self) -> Client {
         self.fp.endpoint().connect(TRUST_USER, &self.db).await

@@ -21,6 +21,9 @@
 //!   `1..=final version`, duplicate elements, an acknowledged add without its history row, a
 //!   final element that no history row added). These mean the harness itself is broken, not
 //!   the system under test, and must never occur in any run.
+//!
+//! [`final_state`] reads the rows and the history a run left (the tables `sets` and
+//! `history`, as every workload of this kind creates them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -287,6 +290,54 @@ pub fn check(rows: &[FinalRow], history: &[Add], acked: &[Add]) -> Verdict {
         }
     }
     verdict
+}
+
+/// The tables of a lock-set workload over resources `0..resources` (a run of its own
+/// reads them back with [`final_state`]), granted to `trust_user`.
+pub fn tables(resources: usize) -> String {
+    format!(
+        "CREATE TABLE sets (id int PRIMARY KEY, elems int[] NOT NULL DEFAULT '{{}}',
+                           version bigint NOT NULL DEFAULT 0);
+         INSERT INTO sets (id) SELECT g FROM generate_series(0, {}) g;
+         CREATE TABLE history (resource int NOT NULL, token bigint NOT NULL,
+                               element int NOT NULL UNIQUE, version bigint NOT NULL,
+                               UNIQUE (resource, version));
+         GRANT ALL ON sets, history TO trust_user;",
+        resources - 1
+    )
+}
+
+/// The final rows of resources `0..resources` and the history, read with `client` (directly
+/// from PostgreSQL, or from the surviving primary after a failover).
+pub async fn final_state(
+    client: &tokio_postgres::Client,
+    resources: usize,
+) -> (Vec<FinalRow>, Vec<Add>) {
+    let mut rows = vec![FinalRow::default(); resources];
+    for row in client
+        .query("SELECT id, elems, version FROM sets ORDER BY id", &[])
+        .await
+        .expect("read sets")
+    {
+        let id: i32 = row.get(0);
+        rows[id as usize] = FinalRow {
+            elements: row.get::<_, Vec<i32>>(1).into_iter().collect(),
+            version: row.get(2),
+        };
+    }
+    let history = client
+        .query("SELECT resource, token, element, version FROM history", &[])
+        .await
+        .expect("read history")
+        .into_iter()
+        .map(|r| Add {
+            resource: r.get::<_, i32>(0) as usize,
+            token: r.get(1),
+            element: r.get(2),
+            version: r.get(3),
+        })
+        .collect();
+    (rows, history)
 }
 
 #[cfg(test)]

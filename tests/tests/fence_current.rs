@@ -6,12 +6,7 @@
 //! `check_current`; on a schema without it the proxy must keep to `check`.
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
-
-use fencegate_tests::cluster::{Cluster, TRUST_USER};
-use fencegate_tests::fence::{
-    assert_stale, comment, eventually, expect_code, fenced_database, FenceProxy, Monitor, STALE,
-};
+use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
 use tokio_postgres::Client;
 
 const SETUP: &str = "
@@ -22,31 +17,19 @@ GRANT ALL ON jobs TO trust_user;
 
 const JOB: &str = "job:7";
 
-struct Env {
-    fp: FenceProxy,
-    db: String,
-    monitor: Monitor,
+struct Env(FenceEnv);
+
+impl std::ops::Deref for Env {
+    type Target = FenceEnv;
+    fn deref(&self) -> &FenceEnv {
+        &self.0
+    }
 }
 
 impl Env {
     /// A database whose sessions count their function calls (for the monitor to read).
     async fn new(prefix: &str) -> Env {
-        let cluster = Cluster::shared();
-        let db = fenced_database(cluster, prefix, SETUP).await;
-        let monitor = Monitor::connect(cluster, &db).await;
-        monitor
-            .client()
-            .batch_execute(&format!(
-                "ALTER DATABASE \"{db}\" SET track_functions = 'all'"
-            ))
-            .await
-            .unwrap();
-        let fp = FenceProxy::start(cluster.port(), Duration::ZERO);
-        Env { fp, db, monitor }
-    }
-
-    async fn client(&self) -> Client {
-        self.fp.endpoint().connect(TRUST_USER, &self.db).await
+        Env(FenceEnv::counting(prefix, SETUP).await)
     }
 
     /// One transaction appending `step` with `token`; its outcome.
@@ -103,6 +86,14 @@ impl Env {
         .await
     }
 
+    /// Appends with a stale `token` on `c` and expects 55Z01 naming `current`; then rolls
+    /// the aborted transaction back.
+    async fn refused(&self, c: &Client, token: i64, current: i64) {
+        let err = expect_code(self.append(c, token, "x").await, STALE);
+        assert_stale(&err, JOB, token, current);
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+
     async fn steps(&self) -> String {
         self.monitor
             .text("SELECT steps FROM jobs WHERE id = 7")
@@ -122,9 +113,7 @@ async fn check_current_decides_as_check_does() {
     // A newer holder raises H to 6 on another connection: the believed 5 is now stale.
     let other = env.client().await;
     env.append(&other, 6, "d").await.expect("6 raises");
-    let err = expect_code(env.append(&c, 5, "x").await, STALE);
-    assert_stale(&err, JOB, 5, 6);
-    c.batch_execute("ROLLBACK").await.unwrap();
+    env.refused(&c, 5, 6).await;
     // A belief that turns out wrong: 7 admitted in a transaction that rolled back leaves H
     // at 6; the next transaction with 7 must still raise it.
     let note = comment(JOB, 7);
@@ -136,9 +125,7 @@ async fn check_current_decides_as_check_does() {
     assert_eq!(env.monitor.high_water(JOB).await, Some(6));
     env.append(&c, 7, "e").await.expect("7 raises after all");
     assert_eq!(env.monitor.high_water(JOB).await, Some(7));
-    let err = expect_code(env.append(&other, 6, "x").await, STALE);
-    assert_stale(&err, JOB, 6, 7);
-    other.batch_execute("ROLLBACK").await.unwrap();
+    env.refused(&other, 6, 7).await;
     env.flush(&[&c, &other]).await;
     assert_eq!(env.steps().await, "abcde");
     // Which function decided: every token its session had seen admitted went to
@@ -166,9 +153,7 @@ async fn without_schema_9_the_proxy_keeps_to_check() {
     }
     let other = env.client().await;
     env.append(&other, 6, "d").await.expect("6 raises");
-    let err = expect_code(env.append(&c, 5, "x").await, STALE);
-    assert_stale(&err, JOB, 5, 6);
-    c.batch_execute("ROLLBACK").await.unwrap();
+    env.refused(&c, 5, 6).await;
     env.flush(&[&c, &other]).await;
     assert_eq!(env.steps().await, "abcd");
     // The three of 5 and the first touch of 6 (the stale 5 ended with an error, which

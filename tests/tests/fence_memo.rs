@@ -32,16 +32,7 @@ const FLUSH: &str = "SELECT pg_stat_force_next_flush()";
 
 /// A fenced database whose sessions count function calls, and a proxy in front of it.
 async fn counting_env(prefix: &str) -> FenceEnv {
-    let env = FenceEnv::new(prefix, SETUP).await;
-    env.monitor
-        .client()
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET track_functions = 'all'",
-            env.db
-        ))
-        .await
-        .expect("enable track_functions for the test database");
-    env
+    FenceEnv::counting(prefix, SETUP).await
 }
 
 /// A tokio-postgres session through the proxy (as [`TRUST_USER`]) that counts function calls.

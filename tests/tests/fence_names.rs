@@ -151,53 +151,53 @@ const EVIL: &str = "CREATE SCHEMA evil AUTHORIZATION trust_user;
 
 const EVIL_PATH: &str = "SET search_path = evil, pg_catalog, public";
 
+/// A session whose search_path puts [`EVIL`] (installed first) before pg_catalog.
+async fn evil_session(env: &FenceEnv) -> WireClient {
+    env.monitor.client().batch_execute(EVIL).await.unwrap();
+    let mut raw = session(env);
+    raw.round(&msg::query(EVIL_PATH), 1, "search_path");
+    raw
+}
+
+/// Sets the stale token 4 for `sp` as settings and writes: the SQLSTATEs of the write.
+fn stale_setting(raw: &mut WireClient) -> Vec<String> {
+    raw.round(
+        &msg::query("SET fencing.resource = 'sp'; SET fencing.token = 4"),
+        1,
+        "settings",
+    );
+    codes_of(
+        raw,
+        &msg::query("INSERT INTO t VALUES (2)"),
+        "stale setting",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_path_of_the_clients_own_leaves_the_settings_check_as_it_is() {
     // The first statement of a proxy that does not know yet whether the database has the
     // schema: the settings check goes in its DO form, whose comparison must not be the
     // client's `<>`.
     let env = FenceEnv::new("names_search_path_do", SETUP).await;
-    env.monitor.client().batch_execute(EVIL).await.unwrap();
+    let mut raw = evil_session(&env).await;
     env.monitor
         .client()
         .batch_execute("INSERT INTO fencegate.fence (resource, token) VALUES ('sp', 5)")
         .await
         .unwrap();
-    let mut raw = session(&env);
-    raw.round(&msg::query(EVIL_PATH), 1, "search_path");
-    raw.round(
-        &msg::query("SET fencing.resource = 'sp'; SET fencing.token = 4"),
-        1,
-        "settings",
-    );
-    let stale = codes_of(
-        &mut raw,
-        &msg::query("INSERT INTO t VALUES (2)"),
-        "stale setting",
-    );
+    let stale = stale_setting(&mut raw);
     assert_eq!(stale, [STALE], "the stale token as a setting, DO form");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_path_of_the_clients_own_leaves_the_check_as_it_is() {
     let env = FenceEnv::new("names_search_path", SETUP).await;
-    env.monitor.client().batch_execute(EVIL).await.unwrap();
-    let mut raw = session(&env);
-    raw.round(&msg::query(EVIL_PATH), 1, "search_path");
+    let mut raw = evil_session(&env).await;
     let current = codes_of(&mut raw, &insert("sp", 5), "current token");
     assert!(current.is_empty(), "the current token: {current:?}");
     let stale = codes_of(&mut raw, &insert("sp", 4), "stale token");
     assert_eq!(stale, [STALE], "the stale token");
-    raw.round(
-        &msg::query("SET fencing.resource = 'sp'; SET fencing.token = 4"),
-        1,
-        "settings",
-    );
-    let stale = codes_of(
-        &mut raw,
-        &msg::query("INSERT INTO t VALUES (2)"),
-        "stale setting",
-    );
+    let stale = stale_setting(&mut raw);
     assert_eq!(stale, [STALE], "the stale token as a setting");
     assert_eq!(fence_rows(&env).await, [("sp".to_string(), 5)]);
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use fencegate_tests::cluster::{Cluster, TRUST_USER};
 use fencegate_tests::fence::{comment, fenced_database, FenceProxy, Monitor};
-use fencegate_tests::lockset::{check, Add, FinalRow, Lease, LeaseService, Verdict};
+use fencegate_tests::lockset::{check, Add, Lease, LeaseService, Verdict};
 use fencegate_tests::Endpoint;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -506,38 +506,6 @@ async fn worker(ctx: Arc<RunCtx>, id: usize) {
     }
 }
 
-/// Reads the final rows and the history directly from Postgres.
-async fn final_state(monitor: &Monitor) -> (Vec<FinalRow>, Vec<Add>) {
-    let mut rows = vec![FinalRow::default(); RESOURCES];
-    for row in monitor
-        .client()
-        .query("SELECT id, elems, version FROM sets ORDER BY id", &[])
-        .await
-        .expect("read sets")
-    {
-        let id: i32 = row.get(0);
-        let elems: Vec<i32> = row.get(1);
-        rows[id as usize] = FinalRow {
-            elements: elems.into_iter().collect(),
-            version: row.get(2),
-        };
-    }
-    let history = monitor
-        .client()
-        .query("SELECT resource, token, element, version FROM history", &[])
-        .await
-        .expect("read history")
-        .into_iter()
-        .map(|r| Add {
-            resource: r.get::<_, i32>(0) as usize,
-            token: r.get(1),
-            element: r.get(2),
-            version: r.get(3),
-        })
-        .collect();
-    (rows, history)
-}
-
 /// The outcome of one run.
 struct Outcome {
     name: &'static str,
@@ -581,7 +549,7 @@ async fn run(name: &'static str, endpoint: Endpoint, db: String, seed: u64, secs
         handle.await.expect("worker panicked");
     }
     let elapsed = started.elapsed();
-    let (rows, history) = final_state(&monitor).await;
+    let (rows, history) = fencegate_tests::lockset::final_state(monitor.client(), RESOURCES).await;
     let ctx = Arc::into_inner(ctx).expect("workers are done");
     let acked = ctx.acked.into_inner().unwrap();
     let verdict = check(&rows, &history, &acked);

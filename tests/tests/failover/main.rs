@@ -59,7 +59,8 @@ async fn pair(sync: bool) -> (Cluster, Cluster, String) {
     let db = primary.create_database("failover");
     install(primary.port(), &db).await;
     primary.execute(&db, SETUP);
-    primary.execute(&db, workload::SETUP);
+    // The workload's tables, made on the primary before the standby is cloned.
+    primary.execute(&db, &fencegate_tests::lockset::tables(workload::RESOURCES));
     let standby = primary.standby(STANDBY_SETTINGS);
     if sync {
         primary.execute(
@@ -405,7 +406,7 @@ async fn the_lock_set_workload_survives_a_synchronous_failover() {
         .map(|(_, at)| at.duration_since(promoted_at))
         .min();
     let on_new = connect_eventually(&a.endpoint(), &db).await;
-    let (rows, history) = workload::final_state(&on_new).await;
+    let (rows, history) = fencegate_tests::lockset::final_state(&on_new, workload::RESOURCES).await;
     let acked: Vec<Add> = acked.into_iter().map(|(add, _)| add).collect();
     let verdict = check(&rows, &history, &acked);
     let summary = format!(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fencegate_tests::fence::comment;
-use fencegate_tests::lockset::{Add, FinalRow, LeaseService};
+use fencegate_tests::lockset::{Add, LeaseService};
 use fencegate_tests::Endpoint;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -21,17 +21,6 @@ use super::connect_eventually;
 pub const RESOURCES: usize = 2;
 /// Lease time; a paused holder sleeps past it.
 const TTL: Duration = Duration::from_millis(150);
-
-/// The workload's tables, made on the primary before the standby is cloned.
-pub const SETUP: &str = "
-CREATE TABLE sets (id int PRIMARY KEY, elems int[] NOT NULL DEFAULT '{}',
-                   version bigint NOT NULL DEFAULT 0);
-INSERT INTO sets (id) SELECT g FROM generate_series(0, 1) g;
-CREATE TABLE history (resource int NOT NULL, token bigint NOT NULL,
-                      element int NOT NULL UNIQUE, version bigint NOT NULL,
-                      UNIQUE (resource, version));
-GRANT ALL ON sets, history TO trust_user;
-";
 
 /// SQLSTATEs a worker may see across a failover: a stale token, its session ended by the
 /// server's crash or by a preemption, a refusal naming a server of the wrong role or one
@@ -138,33 +127,4 @@ pub async fn worker(
         }
         leases.release(&lease);
     }
-}
-
-/// The final rows and the history, read from `client` (on the surviving primary).
-pub async fn final_state(client: &Client) -> (Vec<FinalRow>, Vec<Add>) {
-    let mut rows = vec![FinalRow::default(); RESOURCES];
-    for row in client
-        .query("SELECT id, elems, version FROM sets ORDER BY id", &[])
-        .await
-        .expect("read sets")
-    {
-        let id: i32 = row.get(0);
-        rows[id as usize] = FinalRow {
-            elements: row.get::<_, Vec<i32>>(1).into_iter().collect(),
-            version: row.get(2),
-        };
-    }
-    let history = client
-        .query("SELECT resource, token, element, version FROM history", &[])
-        .await
-        .expect("read history")
-        .into_iter()
-        .map(|r| Add {
-            resource: r.get::<_, i32>(0) as usize,
-            token: r.get(1),
-            element: r.get(2),
-            version: r.get(3),
-        })
-        .collect();
-    (rows, history)
 }

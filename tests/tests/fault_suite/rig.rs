@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fencegate_tests::cluster::Cluster;
 use fencegate_tests::fence::{fenced_database, Monitor};
-use fencegate_tests::lockset::{check, Add, FinalRow, Verdict};
+use fencegate_tests::lockset::{check, Add, Verdict};
 
 use crate::procs::{LeaseServer, ProxyProc, WorkerArgs, WorkerProc};
 use crate::record::{Outcome, Parked, Record, Shared};
@@ -31,17 +31,6 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const PAUSE_PCT: u32 = 10;
 /// How long the suite waits for any one thing it waits on.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The workload's tables.
-const SETUP: &str = "
-CREATE TABLE sets (id int PRIMARY KEY, elems int[] NOT NULL DEFAULT '{}',
-                   version bigint NOT NULL DEFAULT 0);
-INSERT INTO sets (id) SELECT g FROM generate_series(0, 1) g;
-CREATE TABLE history (resource int NOT NULL, token bigint NOT NULL,
-                      element int NOT NULL UNIQUE, version bigint NOT NULL,
-                      UNIQUE (resource, version));
-GRANT ALL ON sets, history TO trust_user;
-";
 
 /// Commits must be durable when they are acknowledged, or a crash of PostgreSQL loses
 /// acknowledged adds whatever the proxy does (the throwaway cluster turns this off).
@@ -96,7 +85,12 @@ impl Rig {
     /// Starts everything and returns once every worker is connected.
     pub async fn start(name: &'static str, mode: Mode, seed: u64) -> Rig {
         let cluster = tokio::task::block_in_place(|| Cluster::start_with(DURABLE));
-        let db = fenced_database(&cluster, "faults", SETUP).await;
+        let db = fenced_database(
+            &cluster,
+            "faults",
+            &fencegate_tests::lockset::tables(RESOURCES),
+        )
+        .await;
         let pg = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.port()));
         let logs = tempfile::tempdir().expect("log directory");
         let (mut proxies, mut front, mut back) = (Vec::new(), Vec::new(), Vec::new());
@@ -272,7 +266,8 @@ impl Rig {
             worker.stop().await;
         }
         let monitor = Monitor::connect(&self.cluster, &self.db).await;
-        let (rows, history) = final_state(&monitor).await;
+        let (rows, history) =
+            fencegate_tests::lockset::final_state(monitor.client(), RESOURCES).await;
         let record = Arc::into_inner(self.shared)
             .expect("worker readers are done")
             .into_record();
@@ -338,34 +333,4 @@ pub struct Tokens {
 /// How many sessions a proxy's preemption ended, from PostgreSQL's log.
 fn ended_sessions(log: &str) -> usize {
     log.matches("fencegate: ended session").count()
-}
-
-/// The final rows and the history, read directly.
-async fn final_state(monitor: &Monitor) -> (Vec<FinalRow>, Vec<Add>) {
-    let client = monitor.client();
-    let mut rows = vec![FinalRow::default(); RESOURCES];
-    for row in client
-        .query("SELECT id, elems, version FROM sets ORDER BY id", &[])
-        .await
-        .expect("read sets")
-    {
-        let id: i32 = row.get(0);
-        rows[id as usize] = FinalRow {
-            elements: row.get::<_, Vec<i32>>(1).into_iter().collect(),
-            version: row.get(2),
-        };
-    }
-    let history = client
-        .query("SELECT resource, token, element, version FROM history", &[])
-        .await
-        .expect("read history")
-        .into_iter()
-        .map(|r| Add {
-            resource: r.get::<_, i32>(0) as usize,
-            token: r.get(1),
-            element: r.get(2),
-            version: r.get(3),
-        })
-        .collect();
-    (rows, history)
 }
