@@ -83,10 +83,19 @@ impl Proxy {
         log.iter().any(|l| needle.iter().all(|n| l.contains(n)))
     }
 
-    fn wait_logged(&self, needle: &[&str]) {
-        wait_for(&format!("a log line with {needle:?}"), || {
-            self.logged(needle)
-        });
+    /// Waits for a log line with every part of `needle`; fails at once, with the log, when
+    /// the proxy has exited instead.
+    fn wait_logged(&mut self, needle: &[&str]) {
+        let start = Instant::now();
+        while !self.logged(needle) {
+            self.assert_running();
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for a log line with {needle:?}; log: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn assert_running(&mut self) {
@@ -137,6 +146,19 @@ fn status(metrics_port: u16) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// Two different free loopback ports (a port freed by the first probe may be handed out
+/// again by the second).
+fn two_free_ports() -> (u16, u16) {
+    let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let second = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ports = (
+        first.local_addr().unwrap().port(),
+        second.local_addr().unwrap().port(),
+    );
+    drop((first, second));
+    ports
+}
+
 fn write_config(path: &Path, body: &str) {
     std::fs::write(path, body).expect("write config");
 }
@@ -147,8 +169,7 @@ fn sighup_reloads_live_settings_and_refuses_the_rest() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("fencegate.toml");
     let (upstream, accepted) = silent_upstream();
-    let port = free_port();
-    let metrics = free_port();
+    let (port, metrics) = two_free_ports();
     let settings = |listen: u16| {
         format!(
             "listen = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:{upstream}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n"
@@ -257,7 +278,7 @@ fn sighup_presents_a_renewed_certificate_to_new_sessions() {
     make_certificate("before-renewal", &cert, &key);
     let config = dir.join("fencegate.toml");
     let (upstream, _) = silent_upstream();
-    let (port, metrics) = (free_port(), free_port());
+    let (port, metrics) = two_free_ports();
     write_config(
         &config,
         &format!(
