@@ -106,6 +106,32 @@ impl FenceEnv {
         env
     }
 
+    /// Asserts that a check ended backend `pid`, holder of token `older` for `resource`, to
+    /// admit `newer`: the server log `log` (read once the newer holder was admitted) names
+    /// it, the backend goes away, and the proxy counted one preemption.
+    pub async fn assert_preempted(
+        &self,
+        log: &str,
+        pid: i32,
+        resource: &str,
+        older: i64,
+        newer: i64,
+    ) {
+        let ended = format!(
+            "fencegate: ended session {pid} holding stale token {older} for resource {resource} (newer token {newer})"
+        );
+        assert!(
+            log.contains(&ended),
+            "the newer holder was admitted but no line {ended:?} is in the server log:\n{log}"
+        );
+        self.monitor.wait_until_gone(pid).await;
+        assert_eq!(
+            FenceStats::get(&self.fp.stats.preempted),
+            1,
+            "preemptions counted"
+        );
+    }
+
     /// A tokio-postgres client through the proxy, as the ordinary role [`TRUST_USER`].
     pub async fn client(&self) -> Client {
         self.fp.endpoint().connect(TRUST_USER, &self.db).await

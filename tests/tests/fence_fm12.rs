@@ -140,20 +140,9 @@ async fn fm12_frozen_inside_open_transaction_is_ended_after_the_grace() {
         waited < GRACE + SLACK,
         "B was blocked {waited:?}, far longer than the grace of {GRACE:?}"
     );
-    let ended = format!(
-        "fencegate: ended session {a_pid} holding stale token 1 for resource job:7 (newer token 2)"
-    );
-    assert!(
-        log_when_b_done.contains(&ended),
-        "B completed but A's backend {a_pid} was not ended first; server log:\n{log_when_b_done}"
-    );
-    env.monitor.wait_until_gone(a_pid).await;
     // The proxy counts the preemption its check reported, and B sees nothing of it.
-    assert_eq!(
-        FenceStats::get(&env.fp.stats.preempted),
-        1,
-        "preemptions counted"
-    );
+    env.assert_preempted(&log_when_b_done, a_pid, JOB, 1, 2)
+        .await;
     let seen = b.batch_execute("SELECT 1").await;
     assert!(seen.is_ok(), "B goes on: {seen:?}");
     assert_eq!(

@@ -1,8 +1,8 @@
 //! The database side of fencing: the `fencegate` schema, the authority for every fencing
 //! decision, and the administrative commands that install and shape it. The SQL lives in
-//! `schema.sql`, `require.sql`, `views.sql` and `owners.sql` beside this file (read it there: it is the
-//! code PostgreSQL runs); the design and the argument for why G1-G7 hold, case by case, are
-//! in docs/fencing.md.
+//! `schema.sql` (the fence), `lease.sql` (the lease service), `require.sql`, `views.sql`
+//! and `owners.sql` beside this file (read it there: it is the code PostgreSQL runs); the
+//! design and the argument for why G1-G7 hold, case by case, are in docs/fencing.md.
 //!
 //! - [`admin`]: direct connections of the administrative commands and their errors.
 //! - [`migrate`]: installing the schema (`fencegate migrate`).
@@ -25,13 +25,14 @@ pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
-/// and the lease service (`schema.sql`), the tables that require a token (`require.sql`),
-/// the operator's views (`views.sql`), then the ownership of everything (`owners.sql`).
+/// (`schema.sql`), the lease service (`lease.sql`), the tables that require a token
+/// (`require.sql`), the operator's views (`views.sql`), then the ownership of everything (`owners.sql`).
 pub const INSTALL: &str = concat!(
     include_str!("schema.sql"),
+    include_str!("lease.sql"),
     include_str!("require.sql"),
     include_str!("views.sql"),
     include_str!("owners.sql")

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 9: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 10: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -7,9 +7,10 @@
 --   K(r) = hashtextextended(r, 7405), one bigint key:
 --     shared    by every transaction admitted with the token that equals H(r);
 --     exclusive by a transaction that raises H(r), from before it reads H until it ends.
---   published token: two shared two-int4 keys (hashtext(r), high 32 bits) and
---     (hashtext('fencegate:' || r), low 32 bits), so that a raiser can read from
---     pg_locks which token each holder of K(r) presented (preemption).
+--   published token: shared two-int4 keys (hashtext('fencegate:' || r), low 32 bits) and,
+--     for a token of 2^32 or more only, first (hashtext(r), high 32 bits), so that a raiser
+--     can read from pg_locks which token each holder of K(r) presented (preemption). The
+--     high key is taken before the low one: whoever sees the low key sees the token whole.
 -- A check never locks or writes the fence row unless it raises H, and tells whether the
 -- row version its snapshot shows is still the newest from the version's xmax: a raise
 -- that committed after the snapshot was taken leaves its xid there.
@@ -119,8 +120,8 @@ BEGIN
 END
 $fn$;
 
--- Publishes this transaction's token for a resource as two shared advisory locks, so that
--- other sessions can read it from pg_locks at once. Bounded like _lock: only a session
+-- Publishes this transaction's token for a resource as shared advisory locks (one for a
+-- token below 2^32, two above), so that other sessions can read it from pg_locks at once. Bounded like _lock: only a session
 -- holding one of these keys exclusively, which fencegate never does, can make it wait.
 CREATE OR REPLACE FUNCTION fencegate._publish(p_resource text, p_token bigint, p_grace_ms int4)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
@@ -129,14 +130,16 @@ DECLARE
     lo int4 := hashtext('fencegate:' || p_resource);
     saved text := current_setting('lock_timeout');
 BEGIN
-    IF pg_try_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4)
+    IF (p_token < 4294967296 OR pg_try_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4))
        AND pg_try_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::text::int4) THEN
         RETURN;
     END IF;
     BEGIN
         PERFORM set_config('lock_timeout', format('%sms', GREATEST(p_grace_ms, 1)), true);
-        PERFORM pg_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4),
-                pg_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::text::int4);
+        IF p_token >= 4294967296 THEN
+            PERFORM pg_advisory_xact_lock_shared(hi, (p_token >> 32)::text::int4);
+        END IF;
+        PERFORM pg_advisory_xact_lock_shared(lo, ((p_token & 4294967295) - 2147483648)::text::int4);
         PERFORM set_config('lock_timeout', saved, true);
     EXCEPTION WHEN lock_not_available THEN
         RAISE EXCEPTION USING ERRCODE = '55P03',
@@ -148,7 +151,8 @@ END
 $fn$;
 
 -- The highest token session p_pid has published for p_resource in its open transaction
--- (an upper bound when it published several), or NULL.
+-- (an upper bound when it published several), or NULL. The low key says a token was
+-- published; a high key is there only for a token of 2^32 or more (taken first).
 CREATE OR REPLACE FUNCTION fencegate._published_token(p_pid int4, p_resource text)
 RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     WITH mine AS (
@@ -158,8 +162,8 @@ RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
                             WHERE d.datname = pg_catalog.current_database())
     )
-    SELECT (SELECT max(objid) FROM mine
-            WHERE classid = pg_catalog.hashtext(p_resource)::oid) * 4294967296
+    SELECT COALESCE((SELECT max(objid) FROM mine
+                     WHERE classid = pg_catalog.hashtext(p_resource)::oid), 0) * 4294967296
          + (SELECT max(CASE WHEN objid >= 2147483648 THEN objid - 4294967296 ELSE objid END)
             FROM mine
             WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
@@ -194,7 +198,7 @@ BEGIN
     FOR victim IN
         SELECT DISTINCT l.pid FROM pg_locks l
         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.classid = hashtext(p_resource)::oid AND l.pid <> pg_backend_pid()
+          AND l.classid = hashtext('fencegate:' || p_resource)::oid AND l.pid <> pg_backend_pid()
     LOOP
         theirs := fencegate._published_token(victim, p_resource);
         IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim, int8 '0') THEN
@@ -364,20 +368,18 @@ CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    f record;
     admitted bigint;
 BEGIN
     IF (SELECT f0.token FROM fencegate.fence f0 WHERE f0.resource = p_resource) = p_token
        AND octet_length(p_resource) BETWEEN 1 AND 256 THEN
-        IF pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
+        IF (p_token < 4294967296
+            OR pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4))
            AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
                                                 ((p_token & 4294967295) - 2147483648)::text::int4)
            AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
-            SELECT f1.token, f1.xmax INTO f FROM fencegate.fence f1 WHERE f1.resource = p_resource;
-            IF f.token = p_token
-               AND (f.xmax = '0'::xid OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed') THEN
-                admitted := p_token;
-            END IF;
+            SELECT f1.token INTO admitted FROM fencegate.fence f1
+            WHERE f1.resource = p_resource AND f1.token = p_token
+              AND (f1.xmax = '0'::xid OR fencegate._xact_status(f1.xmax) IS DISTINCT FROM 'committed');
         END IF;
     END IF;
     IF admitted IS NULL THEN
@@ -419,19 +421,17 @@ CREATE OR REPLACE FUNCTION fencegate.check_current(p_resource text, p_token bigi
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    f record;
     admitted bigint;
 BEGIN
     IF octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
-       AND pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4)
+       AND (p_token < 4294967296
+            OR pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4))
        AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
                                             ((p_token & 4294967295) - 2147483648)::text::int4)
        AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
-        SELECT f1.token, f1.xmax INTO f FROM fencegate.fence f1 WHERE f1.resource = p_resource;
-        IF f.token = p_token
-           AND (f.xmax = '0'::xid OR fencegate._xact_status(f.xmax) IS DISTINCT FROM 'committed') THEN
-            admitted := p_token;
-        END IF;
+        SELECT f1.token INTO admitted FROM fencegate.fence f1
+        WHERE f1.resource = p_resource AND f1.token = p_token
+          AND (f1.xmax = '0'::xid OR fencegate._xact_status(f1.xmax) IS DISTINCT FROM 'committed');
     END IF;
     IF admitted IS NULL THEN
         admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
@@ -514,90 +514,6 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 
--- The lease service: a lock with a time-to-live that issues fencing tokens. Time is the
--- database's clock. Tokens strictly increase per resource across all grants (never reused,
--- not after release, not after expiry) and are always above the resource's committed H,
--- so a token from this service is never born stale.
-CREATE TABLE IF NOT EXISTS fencegate.lease (
-    resource text PRIMARY KEY CHECK (octet_length(resource) BETWEEN 1 AND 256),
-    holder text,
-    token bigint NOT NULL CHECK (token >= 0),
-    expires_at timestamptz NOT NULL
-);
-REVOKE ALL ON fencegate.lease FROM PUBLIC;
-
--- Grants the lease to p_holder for p_ttl when it is free or expired; returns the new token,
--- or NULL while another holder's lease is live.
-CREATE OR REPLACE FUNCTION fencegate.acquire(p_resource text, p_holder text, p_ttl interval)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    granted bigint;
-BEGIN
-    IF p_resource IS NULL OR octet_length(p_resource) NOT BETWEEN 1 AND 256 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'resource must be 1 to 256 bytes';
-    END IF;
-    IF p_holder IS NULL OR p_ttl IS NULL OR p_ttl <= interval '0' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'holder and a positive ttl are required';
-    END IF;
-    INSERT INTO fencegate.lease (resource, holder, token, expires_at)
-    VALUES (p_resource, NULL, int8 '0', '-infinity')
-    ON CONFLICT (resource) DO NOTHING;
-    IF (SELECT greatest(l.token, COALESCE((SELECT f.token FROM fencegate.fence f
-                                           WHERE f.resource = p_resource), int8 '0'))
-        FROM fencegate.lease l WHERE l.resource = p_resource) = 9223372036854775807 THEN
-        RAISE EXCEPTION USING ERRCODE = '55Z04',
-            MESSAGE = format('the fencing tokens of resource %s are used up: its token is 9223372036854775807',
-                quote_literal(p_resource)),
-            HINT = 'An operator can retire the resource (use a new name), or, with no holder left, delete its rows from fencegate.fence and fencegate.lease.';
-    END IF;
-    UPDATE fencegate.lease l
-    SET holder = p_holder,
-        token = greatest(l.token,
-                         COALESCE((SELECT f.token FROM fencegate.fence f
-                                   WHERE f.resource = p_resource), int8 '0')) + 1,
-        expires_at = clock_timestamp() + p_ttl
-    WHERE l.resource = p_resource AND (l.holder IS NULL OR l.expires_at <= clock_timestamp())
-    RETURNING l.token INTO granted;
-    RETURN granted;
-END
-$fn$;
-
--- Extends a live lease; false when it expired or belongs to someone else (the lease is lost).
-CREATE OR REPLACE FUNCTION fencegate.renew(p_resource text, p_holder text, p_token bigint,
-                                           p_ttl interval)
-RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-    WITH renewed AS (
-        UPDATE fencegate.lease SET expires_at = clock_timestamp() + p_ttl
-        WHERE resource = p_resource AND holder = p_holder AND token = p_token
-          AND expires_at > clock_timestamp() AND p_ttl > interval '0'
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM renewed)
-$fn$;
-
--- Gives a lease back early; false when it was no longer held by this holder and token.
-CREATE OR REPLACE FUNCTION fencegate.release(p_resource text, p_holder text, p_token bigint)
-RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-    WITH released AS (
-        UPDATE fencegate.lease SET holder = NULL, expires_at = clock_timestamp()
-        WHERE resource = p_resource AND holder = p_holder AND token = p_token
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM released)
-$fn$;
-
--- The current holder of a resource's lease (no row when free or expired).
-CREATE OR REPLACE FUNCTION fencegate.lease_holder(p_resource text)
-RETURNS TABLE (holder text, token bigint, expires_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT l.holder, l.token, l.expires_at FROM fencegate.lease l
-    WHERE l.resource = p_resource AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
-$fn$;
-
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '9')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '10')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
