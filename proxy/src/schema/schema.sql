@@ -163,7 +163,7 @@ RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                             WHERE d.datname = pg_catalog.current_database())
     )
     SELECT COALESCE((SELECT max(objid) FROM mine
-                     WHERE classid = pg_catalog.hashtext(p_resource)::oid), 0) * 4294967296
+                     WHERE classid = pg_catalog.hashtext(p_resource)::oid), '0'::pg_catalog.int8) * 4294967296
          + (SELECT max(CASE WHEN objid >= 2147483648 THEN objid - 4294967296 ELSE objid END)
             FROM mine
             WHERE classid = pg_catalog.hashtext('fencegate:' || p_resource)::oid) + 2147483648
