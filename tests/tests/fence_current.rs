@@ -137,6 +137,40 @@ async fn check_current_decides_as_check_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_current_refuses_a_raise_that_committed_after_the_snapshot() {
+    // The case table's REPEATABLE READ row: the session believes 5 (admitted before), takes
+    // its snapshot, and a newer holder raises H to 6 and commits before the session's next
+    // fenced statement. The locks are free again, and the one read shows the old version
+    // holding 5: only its xmax (the committed raise) tells that it is superseded.
+    let env = Env::new("current_rr").await;
+    let c = env.client().await;
+    env.append(&c, 5, "a").await.expect("first touch of 5");
+    env.append(&c, 5, "b").await.expect("5 is current");
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT steps FROM jobs")
+        .await
+        .unwrap();
+    let other = env.client().await;
+    env.append(&other, 6, "c").await.expect("6 raises");
+    let note = comment(JOB, 5);
+    let late = c
+        .batch_execute(&format!(
+            "UPDATE jobs SET steps = steps || 'x' WHERE id = 7 {note}"
+        ))
+        .await;
+    let err = expect_code(late, STALE);
+    assert!(
+        err.message()
+            .contains("after this transaction took its snapshot"),
+        "{err:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(env.steps().await, "abc");
+    env.flush(&[&c]).await;
+    // The belief was used: the second append went to check_current.
+    assert!(env.wait_for_calls("check_current", 1).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_schema_9_the_proxy_keeps_to_check() {
     let env = Env::new("current_old_schema").await;
     env.monitor

@@ -121,8 +121,9 @@ END
 $fn$;
 
 -- Publishes this transaction's token for a resource as shared advisory locks (one for a
--- token below 2^32, two above), so that other sessions can read it from pg_locks at once. Bounded like _lock: only a session
--- holding one of these keys exclusively, which fencegate never does, can make it wait.
+-- token below 2^32, two above), so that other sessions can read it from pg_locks at once.
+-- Bounded like _lock: only a session holding one of these keys exclusively, which
+-- fencegate never does, can make it wait.
 CREATE OR REPLACE FUNCTION fencegate._publish(p_resource text, p_token bigint, p_grace_ms int4)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
