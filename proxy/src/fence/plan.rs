@@ -271,9 +271,11 @@ pub enum CheckForm {
 /// `settings_same`): `None` until a check's row said.
 pub type Schema9 = Option<bool>;
 
-/// The column a check carries while [`Schema9`] is unknown.
+/// The column a check carries while [`Schema9`] is unknown. Its type names are qualified: a
+/// bare `text` is looked up in the session's pg_temp and search_path, where a type of the
+/// client's own would make the function seem missing (`fence_search_path.rs`).
 pub const SCHEMA_9_PROBE: &str =
-    "pg_catalog.to_regprocedure('fencegate.settings_same(text,text,integer,boolean)') IS NOT NULL";
+    "pg_catalog.to_regprocedure('fencegate.settings_same(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL";
 
 /// The answer to [`SCHEMA_9_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
 pub fn schema_9_answer(row: &[u8]) -> Option<bool> {

@@ -25,7 +25,7 @@ pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
 /// (`schema.sql`), the lease service (`lease.sql`), the tables that require a token

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 10: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 11: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -362,26 +362,40 @@ $fn$;
 -- one SQL function was planned again on every call and cost 3.7 times as much
 -- (benches/README.md, "The check's own cost").
 --
+-- check, check_current and check_settings pin no search_path, unlike every other function
+-- here: `SET search_path` on a function makes each call change the setting twice and look
+-- the new path up, 25 of check_current's 149 kIr (benches/README.md). Instead every name in
+-- them is qualified: functions and types with pg_catalog (pg_temp is searched for types),
+-- operators as OPERATOR(pg_catalog.x), the collation as pg_catalog."C", and none of NULLIF,
+-- IS DISTINCT FROM and BETWEEN, which look an operator up by its bare name. So the caller's
+-- search_path never decides what runs as the schema's owner (fence_names.rs plants a
+-- lookalike of each name first in the path and in pg_temp). What they call pins its own.
+--
 -- Once a table requires a token (`fencegate require`), an admission also leaves its proof in
 -- the transaction for that table's trigger (require.sql); until then that costs nothing.
 CREATE OR REPLACE FUNCTION fencegate.check(p_resource text, p_token bigint,
                                            p_grace_ms int4 DEFAULT 5000)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $fn$
 DECLARE
-    admitted bigint;
+    admitted pg_catalog.int8;
 BEGIN
-    IF (SELECT f0.token FROM fencegate.fence f0 WHERE f0.resource = p_resource) = p_token
-       AND octet_length(p_resource) BETWEEN 1 AND 256 THEN
-        IF (p_token < 4294967296
-            OR pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4))
-           AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
-                                                ((p_token & 4294967295) - 2147483648)::text::int4)
-           AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
-            SELECT f1.token INTO admitted FROM fencegate.fence f1
-            WHERE f1.resource = p_resource AND f1.token = p_token
-              AND (f1.xmax = '0'::xid OR fencegate._xact_status(f1.xmax) IS DISTINCT FROM 'committed');
-        END IF;
+    -- COALESCE: without a row the comparison is NULL, and AND would go on to the locks.
+    IF COALESCE((SELECT f0.token FROM fencegate.fence f0
+                 WHERE f0.resource OPERATOR(pg_catalog.=) p_resource) OPERATOR(pg_catalog.=) p_token,
+                false)
+       AND (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
+            OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
+                   (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
+       AND pg_catalog.pg_try_advisory_xact_lock_shared(
+               pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
+               ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
+                OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
+       AND pg_catalog.pg_try_advisory_xact_lock_shared(
+               pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8)) THEN
+        SELECT f1.token INTO admitted FROM fencegate.fence f1
+        WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
+          AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
+               OR COALESCE(fencegate._xact_status(f1.xmax) OPERATOR(pg_catalog.<>) 'committed', true));
     END IF;
     IF admitted IS NULL THEN
         admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
@@ -419,20 +433,23 @@ $fn$;
 -- two such raises of one token at once can turn into a deadlock (docs/fencing.md).
 CREATE OR REPLACE FUNCTION fencegate.check_current(p_resource text, p_token bigint,
                                                    p_grace_ms int4 DEFAULT 5000)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $fn$
 DECLARE
-    admitted bigint;
+    admitted pg_catalog.int8;
 BEGIN
-    IF octet_length(p_resource) BETWEEN 1 AND 256 AND p_token >= 0
-       AND (p_token < 4294967296
-            OR pg_try_advisory_xact_lock_shared(hashtext(p_resource), (p_token >> 32)::text::int4))
-       AND pg_try_advisory_xact_lock_shared(hashtext('fencegate:' || p_resource),
-                                            ((p_token & 4294967295) - 2147483648)::text::int4)
-       AND pg_try_advisory_xact_lock_shared(hashtextextended(p_resource, '7405'::int8)) THEN
+    IF (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
+            OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
+                   (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
+       AND pg_catalog.pg_try_advisory_xact_lock_shared(
+               pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
+               ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
+                OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
+       AND pg_catalog.pg_try_advisory_xact_lock_shared(
+               pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8)) THEN
         SELECT f1.token INTO admitted FROM fencegate.fence f1
-        WHERE f1.resource = p_resource AND f1.token = p_token
-          AND (f1.xmax = '0'::xid OR fencegate._xact_status(f1.xmax) IS DISTINCT FROM 'committed');
+        WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
+          AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
+               OR COALESCE(fencegate._xact_status(f1.xmax) OPERATOR(pg_catalog.<>) 'committed', true));
     END IF;
     IF admitted IS NULL THEN
         admitted := fencegate._check_slow(p_resource, p_token, p_grace_ms);
@@ -469,19 +486,24 @@ $fn$;
 -- a repeated check takes the fast path, and nothing a client can SET stands for a check.
 CREATE OR REPLACE FUNCTION fencegate.check_settings(p_grace_ms int4 DEFAULT 5000,
                                                     p_required boolean DEFAULT false)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-    r text := NULLIF(current_setting('fencing.resource', true), '');
-    t text := NULLIF(current_setting('fencing.token', true), '');
+    r pg_catalog.text := pg_catalog.current_setting('fencing.resource', true);
+    t pg_catalog.text := pg_catalog.current_setting('fencing.token', true);
 BEGIN
-    IF t IS NULL AND NOT p_required THEN
-        RETURN NULL;
+    IF t IS NULL OR t OPERATOR(pg_catalog.=) '' THEN
+        IF NOT p_required THEN
+            RETURN NULL;
+        END IF;
+        t := NULL;
     END IF;
-    IF r IS NOT NULL AND t ~ '^[0-9]{1,19}$'
-       AND (length(t) < 19 OR t COLLATE "C" <= '9223372036854775807') THEN
-        RETURN fencegate.check(r, t::bigint, p_grace_ms);
+    IF r OPERATOR(pg_catalog.<>) '' AND t OPERATOR(pg_catalog.~) '^[0-9]{1,19}$'
+       AND (pg_catalog.length(t) OPERATOR(pg_catalog.<) 19
+            OR t COLLATE pg_catalog."C" OPERATOR(pg_catalog.<=) '9223372036854775807') THEN
+        RETURN fencegate.check(r, t::pg_catalog.int8, p_grace_ms);
     END IF;
-    RETURN fencegate._settings_invalid(r, t, p_required);
+    RETURN fencegate._settings_invalid(CASE WHEN r OPERATOR(pg_catalog.<>) '' THEN r END, t,
+                                       p_required);
 END
 $fn$;
 
@@ -515,6 +537,6 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '10')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '11')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
