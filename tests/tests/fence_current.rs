@@ -6,7 +6,9 @@
 //! `check_current`; on a schema without it the proxy must keep to `check`.
 #![forbid(unsafe_code)]
 
-use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
+use fencegate_tests::fence::{
+    assert_stale, comment, eventually, expect_code, FenceEnv, INVALID, STALE,
+};
 use tokio_postgres::Client;
 
 const SETUP: &str = "
@@ -193,4 +195,48 @@ async fn without_schema_9_the_proxy_keeps_to_check() {
     // The three of 5 and the first touch of 6 (the stale 5 ended with an error, which
     // PostgreSQL does not count).
     assert_eq!(env.wait_for_calls("check", 4).await, 4);
+}
+
+/// Schema 11 left the checks of the name's length and the token's sign to the slow path:
+/// the fast paths admit only a row that matches, and the table's constraints admit no row
+/// for such arguments. Both functions, called directly by an ordinary role, still refuse
+/// each with 55Z02, from the slow path's own checks, and write nothing (without those
+/// checks the first call fails with the table's 23514 instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_out_of_bounds_are_refused_by_both_checks() {
+    let env = Env::new("current_bounds").await;
+    let c = env.client().await;
+    c.batch_execute(&format!(
+        "UPDATE jobs SET steps = 'a' WHERE id = 7 {}",
+        comment(JOB, 5)
+    ))
+    .await
+    .expect("the first token");
+    let bad = [
+        ("pg_catalog.repeat('x', 257)", "'5'", "a 257-byte name"),
+        ("''", "'5'", "an empty name"),
+        ("NULL", "'5'", "no name"),
+        ("'job:7'", "'-1'", "a negative token"),
+        ("'job:7'", "NULL", "no token"),
+    ];
+    for function in ["check", "check_current"] {
+        for (resource, token, what) in bad {
+            let sql =
+                format!("SELECT fencegate.{function}({resource}, {token}::pg_catalog.int8, 5000)");
+            let refused = expect_code(c.simple_query(&sql).await, INVALID);
+            assert!(
+                refused.message().starts_with("invalid fencing annotation"),
+                "{function}, {what}: {}",
+                refused.message()
+            );
+        }
+    }
+    let rows = env
+        .monitor
+        .client()
+        .query("SELECT resource, token FROM fencegate.fence", &[])
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows, [(JOB.to_string(), 5)], "nothing written for them");
 }
