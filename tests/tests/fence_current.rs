@@ -1,9 +1,9 @@
-//! A token seen admitted before is checked with `fencegate.check_current` (schema 9), which
+//! A token seen admitted before is checked with `CALL fencegate.admit_current` (schema 11), which
 //! must decide exactly as `fencegate.check` does (docs/fencing.md, "A token seen admitted
 //! before"): a current token admitted, a stale one refused, and a belief that turned out
 //! wrong (the admitting transaction rolled back) still raises the fence. Which function
 //! ran is read from pg_stat_user_functions, so each test fails when the proxy never sends
-//! `check_current`; on a schema without it the proxy must keep to `check`.
+//! `admit_current`; on a schema without it the proxy must keep to `check`.
 #![forbid(unsafe_code)]
 
 use fencegate_tests::fence::{
@@ -108,7 +108,7 @@ impl Env {
 async fn check_current_decides_as_check_does() {
     let env = Env::new("current_decides").await;
     let c = env.client().await;
-    // First touch with `check`; then the same token again: `check_current`, admitted.
+    // First touch with `check`; then the same token again: `admit_current`, admitted.
     env.append(&c, 5, "a").await.expect("first touch of 5");
     env.append(&c, 5, "b").await.expect("5 is current");
     env.append(&c, 5, "c").await.expect("5 is still current");
@@ -134,7 +134,7 @@ async fn check_current_decides_as_check_does() {
     // check_current (5 twice, 7 after its rolled-back admission; the two stale ones too,
     // but PostgreSQL counts only calls that return, not those that end with an error),
     // every other one to check (the first touches of 5 and 6, and 7 before its rollback).
-    assert_eq!(env.wait_for_calls("check_current", 3).await, 3);
+    assert_eq!(env.wait_for_calls("admit_current", 3).await, 3);
     assert_eq!(env.wait_for_calls("check", 3).await, 3);
 }
 
@@ -168,18 +168,19 @@ async fn check_current_refuses_a_raise_that_committed_after_the_snapshot() {
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(env.steps().await, "abc");
     env.flush(&[&c]).await;
-    // The belief was used: the second append went to check_current.
-    assert!(env.wait_for_calls("check_current", 1).await >= 1);
+    // The belief was used: the second append went to admit_current.
+    assert!(env.wait_for_calls("admit_current", 1).await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_schema_9_the_proxy_keeps_to_check() {
+async fn without_schema_11_the_proxy_keeps_to_check() {
     let env = Env::new("current_old_schema").await;
     env.monitor
         .client()
         .batch_execute(
-            "DROP FUNCTION fencegate.check_current(text, bigint, int4); \
-             DROP FUNCTION fencegate.settings_same(text, text, int4, boolean)",
+            // As schema 10: without schema 11's procedures.
+            "DROP PROCEDURE fencegate.admit_current(text, bigint, int4); \
+             DROP PROCEDURE fencegate.settings_unchanged(text, text, int4, boolean)",
         )
         .await
         .unwrap();

@@ -22,10 +22,10 @@ use fencegate_tests::memo::{note, read, write, SETUP};
 use fencegate_tests::wire::{self, msg, tags, WireClient};
 use tokio_postgres::{Client, GenericClient, SimpleQueryMessage, ToStatement};
 
-/// Calls of the token checks (`fencegate.check`, and `fencegate.check_current` for a token
+/// Calls of the token checks (`fencegate.check`, and `fencegate.admit_current` for a token
 /// the session saw admitted) published so far in the current database.
 const CHECK_CALLS: &str = "SELECT COALESCE(sum(calls), 0)::int8 FROM pg_stat_user_functions \
-                           WHERE schemaname = 'fencegate' AND funcname IN ('check', 'check_current')";
+                           WHERE schemaname = 'fencegate' AND funcname IN ('check', 'admit_current')";
 
 /// Makes the session publish its pending statistics before its next ReadyForQuery.
 const FLUSH: &str = "SELECT pg_stat_force_next_flush()";

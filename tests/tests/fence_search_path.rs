@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! The checks the proxy sends (`check`, `check_current`, `check_settings`,
-//! `settings_same`) pin no search_path: they name everything with its schema instead
+//! The checks the proxy sends (`check`, `admit_current`, `check_settings`,
+//! `settings_unchanged`) pin no search_path: they name everything with its schema instead
 //! (schema.sql, docs/security.md). So a session that puts a lookalike of every function,
 //! operator and type they use first in its search_path, and lookalike types in its
 //! pg_temp (searched for types before anything else), must get exactly the decisions a
@@ -131,7 +131,7 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
     assert_eq!(reached, ["FGX01"], "the lookalike = is first in the path");
     let comments: &[(i64, &str, &[&str])] = &[
         (5, "the first token: check, then a raise", &[]),
-        (5, "the same token again: check_current", &[]),
+        (5, "the same token again: admit_current", &[]),
         (6, "a newer token: a raise", &[]),
         (6, "the newer token again", &[]),
         (5, "the older token: stale", &[STALE]),
@@ -156,7 +156,7 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
         .client()
         .query(
             "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'fencegate' \
-             AND funcname IN ('check', 'check_current', 'check_settings', 'settings_same') \
+             AND funcname IN ('check', 'admit_current', 'check_settings', 'settings_unchanged') \
              ORDER BY funcname",
             &[],
         )
@@ -165,7 +165,12 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
     let ran: Vec<String> = ran.iter().map(|r| r.get(0)).collect();
     assert_eq!(
         ran,
-        ["check", "check_current", "check_settings", "settings_same"]
+        [
+            "admit_current",
+            "check",
+            "check_settings",
+            "settings_unchanged"
+        ]
     );
     let rows = env
         .monitor

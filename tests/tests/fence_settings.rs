@@ -360,21 +360,21 @@ async fn parse_time_errors_and_notices_under_a_session_token_are_the_clients() {
 async fn settings_changed_by_server_side_code_are_checked_again() {
     // The proxy remembers what the first settings check of a transaction admitted, but
     // PostgreSQL compares the settings in effect with it before every statement (with
-    // `fencegate.settings_same`): a function that calls set_config (which the proxy cannot
+    // `CALL fencegate.settings_unchanged`): a function that calls set_config (which the proxy cannot
     // see) does not slip a stale token or another resource past the check.
     let env = Env::new("settings_server_side").await;
     assert_server_side_changes_are_checked(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_are_compared_without_the_function_of_schema_9() {
-    // A database whose schema predates `settings_same` (as one migrated by an older
+async fn settings_are_compared_without_the_procedure_of_schema_11() {
+    // A database whose schema predates `settings_unchanged` (as one migrated by an older
     // fencegate): the proxy learns that from its first settings check and compares the
     // settings with a statement of its own instead, with the same result.
     let env = Env::new("settings_old_schema").await;
     env.monitor
         .client()
-        .batch_execute("DROP FUNCTION fencegate.settings_same(text, text, int4, boolean)")
+        .batch_execute("DROP PROCEDURE fencegate.settings_unchanged(text, text, int4, boolean)")
         .await
         .unwrap();
     assert_server_side_changes_are_checked(&env).await;

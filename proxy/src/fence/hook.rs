@@ -31,7 +31,7 @@ use dashmap::DashSet;
 use super::annotation::LastComment;
 use super::cache::HighWaterCache;
 use super::memo::Admitted;
-use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Schema9, SCHEMA_PROBE};
+use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Schema11, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::seen::SeenAdmitted;
 use super::settings_memo;
@@ -116,7 +116,7 @@ impl HookFactory for FenceHooks {
             settings_aware,
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
-            schema_9: None,
+            schema_11: None,
             seen: SeenAdmitted::default(),
             first_check: None,
             last_parse: None,
@@ -155,9 +155,9 @@ pub struct FenceHook {
     prepared: PreparedStatements,
     /// The checks already sent in the current transaction.
     admitted: Admitted,
-    /// Whether the database has schema 9's functions (learned from the session's first
+    /// Whether the database has schema 11's procedures (learned from the session's first
     /// check; forgotten when a check finds the schema missing).
-    schema_9: Schema9,
+    schema_11: Schema11,
     /// The tokens this session saw admitted.
     seen: SeenAdmitted,
     /// The fence of the token check [`FenceHook::decide`] put first in its answer, if any.
@@ -227,13 +227,13 @@ impl SessionHook for FenceHook {
     fn injected_row(&mut self, body: &[u8]) {
         if let Some(learned) = settings_memo::learn(body) {
             if learned.has_compare.is_some() {
-                self.schema_9 = learned.has_compare;
+                self.schema_11 = learned.has_compare;
             }
             if let Some(memo) = learned.memo {
                 self.admitted.settings_admitted(memo);
             }
-        } else if let Some(answer) = plan::schema_9_answer(body) {
-            self.schema_9 = Some(answer);
+        } else if let Some(answer) = plan::schema_11_answer(body) {
+            self.schema_11 = Some(answer);
         }
         if !self.schema_known {
             self.schema_known = true;
@@ -267,7 +267,7 @@ impl SessionHook for FenceHook {
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
                 self.schema_known = false;
-                self.schema_9 = None;
+                self.schema_11 = None;
                 self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
                 return Some(error_response(
@@ -387,7 +387,7 @@ impl FenceHook {
                     self.policy.grace_ms,
                     required,
                     memo,
-                    self.schema_9,
+                    self.schema_11,
                 )]
             }
             _ => self
@@ -402,11 +402,11 @@ impl FenceHook {
         out
     }
 
-    /// How to send the check of `fence`: the cheaper `check_current` for a token this
+    /// How to send the check of `fence`: the cheaper `admit_current` for a token this
     /// session saw admitted, where the database has it; while the session does not know
     /// whether it has, the check asks.
     fn check_form(&self, fence: &super::Fence) -> CheckForm {
-        match self.schema_9 {
+        match self.schema_11 {
             None => CheckForm::CheckAsking,
             Some(true) if self.seen.is_believed(fence) => CheckForm::Current,
             Some(_) => CheckForm::Check,

@@ -233,23 +233,20 @@ impl FencePolicy {
 impl FencePolicy {
     /// The statement (ASCII only) that checks `fence`, in the given form.
     pub fn check_sql(&self, fence: &Fence, form: CheckForm) -> String {
-        let function = match form {
-            CheckForm::Check | CheckForm::CheckAsking => "check",
-            CheckForm::Current => "check_current",
-        };
         // The token as a literal of a schema-qualified type: a bare integer below 2^31
         // would be cast with int8(integer), which a database may have revoked from PUBLIC,
         // and an unqualified type name is looked up in the session's search_path, where a
         // client may have put a type of its own called int8 before pg_catalog.
-        let call = format!(
-            "fencegate.{function}({}, '{}'::pg_catalog.int8, {})",
+        let args = format!(
+            "({}, '{}'::pg_catalog.int8, {})",
             text_expr(&fence.resource),
             fence.token,
             self.grace_ms
         );
         match form {
-            CheckForm::CheckAsking => format!("SELECT {call}, {SCHEMA_9_PROBE}"),
-            CheckForm::Check | CheckForm::Current => format!("SELECT {call}"),
+            CheckForm::CheckAsking => format!("SELECT fencegate.check{args}, {SCHEMA_11_PROBE}"),
+            CheckForm::Check => format!("SELECT fencegate.check{args}"),
+            CheckForm::Current => format!("CALL fencegate.admit_current{args}"),
         }
     }
 }
@@ -259,26 +256,28 @@ impl FencePolicy {
 pub enum CheckForm {
     /// `fencegate.check`.
     Check,
-    /// `fencegate.check`, and in a second column whether the database has schema 9's
-    /// functions ([`SCHEMA_9_PROBE`]).
+    /// `fencegate.check`, and in a second column whether the database has schema 11's
+    /// procedures ([`SCHEMA_11_PROBE`]).
     CheckAsking,
-    /// `fencegate.check_current` (schema 9), for a token the session saw admitted: the same
-    /// decision with one read of the fence row instead of two (docs/fencing.md).
+    /// `CALL fencegate.admit_current` (schema 11), for a token the session saw admitted: the
+    /// same decision with one read of the fence row instead of two (docs/fencing.md), and
+    /// as a CALL, which PostgreSQL neither plans nor runs as a query.
     Current,
 }
 
-/// Whether the session's database has schema 9's functions (`check_current`,
-/// `settings_same`): `None` until a check's row said.
-pub type Schema9 = Option<bool>;
+/// Whether the session's database has schema 11's procedures (`admit_current`,
+/// `settings_unchanged`): `None` until a check's row said. A database migrated by an older
+/// fencegate is checked with `check` and comparisons written out until it is migrated.
+pub type Schema11 = Option<bool>;
 
-/// The column a check carries while [`Schema9`] is unknown. Its type names are qualified: a
+/// The column a check carries while [`Schema11`] is unknown. Its type names are qualified: a
 /// bare `text` is looked up in the session's pg_temp and search_path, where a type of the
 /// client's own would make the function seem missing (`fence_search_path.rs`).
-pub const SCHEMA_9_PROBE: &str =
-    "pg_catalog.to_regprocedure('fencegate.settings_same(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL";
+pub const SCHEMA_11_PROBE: &str =
+    "pg_catalog.to_regprocedure('fencegate.settings_unchanged(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL";
 
-/// The answer to [`SCHEMA_9_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
-pub fn schema_9_answer(row: &[u8]) -> Option<bool> {
+/// The answer to [`SCHEMA_11_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
+pub fn schema_11_answer(row: &[u8]) -> Option<bool> {
     match data_row_values(row)?.as_slice() {
         [Some(admitted), Some(answer)] if admitted.iter().all(u8::is_ascii_digit) => {
             match *answer {

@@ -13,13 +13,14 @@
 //! trigger). What the proxy keeps is what an earlier check of this transaction admitted,
 //! never a value a client could SET to stand for a check.
 //!
-//! The comparison is a call of `fencegate.settings_same` (schema 9), whose plans PostgreSQL
-//! keeps for the session, when the database has it; else the same comparison written out
-//! as a statement, which PostgreSQL parses and plans each time. Whether a database has it,
-//! the session learns from its first check: until it knows, that check's row also says
-//! whether the database has schema 9's functions ([`SCHEMA_9_PROBE`]).
+//! The comparison is `CALL fencegate.settings_unchanged` (schema 11), a procedure whose
+//! plans PostgreSQL keeps for the session and which it neither plans nor runs as a query,
+//! when the database has it; else the same comparison written out as a statement, which
+//! PostgreSQL parses and plans each time. Whether a database has it, the session learns
+//! from its first check: until it knows, that check's row also says whether the database
+//! has schema 11's procedures ([`SCHEMA_11_PROBE`]).
 
-use super::plan::{Schema9, SCHEMA_9_PROBE};
+use super::plan::{Schema11, SCHEMA_11_PROBE};
 use crate::protocol::backend::data_row_values;
 
 /// The settings a check admitted earlier in the current transaction.
@@ -39,26 +40,26 @@ const RESOURCE_HEX: &str = "pg_catalog.encode(pg_catalog.convert_to(\
 /// The statement (ASCII only) that checks the session's settings.
 /// - Without a memo: `check_settings`, and in the same row the resource as hex and the
 ///   token text it read, for [`learn`]; while `has_compare` is unknown, also whether the
-///   database has `settings_same`.
+///   database has `settings_unchanged`.
 /// - With one: `check_settings` only when the settings differ from the memo, and nothing
-///   else (one column, which teaches nothing): `settings_same` where the database has it
-///   and the resource is a plain literal, else the comparison written out, with no FROM
-///   clause so that PostgreSQL plans it quickly.
+///   that teaches anything: `CALL settings_unchanged` (no row) where the database has it
+///   and the resource is a plain literal, else the comparison written out (one column),
+///   with no FROM clause so that PostgreSQL plans it quickly.
 pub fn sql(
     grace_ms: u32,
     required: bool,
     memo: Option<&SettingsMemo>,
-    has_compare: Schema9,
+    has_compare: Schema11,
 ) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
     match memo {
         None if has_compare.is_none() => {
-            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {SCHEMA_9_PROBE}")
+            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {SCHEMA_11_PROBE}")
         }
         None => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
         Some(memo) => match (has_compare, memo.plain_resource()) {
             (Some(true), Some(resource)) => format!(
-                "SELECT fencegate.settings_same('{}', '{resource}', {grace_ms}, {required})",
+                "CALL fencegate.settings_unchanged('{}', '{resource}', {grace_ms}, {required})",
                 memo.token
             ),
             _ => format!(
@@ -103,13 +104,13 @@ impl SettingsMemo {
 pub struct Learned {
     /// What the check admitted, when it admitted a token.
     pub memo: Option<SettingsMemo>,
-    /// Whether the database has `settings_same`, when the row says.
-    pub has_compare: Schema9,
+    /// Whether the database has `settings_unchanged`, when the row says.
+    pub has_compare: Schema11,
 }
 
 /// What a row of [`sql`]'s first check teaches: the memo only when the check ran and
 /// admitted a token (its result is not NULL) and the values read are well formed; whether
-/// the database has `settings_same` when the row carries the fourth column. `None` for a
+/// the database has `settings_unchanged` when the row carries the fourth column. `None` for a
 /// row of any other shape.
 pub fn learn(row: &[u8]) -> Option<Learned> {
     let values = data_row_values(row)?;
@@ -187,7 +188,7 @@ mod tests {
         let memo = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
         assert_eq!(
             sql(5000, true, Some(&memo), Some(true)),
-            "SELECT fencegate.settings_same('7', 'job', 5000, true)"
+            "CALL fencegate.settings_unchanged('7', 'job', 5000, true)"
         );
         // The first check asks whether it exists only while the session does not know.
         assert!(sql(5000, false, None, None).ends_with("IS NOT NULL"));

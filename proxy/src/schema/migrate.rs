@@ -10,7 +10,9 @@ pub async fn run(url: &str) -> Result<i32, AdminError> {
 }
 
 /// The public interface of the schema: what an application role needs.
-const PUBLIC_FUNCTIONS: &str = "fencegate.check(text, bigint, int4), \
+const PUBLIC_ROUTINES: &str = "fencegate.check(text, bigint, int4), \
+     fencegate.admit_current(text, bigint, int4), \
+     fencegate.settings_unchanged(text, text, int4, boolean), \
      fencegate.check_current(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
      fencegate.settings_same(text, text, int4, boolean), \
@@ -29,7 +31,7 @@ pub async fn run_granting(url: &str, roles: &[String]) -> Result<i32, AdminError
         let role = quote_ident(role);
         tx.batch_execute(&format!(
             "GRANT USAGE ON SCHEMA fencegate TO {role}; \
-             GRANT EXECUTE ON FUNCTION {PUBLIC_FUNCTIONS} TO {role};"
+             GRANT EXECUTE ON ROUTINE {PUBLIC_ROUTINES} TO {role};"
         ))
         .await?;
     }

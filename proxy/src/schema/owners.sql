@@ -40,6 +40,6 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = 'fencegate'::regnamespace LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO fencegate_owner', f);
+        EXECUTE pg_catalog.format('ALTER ROUTINE %s OWNER TO fencegate_owner', f);
     END LOOP;
 END$own$;
