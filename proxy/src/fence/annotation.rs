@@ -71,18 +71,37 @@ pub fn from_comments_cached<'a>(
     comments: impl IntoIterator<Item = &'a [u8]>,
     last: &mut LastComment,
 ) -> Result<Option<Fence>, AnnotationError> {
-    let mut found: Option<Fence> = None;
+    let mut found = Ok(None);
     for text in comments {
-        if !mentions_key(text) {
-            continue;
-        }
-        let fence = last.parse(text)?;
-        match &found {
-            Some(prev) if *prev != fence => return Err(AnnotationError::Conflicting),
-            _ => found = Some(fence),
+        note_comment(&mut found, text, last);
+        if found.is_err() {
+            break;
         }
     }
-    Ok(found)
+    found
+}
+
+/// [`from_comments_cached`] one comment at a time, for a caller that meets the comments
+/// as it lexes (in order): `found` starts as `Ok(None)` and keeps the first error.
+pub fn note_comment(
+    found: &mut Result<Option<Fence>, AnnotationError>,
+    text: &[u8],
+    last: &mut LastComment,
+) {
+    let Ok(current) = found else { return };
+    let parsed = match last.cached(text) {
+        // The comment parsed last named a key, so this one does: no need to search it.
+        Some(parsed) => parsed.clone(),
+        None if !mentions_key(text) => return,
+        None => last.parse(text),
+    };
+    match parsed {
+        Err(e) => *found = Err(e),
+        Ok(fence) => match current {
+            Some(prev) if *prev != fence => *found = Err(AnnotationError::Conflicting),
+            _ => *current = Some(fence),
+        },
+    }
 }
 
 /// The annotation comment a session parsed last, with its result. A client usually sends
@@ -97,6 +116,11 @@ pub struct LastComment {
 impl LastComment {
     /// Longest comment kept: an annotation is two short pairs plus sqlcommenter's others.
     const MAX_KEPT: usize = 1024;
+
+    /// The result for `text` when it is the comment parsed last.
+    fn cached(&self, text: &[u8]) -> Option<&Result<Fence, AnnotationError>> {
+        self.parsed.as_ref().filter(|_| self.text == text)
+    }
 
     fn parse(&mut self, text: &[u8]) -> Result<Fence, AnnotationError> {
         match &self.parsed {

@@ -7,6 +7,8 @@
 //! without queueing behind the newer holder's lock. A token at or above the cached value is
 //! always checked by PostgreSQL.
 
+use std::collections::HashMap;
+
 use dashmap::DashMap;
 
 use super::parse_token;
@@ -14,23 +16,20 @@ use super::parse_token;
 /// Highest committed token seen, per (database, resource).
 #[derive(Debug, Default)]
 pub struct HighWaterCache {
-    marks: DashMap<(String, String), i64>,
+    /// By database, then resource: looked up with borrowed names, as every check does.
+    marks: DashMap<String, HashMap<String, i64>>,
 }
 
 impl HighWaterCache {
     /// The cached lower bound of H for a resource, if any.
     pub fn get(&self, database: &str, resource: &str) -> Option<i64> {
-        self.marks
-            .get(&(database.to_string(), resource.to_string()))
-            .map(|v| *v)
+        self.marks.get(database)?.get(resource).copied()
     }
 
     /// Records a committed H (keeps the maximum).
     pub fn observe(&self, database: &str, resource: &str, token: i64) {
-        let mut entry = self
-            .marks
-            .entry((database.to_string(), resource.to_string()))
-            .or_insert(token);
+        let mut marks = self.marks.entry(database.to_string()).or_default();
+        let entry = marks.entry(resource.to_string()).or_insert(token);
         if *entry < token {
             *entry = token;
         }

@@ -47,7 +47,7 @@ use crate::session::hook::{
 };
 use crate::sql::classify::{classify, Kind};
 use crate::sql::contains_ignore_case;
-use crate::sql::lexer::{has_inner_semicolon, split_statements};
+use crate::sql::lexer::{has_inner_semicolon, statements};
 use crate::sql::reading::{ClientEncoding, ReadingRules};
 
 /// Largest Query the proxy builds by inserting checks (PostgreSQL's own limit is 1 GiB).
@@ -419,7 +419,7 @@ impl FenceHook {
         if self.admitted.is_empty() {
             return;
         }
-        for range in split_statements(text) {
+        for range in statements(text) {
             let statement = &text[range];
             if has_inner_semicolon(statement) {
                 self.admitted.forget();
@@ -454,12 +454,12 @@ impl FenceHook {
             self.follow_unchecked_query(text);
             return;
         }
-        let mut rewritten: Option<Vec<u8>> = None;
+        let mut rewritten: Option<build::QueryBuf> = None;
         let mut rewrite = Rewrite::default();
         // What the first inserted statement checks: the reply tracker times that one.
         let mut first_check = None;
         let (mut copied, mut chars) = (0, 0u32);
-        for (index, range) in split_statements(text).into_iter().enumerate() {
+        for (index, range) in statements(text).enumerate() {
             let statement = &text[range.clone()];
             let analysis = self.analyze(statement);
             if has_inner_semicolon(statement) {
@@ -473,7 +473,7 @@ impl FenceHook {
             }
             if rewritten
                 .as_ref()
-                .is_some_and(|out| out.len() > MAX_REWRITE)
+                .is_some_and(|out| out.sql_len() > MAX_REWRITE)
             {
                 self.refuse_oversized_query(inject);
                 return;
@@ -481,13 +481,14 @@ impl FenceHook {
             if rewrite.hidden.is_empty() {
                 first_check = self.first_check.take();
             }
-            let out = rewritten.get_or_insert_with(|| Vec::with_capacity(text.len() + 160));
+            let out =
+                rewritten.get_or_insert_with(|| build::QueryBuf::with_capacity(text.len() + 160));
             let before = &text[copied..range.start];
-            out.extend_from_slice(before);
+            out.push(before);
             chars += self.rules.encoding().chars(before);
             for sql in sqls {
-                out.extend_from_slice(sql.as_bytes());
-                out.push(b';');
+                out.push(sql.as_bytes());
+                out.push(b";");
                 rewrite.insertions.push(Insertion {
                     at: chars + 1,
                     len: sql.len() as u32 + 1,
@@ -502,12 +503,9 @@ impl FenceHook {
             rewrite.insertions.clear();
         }
         if let Some(mut out) = rewritten {
-            out.extend_from_slice(&text[copied..]);
+            out.push(&text[copied..]);
             let timed = !rewrite.hidden.is_empty();
-            if inject
-                .replace_query(build::query_bytes(&out), rewrite)
-                .is_err()
-            {
+            if inject.replace_query(out.finish(), rewrite).is_err() {
                 inject.abort_session(TRACKING_LOST_STATE, TRACKING_LOST);
             } else if timed {
                 self.seen.sent(first_check);

@@ -33,12 +33,42 @@ pub fn query(sql: &str) -> Bytes {
 /// Simple Query from raw bytes (the client's own SQL, possibly not UTF-8, with the proxy's
 /// statements spliced in); `sql` must not contain NUL.
 pub fn query_bytes(sql: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(sql.len() + 6);
-    buf.extend_from_slice(b"Q");
-    buf.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-    buf.extend_from_slice(sql);
-    buf.extend_from_slice(&[0]);
-    buf.freeze()
+    let mut query = QueryBuf::with_capacity(sql.len());
+    query.push(sql);
+    query.finish()
+}
+
+/// A Simple Query built in place: SQL is appended right after the message header, whose
+/// length is filled in by [`QueryBuf::finish`], so a rewritten Query is never copied from a
+/// buffer of its own. The SQL pushed must not contain NUL.
+pub struct QueryBuf(BytesMut);
+
+impl QueryBuf {
+    /// An empty Query with room for `sql_len` bytes of SQL.
+    pub fn with_capacity(sql_len: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(sql_len + 6);
+        buf.extend_from_slice(b"Q\0\0\0\0");
+        QueryBuf(buf)
+    }
+
+    /// Bytes of SQL so far.
+    pub fn sql_len(&self) -> usize {
+        self.0.len() - 5
+    }
+
+    /// Appends SQL.
+    pub fn push(&mut self, sql: &[u8]) {
+        self.0.extend_from_slice(sql);
+    }
+
+    /// The finished message.
+    pub fn finish(mut self) -> Bytes {
+        // The length counts itself, the SQL and the terminating NUL: all but the tag.
+        let len = self.0.len() as i32;
+        self.0[1..5].copy_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(&[0]);
+        self.0.freeze()
+    }
 }
 
 /// Parse of `sql` into statement `statement` ("" = unnamed), parameter types inferred.
@@ -197,6 +227,27 @@ mod tests {
         FrontendMessage {
             tag: info.tag,
             body: info.body(bytes),
+        }
+    }
+
+    #[test]
+    fn a_query_built_in_pieces_is_the_query_of_its_text() {
+        for sql in [
+            &b""[..],
+            b"SELECT 1",
+            b"SELECT fencegate.check('a', '1'::pg_catalog.int8, 0);UPDATE t",
+        ] {
+            let mut want = vec![b'Q'];
+            want.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+            want.extend_from_slice(sql);
+            want.push(0);
+            let mut built = QueryBuf::with_capacity(0);
+            for piece in sql.chunks(3) {
+                built.push(piece);
+            }
+            assert_eq!(built.sql_len(), sql.len());
+            assert_eq!(built.finish(), want);
+            assert_eq!(query_bytes(sql), want);
         }
     }
 

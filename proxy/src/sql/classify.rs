@@ -150,6 +150,7 @@ struct Words<'a> {
 }
 
 impl<'a> Words<'a> {
+    #[inline(always)]
     fn note(&mut self, word: &'a [u8]) {
         if self.count < self.first.len() {
             self.first[self.count] = word;
@@ -195,6 +196,7 @@ struct SettingsScan {
 }
 
 impl SettingsScan {
+    #[inline(always)]
     fn note(&mut self, token: Token<'_>) {
         match token {
             Token::Punct(b'.') if self.after_fencing => self.dotted = true,

@@ -131,20 +131,26 @@ impl ReadingRules {
 /// anywhere in the text, in any case, also inside other words.
 ///
 /// Runs on every statement of every session: the text is lowered once (in a buffer on the
-/// stack for the usual statement) and each word found with memchr's SIMD substring search,
-/// a third of the instructions of a case-insensitive search per word (benches/README.md).
+/// stack for the usual statement, a small one for a short statement, since the buffer is
+/// zeroed first) and each word found with memchr's SIMD substring search, a third of the
+/// instructions of a case-insensitive search per word (benches/README.md).
 fn may_change_rules(text: &[u8]) -> bool {
+    const SHORT: usize = 256;
     const ON_STACK: usize = 1024;
-    let mut stack = [0u8; ON_STACK];
-    let mut heap = Vec::new();
-    let lower: &mut [u8] = if text.len() <= ON_STACK {
-        &mut stack[..text.len()]
+    if text.len() <= SHORT {
+        lowered_changes_rules(text, &mut [0u8; SHORT][..text.len()])
+    } else if text.len() <= ON_STACK {
+        lowered_changes_rules(text, &mut [0u8; ON_STACK][..text.len()])
     } else {
-        heap.resize(text.len(), 0);
-        &mut heap
-    };
+        lowered_changes_rules(text, &mut vec![0; text.len()])
+    }
+}
+
+/// [`may_change_rules`] with `lower`, as long as `text`, to lower it into.
+fn lowered_changes_rules(text: &[u8], lower: &mut [u8]) -> bool {
     lower.copy_from_slice(text);
     lower.make_ascii_lowercase();
+    let lower = &*lower;
     let has = |word: &memmem::Finder<'_>| word.find(lower).is_some();
     let words = &*RULE_WORDS;
     words.changes.iter().any(has) || (has(&words.all) && words.resets.iter().any(has))
@@ -269,7 +275,7 @@ mod tests {
             "\0",
             " ",
         ];
-        // Every text of up to three parts, and a long one past the stack buffer.
+        // Every text of up to three parts, and longer ones past each stack buffer.
         let mut texts: Vec<String> = Vec::new();
         for a in parts {
             for b in parts {
@@ -284,6 +290,8 @@ mod tests {
             "z".repeat(2000)
         ));
         texts.push(format!("{} names", "y".repeat(1023)));
+        texts.push(format!("{} names", "y".repeat(250)));
+        texts.push(format!("{} reset all", "y".repeat(500)));
         for text in &texts {
             assert_eq!(
                 may_change_rules(text.as_bytes()),
