@@ -38,7 +38,7 @@ class Mode:
     token_clients: tuple = None  # client counts the token targets run at (None: all)
 
     def runs(self, target, workload):
-        if target.scripts == "setlocal" and workload.script != "tpcb-like":
+        if target.scripts.startswith("setlocal") and workload.script != "tpcb-like":
             return False
         return (target.scripts == "builtin" or self.token_clients is None
                 or workload.clients in self.token_clients)
@@ -139,6 +139,7 @@ class Bench:
         targets += [Target("fencegate", fg.port, fg, "builtin"),
                     Target("fencegate+token", fg.port, fg, "token"),
                     Target("fencegate+shared", fg.port, fg, "shared"),
+                    Target("fencegate+SET LOCAL unfenced", fg.port, fg, "setlocal-unfenced"),
                     Target("fencegate+SET LOCAL", fg.port, fg, "setlocal")]
         for t in targets:
             if t.scripts == "builtin":

@@ -40,7 +40,8 @@ class Target:
     label: str        # column in the report
     port: int
     proxy: object     # proxies.Proxy whose CPU is measured, or None (direct)
-    scripts: str      # "builtin", "token" (sqlcommenter), "shared" (one token) or "setlocal"
+    scripts: str      # "builtin", "token" (sqlcommenter), "shared" (one token), "setlocal"
+                      # or "setlocal-unfenced"
 
 
 def comment(resource):
@@ -71,15 +72,19 @@ def tpcb_like(scale, note="", prologue=""):
 # the resource "bench::client_id".
 SET_LOCAL = ("SET LOCAL fencing.resource = 'bench-:client_id';\n"
              f"SET LOCAL fencing.token = {TOKEN};\n")
+# The same two statements without fencing (settings fencegate does not read): what a SET
+# LOCAL token costs is the difference to these, the two extra statements are the client's.
+SET_LOCAL_UNFENCED = SET_LOCAL.replace("fencing.", "bench.")
 
 
 def script_args(workload, target, scale, script_dir):
     """pgbench options choosing the script(s) for this workload and target."""
     if target.scripts == "builtin":
         return ["-b", workload.script]
-    if target.scripts == "setlocal":
+    if target.scripts in ("setlocal", "setlocal-unfenced"):
         assert workload.script == "tpcb-like" and workload.protocol == "simple"
-        return _files(script_dir, "setlocal", [tpcb_like(scale, prologue=SET_LOCAL)])
+        prologue = SET_LOCAL if target.scripts == "setlocal" else SET_LOCAL_UNFENCED
+        return _files(script_dir, target.scripts, [tpcb_like(scale, prologue=prologue)])
     make = select_only if workload.script == "select-only" else tpcb_like
     if target.scripts == "shared":
         # One holder, many connections (G7): every client presents the same token.
