@@ -34,7 +34,7 @@ use super::memo::Admitted;
 use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Schema11, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::seen::SeenAdmitted;
-use super::settings_memo;
+use super::settings_memo::SettingsBelief;
 use super::stats::{FenceStats, WaitingShare};
 use crate::config::Config;
 use crate::protocol::backend::{self as be, error_field, TxStatus};
@@ -118,6 +118,7 @@ impl HookFactory for FenceHooks {
             admitted: Admitted::default(),
             schema_11: None,
             seen: SeenAdmitted::default(),
+            settings_belief: SettingsBelief::default(),
             first_check: None,
             last_parse: None,
             last_comment: LastComment::default(),
@@ -160,6 +161,9 @@ pub struct FenceHook {
     schema_11: Schema11,
     /// The tokens this session saw admitted.
     seen: SeenAdmitted,
+    /// What the session believes its settings are, for the first settings check of each
+    /// transaction.
+    settings_belief: SettingsBelief,
     /// The fence of the token check [`FenceHook::decide`] put first in its answer, if any.
     first_check: Option<super::Fence>,
     /// The text and analysis of the last Parse (reused when the next Parse is the same).
@@ -225,7 +229,7 @@ impl SessionHook for FenceHook {
     }
 
     fn injected_row(&mut self, body: &[u8]) {
-        if let Some(learned) = settings_memo::learn(body) {
+        if let Some(learned) = self.settings_belief.learn(body) {
             if learned.has_compare.is_some() {
                 self.schema_11 = learned.has_compare;
             }
@@ -383,12 +387,9 @@ impl FenceHook {
             Decision::CheckSettings { required } if self.schema_known => {
                 self.admitted.settings_check_sent();
                 let memo = self.admitted.settings();
-                vec![settings_memo::sql(
-                    self.policy.grace_ms,
-                    required,
-                    memo,
-                    self.schema_11,
-                )]
+                vec![self
+                    .settings_belief
+                    .sql(self.policy.grace_ms, required, memo, self.schema_11)]
             }
             _ => self
                 .policy

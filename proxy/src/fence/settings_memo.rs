@@ -13,6 +13,11 @@
 //! trigger). What the proxy keeps is what an earlier check of this transaction admitted,
 //! never a value a client could SET to stand for a check.
 //!
+//! The first settings check of a later transaction is sent with what the session believes
+//! the settings are ([`SettingsBelief`], what the last such check admitted): `CALL
+//! fencegate.admit_settings` admits them with one read of the fence row when they are still
+//! in effect and says so, else checks the settings in effect as the first check does.
+//!
 //! The comparison is `CALL fencegate.settings_unchanged` (schema 11), a procedure whose
 //! plans PostgreSQL keeps for the session and which it neither plans nor runs as a query,
 //! when the database has it; else the same comparison written out as a statement, which
@@ -37,8 +42,69 @@ const TOKEN: &str = "pg_catalog.current_setting('fencing.token', true)";
 const RESOURCE_HEX: &str = "pg_catalog.encode(pg_catalog.convert_to(\
      pg_catalog.current_setting('fencing.resource', true), pg_catalog.getdatabaseencoding()), 'hex')";
 
+/// How [`sql`]'s check with a belief begins.
+const WITH_BELIEF: &str = "CALL fencegate.admit_settings(";
+
+/// What a session believes its settings are, across transactions, for the first settings
+/// check of each ([`sql`]): what the last check that said so admitted. A belief only
+/// chooses the path: PostgreSQL compares it with the settings in effect, and where they
+/// differ checks those as without it; the transaction's memo takes the belief only from a
+/// row saying it was admitted there.
+#[derive(Debug, Default)]
+pub struct SettingsBelief {
+    held: Option<SettingsMemo>,
+    /// The belief the last `admit_settings` was sent with. Rows come back in the order the
+    /// calls were sent, and a belief changes only on such a row or on the row of a check
+    /// sent without one, so a row's call was sent with this one.
+    sent: Option<SettingsMemo>,
+}
+
+impl SettingsBelief {
+    /// [`sql`] with this belief, noting it when the statement carries it.
+    pub fn sql(
+        &mut self,
+        grace_ms: u32,
+        required: bool,
+        memo: Option<&SettingsMemo>,
+        has_compare: Schema11,
+    ) -> String {
+        let sql = sql(grace_ms, required, memo, self.held.as_ref(), has_compare);
+        if sql.starts_with(WITH_BELIEF) {
+            self.sent = self.held.clone();
+        }
+        sql
+    }
+
+    /// What a row of a settings check teaches ([`learn`], or an `admit_settings` row: the
+    /// belief it was sent with when the settings were that, else that the belief is gone).
+    /// `None` for a row of neither shape.
+    pub fn learn(&mut self, row: &[u8]) -> Option<Learned> {
+        if let Some(learned) = learn(row) {
+            if let Some(memo) = &learned.memo {
+                self.held = Some(memo.clone());
+            }
+            return Some(learned);
+        }
+        let memo = match matched(row)? {
+            true => self.sent.clone(),
+            false => None,
+        };
+        if memo.is_none() {
+            self.held = None;
+        }
+        Some(Learned {
+            memo,
+            has_compare: None,
+        })
+    }
+}
+
 /// The statement (ASCII only) that checks the session's settings.
-/// - Without a memo: `check_settings`, and in the same row the resource as hex and the
+/// - Without a memo, with a `belief` (what an earlier transaction's memo held) in a
+///   database with schema 11: `CALL admit_settings`, which admits the belief when the
+///   settings are the belief's and says so in its row ([`matched`]), else runs
+///   `check_settings`.
+/// - Without a memo otherwise: `check_settings`, and in the same row the resource as hex and the
 ///   token text it read, for [`learn`]; while `has_compare` is unknown, also whether the
 ///   database has `settings_unchanged`.
 /// - With one: `check_settings` only when the settings differ from the memo, and nothing
@@ -49,6 +115,7 @@ pub fn sql(
     grace_ms: u32,
     required: bool,
     memo: Option<&SettingsMemo>,
+    belief: Option<&SettingsMemo>,
     has_compare: Schema11,
 ) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
@@ -56,7 +123,12 @@ pub fn sql(
         None if has_compare.is_none() => {
             format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {SCHEMA_11_PROBE}")
         }
-        None => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
+        None => match (has_compare, belief.and_then(SettingsMemo::believable)) {
+            (Some(true), Some((token, resource))) => format!(
+                "{WITH_BELIEF}'{token}'::pg_catalog.int8, '{resource}', {grace_ms}, {required}, NULL)"
+            ),
+            _ => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
+        },
         Some(memo) => match (has_compare, memo.plain_resource()) {
             (Some(true), Some(resource)) => format!(
                 "CALL fencegate.settings_unchanged('{}', '{resource}', {grace_ms}, {required})",
@@ -72,6 +144,15 @@ pub fn sql(
 }
 
 impl SettingsMemo {
+    /// The token and resource as `admit_settings` takes them, when they can be: the token
+    /// in canonical text (what `admit_settings` compares the setting with) and the resource
+    /// as a plain literal.
+    fn believable(&self) -> Option<(&str, String)> {
+        let canonical = self.token == "0" || !self.token.starts_with('0');
+        canonical.then_some(())?;
+        Some((self.token.as_str(), self.plain_resource()?))
+    }
+
     /// The resource as it reads in a plain literal: printable ASCII without quotes or
     /// backslashes (the same bytes in every server encoding), else `None`.
     fn plain_resource(&self) -> Option<String> {
@@ -140,6 +221,16 @@ pub fn learn(row: &[u8]) -> Option<Learned> {
     Some(Learned { memo, has_compare })
 }
 
+/// The row of `CALL admit_settings`: whether the settings were the belief, which it then
+/// admitted. `None` for a row of any other shape.
+fn matched(row: &[u8]) -> Option<bool> {
+    match data_row_values(row)?.as_slice() {
+        [Some(b"t")] => Some(true),
+        [Some(b"f")] => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,14 +258,14 @@ mod tests {
         let memo = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
         assert_eq!(memo.token, "7");
         for has_compare in [None, Some(false)] {
-            let sql = sql(5000, false, Some(&memo), has_compare);
+            let sql = sql(5000, false, Some(&memo), None, has_compare);
             assert!(sql.contains("true) OPERATOR(pg_catalog.=) '7'"), "{sql}");
             assert!(sql.contains("OPERATOR(pg_catalog.=) 'job'"), "{sql}");
         }
         // Anything else is compared as hex, and the SQL stays ASCII.
         for hex in ["6a27", "c3a9", "5c"] {
             let odd = memo_of(&[Some(&b"7"[..]), Some(hex.as_bytes()), Some(&b"7"[..])]);
-            let sql = super::sql(5000, false, Some(&odd), Some(true));
+            let sql = super::sql(5000, false, Some(&odd), None, Some(true));
             assert!(
                 sql.contains(&format!("'hex') OPERATOR(pg_catalog.=) '{hex}'")),
                 "{sql}"
@@ -187,13 +278,13 @@ mod tests {
     fn the_comparison_is_the_function_where_the_database_has_it() {
         let memo = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
         assert_eq!(
-            sql(5000, true, Some(&memo), Some(true)),
+            sql(5000, true, Some(&memo), None, Some(true)),
             "CALL fencegate.settings_unchanged('7', 'job', 5000, true)"
         );
         // The first check asks whether it exists only while the session does not know.
-        assert!(sql(5000, false, None, None).ends_with("IS NOT NULL"));
+        assert!(sql(5000, false, None, None, None).ends_with("IS NOT NULL"));
         for known in [Some(true), Some(false)] {
-            assert!(!sql(5000, false, None, known).contains("to_regprocedure"));
+            assert!(!sql(5000, false, None, None, known).contains("to_regprocedure"));
         }
         for (flag, has) in [(&b"t"[..], true), (&b"f"[..], false)] {
             let learned = learn(&row(&[
@@ -239,5 +330,72 @@ mod tests {
             assert_eq!(learn(&row(&odd)), None, "{odd:?}");
         }
         assert_eq!(learn(b"\x00"), None);
+    }
+
+    #[test]
+    fn a_belief_is_sent_to_admit_settings_only_where_it_can_be_compared() {
+        let job = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
+        assert_eq!(
+            sql(5000, false, None, Some(&job), Some(true)),
+            "CALL fencegate.admit_settings('7'::pg_catalog.int8, 'job', 5000, false, NULL)"
+        );
+        // Not without schema 11, and not for a token or resource it cannot compare as
+        // written: then the first check reads and returns the settings, as without a belief.
+        let zero = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"07"[..])]);
+        let quote = memo_of(&[Some(&b"7"[..]), Some(&b"6a27"[..]), Some(&b"7"[..])]);
+        for (belief, has) in [
+            (&job, None),
+            (&job, Some(false)),
+            (&zero, Some(true)),
+            (&quote, Some(true)),
+        ] {
+            let sql = sql(5000, false, None, Some(belief), has);
+            assert!(
+                sql.starts_with("SELECT fencegate.check_settings(5000, false), "),
+                "{sql}"
+            );
+        }
+        // A memo of the transaction comes first: then only the comparison.
+        assert!(sql(5000, false, Some(&job), Some(&job), Some(true))
+            .starts_with("CALL fencegate.settings_unchanged("));
+        assert_eq!(matched(&row(&[Some(&b"t"[..])])), Some(true));
+        assert_eq!(matched(&row(&[Some(&b"f"[..])])), Some(false));
+        for odd in [
+            vec![None],
+            vec![Some(&b"7"[..])],
+            vec![Some(&b"t"[..]), Some(&b"t"[..])],
+        ] {
+            assert_eq!(matched(&row(&odd)), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn a_belief_comes_from_admitting_rows_and_goes_with_a_mismatch() {
+        let mut belief = SettingsBelief::default();
+        let first = belief.sql(5000, false, None, Some(true));
+        assert!(
+            first.starts_with("SELECT fencegate.check_settings("),
+            "{first}"
+        );
+        let job = row(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
+        assert!(belief.learn(&job).unwrap().memo.is_some());
+        // The next transaction: the belief is sent, and its row says it was admitted.
+        assert!(belief
+            .sql(5000, false, None, Some(true))
+            .starts_with(WITH_BELIEF));
+        let admitted = belief.learn(&row(&[Some(&b"t"[..])])).unwrap();
+        assert_eq!(admitted.memo.map(|m| m.token), Some("7".to_string()));
+        // Then the settings were something else: no memo, and no belief any more.
+        assert!(belief
+            .sql(5000, false, None, Some(true))
+            .starts_with(WITH_BELIEF));
+        assert_eq!(belief.learn(&row(&[Some(&b"f"[..])])).unwrap().memo, None);
+        let again = belief.sql(5000, false, None, Some(true));
+        assert!(
+            again.starts_with("SELECT fencegate.check_settings("),
+            "{again}"
+        );
+        // A row of no settings check teaches nothing.
+        assert_eq!(belief.learn(&row(&[Some(&b"1"[..])])), None);
     }
 }

@@ -13,6 +13,7 @@ pub async fn run(url: &str) -> Result<i32, AdminError> {
 const PUBLIC_ROUTINES: &str = "fencegate.check(text, bigint, int4), \
      fencegate.admit_current(text, bigint, int4), \
      fencegate.settings_unchanged(text, text, int4, boolean), \
+     fencegate.admit_settings(bigint, text, int4, boolean, boolean), \
      fencegate.check_current(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \
      fencegate.settings_same(text, text, int4, boolean), \

@@ -28,10 +28,12 @@ pub mod require;
 pub const SCHEMA_VERSION: i32 = 11;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
-/// (`schema.sql`), the lease service (`lease.sql`), the tables that require a token
-/// (`require.sql`), the operator's views (`views.sql`), then the ownership of everything (`owners.sql`).
+/// (`schema.sql`), the checks of settings (`settings.sql`), the lease service (`lease.sql`),
+/// the tables that require a token (`require.sql`), the operator's views (`views.sql`), then
+/// the ownership of everything (`owners.sql`).
 pub const INSTALL: &str = concat!(
     include_str!("schema.sql"),
+    include_str!("settings.sql"),
     include_str!("lease.sql"),
     include_str!("require.sql"),
     include_str!("views.sql"),
