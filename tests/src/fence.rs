@@ -75,6 +75,13 @@ pub struct FenceEnv {
 }
 
 impl FenceEnv {
+    /// The fence rows, (resource, token), ordered by resource.
+    pub async fn fence_rows(&self) -> Vec<(String, i64)> {
+        let sql = "SELECT resource, token FROM fencegate.fence ORDER BY resource";
+        let rows = self.monitor.client().query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+
     /// Starts the proxy, creates the database (name from `prefix`), installs the schema and
     /// runs `setup` in it.
     pub async fn new(prefix: &str, setup: &str) -> FenceEnv {

@@ -232,12 +232,6 @@ async fn arguments_out_of_bounds_are_refused_by_both_checks() {
             );
         }
     }
-    let rows = env
-        .monitor
-        .client()
-        .query("SELECT resource, token FROM fencegate.fence", &[])
-        .await
-        .unwrap();
-    let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows = env.fence_rows().await;
     assert_eq!(rows, [(JOB.to_string(), 5)], "nothing written for them");
 }

@@ -47,19 +47,6 @@ async fn client_encodings(env: &FenceEnv) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-async fn fence_rows(env: &FenceEnv) -> Vec<(String, i64)> {
-    let rows = env
-        .monitor
-        .client()
-        .query(
-            "SELECT resource, token FROM fencegate.fence ORDER BY resource",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
 /// Sends `bytes`, reads to the next ReadyForQuery; the SQLSTATEs of the errors.
 fn codes_of(raw: &mut WireClient, bytes: &[u8], what: &str) -> Vec<String> {
     raw.send(bytes)
@@ -106,7 +93,7 @@ async fn a_name_is_checked_as_itself_in_every_client_encoding() {
     }
     // Every check raised exactly the name it was given, and nothing else.
     expected_rows.sort();
-    assert_eq!(fence_rows(&env).await, expected_rows);
+    assert_eq!(env.fence_rows().await, expected_rows);
     assert_eq!(
         env.monitor
             .client()
@@ -133,7 +120,7 @@ async fn nul_and_overlong_names_are_refused_and_the_longest_is_itself() {
     let longest = "y".repeat(256);
     assert!(codes_of(&mut raw, &insert(&longest, 5), "256 bytes").is_empty());
     assert_eq!(
-        fence_rows(&env).await,
+        env.fence_rows().await,
         [(longest, 5)],
         "no row for a refused name"
     );
@@ -199,5 +186,5 @@ async fn a_search_path_of_the_clients_own_leaves_the_check_as_it_is() {
     assert_eq!(stale, [STALE], "the stale token");
     let stale = stale_setting(&mut raw);
     assert_eq!(stale, [STALE], "the stale token as a setting");
-    assert_eq!(fence_rows(&env).await, [("sp".to_string(), 5)]);
+    assert_eq!(env.fence_rows().await, [("sp".to_string(), 5)]);
 }

@@ -18,40 +18,40 @@ CREATE TABLE t (v int);
 GRANT ALL ON t TO trust_user;
 ";
 
-/// One failing function per signature the lookalikes need, then the lookalikes.
-const DECOYS: &str = r#"
-CREATE SCHEMA decoy AUTHORIZATION trust_user;
-GRANT USAGE ON SCHEMA decoy TO PUBLIC;
-CREATE FUNCTION decoy.tt_b(text, text) RETURNS boolean LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.tt_t(text, text) RETURNS text LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.bb_b(bigint, bigint) RETURNS boolean LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.bb_i8(bigint, bigint) RETURNS bigint LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.bi_i8(bigint, int4) RETURNS bigint LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.ii_b(int4, int4) RETURNS boolean LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.xx_b(xid, xid) RETURNS boolean LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.hashtext(text) RETURNS int4 LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.hashtextextended(text, bigint) RETURNS bigint LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.pg_try_advisory_xact_lock_shared(int4, int4) RETURNS boolean
-    LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.pg_try_advisory_xact_lock_shared(bigint) RETURNS boolean
-    LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.current_setting(text, boolean) RETURNS text LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.length(text) RETURNS int4 LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
-CREATE FUNCTION decoy.octet_length(text) RETURNS int4 LANGUAGE plpgsql
-    AS $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;
+/// The failing functions: (name, arguments, result). The first seven are the operators'.
+const FUNCTIONS: &[(&str, &str, &str)] = &[
+    ("tt_b", "text, text", "boolean"),
+    ("tt_t", "text, text", "text"),
+    ("bb_b", "bigint, bigint", "boolean"),
+    ("bb_i8", "bigint, bigint", "bigint"),
+    ("bi_i8", "bigint, int4", "bigint"),
+    ("ii_b", "int4, int4", "boolean"),
+    ("xx_b", "xid, xid", "boolean"),
+    ("hashtext", "text", "int4"),
+    ("hashtextextended", "text, bigint", "bigint"),
+    ("pg_try_advisory_xact_lock_shared", "int4, int4", "boolean"),
+    ("pg_try_advisory_xact_lock_shared", "bigint", "boolean"),
+    ("current_setting", "text, boolean", "text"),
+    ("length", "text", "int4"),
+    ("octet_length", "text", "int4"),
+];
+
+/// The schema of lookalikes: each function of [`FUNCTIONS`], then [`LOOKALIKES`].
+fn decoys() -> String {
+    let mut sql =
+        "CREATE SCHEMA decoy AUTHORIZATION trust_user; GRANT USAGE ON SCHEMA decoy TO PUBLIC;\n"
+            .to_string();
+    for (name, args, result) in FUNCTIONS {
+        sql.push_str(&format!(
+            "CREATE FUNCTION decoy.{name}({args}) RETURNS {result} LANGUAGE plpgsql AS \
+             $$BEGIN RAISE EXCEPTION USING ERRCODE = 'FGX01', MESSAGE = 'a lookalike ran'; END$$;\n"
+        ));
+    }
+    sql + LOOKALIKES
+}
+
+/// The operators and types that look like pg_catalog's.
+const LOOKALIKES: &str = r#"
 CREATE OPERATOR decoy.=  (LEFTARG = text, RIGHTARG = text, FUNCTION = decoy.tt_b);
 CREATE OPERATOR decoy.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = decoy.tt_b);
 CREATE OPERATOR decoy.~  (LEFTARG = text, RIGHTARG = text, FUNCTION = decoy.tt_b);
@@ -117,7 +117,7 @@ const SETTINGS_STEPS: &[(&str, &str, &[&str])] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
     let env = FenceEnv::counting("search_path_decoys", SETUP).await;
-    env.monitor.client().batch_execute(DECOYS).await.unwrap();
+    env.monitor.client().batch_execute(&decoys()).await.unwrap();
     let mut raw = WireClient::connect(env.fp.endpoint().addr, TRUST_USER, &env.db)
         .expect("login")
         .0;
@@ -172,12 +172,6 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
             "settings_unchanged"
         ]
     );
-    let rows = env
-        .monitor
-        .client()
-        .query("SELECT resource, token FROM fencegate.fence", &[])
-        .await
-        .unwrap();
-    let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows = env.fence_rows().await;
     assert_eq!(rows, [("sp".to_string(), 6)]);
 }

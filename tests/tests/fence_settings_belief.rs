@@ -44,6 +44,16 @@ impl Env {
         Env { env, other }
     }
 
+    /// H(job:7) = 5, and a session whose first transaction's settings check admitted
+    /// (job:7, 5): its next first check carries that belief.
+    async fn believing_5(prefix: &str) -> (Env, Client) {
+        let env = Env::new(prefix).await;
+        env.raise(5).await;
+        let c = env.env.client().await;
+        env.two_probes(&c, 5).await.expect("the first transaction");
+        (env, c)
+    }
+
     async fn raise(&self, token: i64) {
         let sql = format!("SELECT 1 FROM jobs WHERE id = 7 {}", comment(JOB, token));
         self.other.batch_execute(&sql).await.unwrap();
@@ -113,10 +123,7 @@ impl Env {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_settings_are_admitted_and_refused_once_superseded() {
-    let env = Env::new("belief_same").await;
-    env.raise(5).await;
-    let c = env.env.client().await;
-    env.two_probes(&c, 5).await.expect("the first transaction");
+    let (env, c) = Env::believing_5("belief_same").await;
     env.two_probes(&c, 5).await.expect("the belief, admitted");
     assert!(env.belief_calls(&c, 1).await >= 1);
     env.raise(6).await;
@@ -127,10 +134,7 @@ async fn the_same_settings_are_admitted_and_refused_once_superseded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_settings_are_checked_as_without_a_belief() {
-    let env = Env::new("belief_other").await;
-    env.raise(5).await;
-    let c = env.env.client().await;
-    env.two_probes(&c, 5).await.expect("the first transaction");
+    let (env, c) = Env::believing_5("belief_other").await;
     // A newer token than the belief: raised by the first statement, which is alone.
     env.probes(&c, 7, 1).await.expect("a newer token raises");
     assert_eq!(env.env.monitor.high_water(JOB).await, Some(7));
@@ -150,10 +154,7 @@ async fn other_settings_are_checked_as_without_a_belief() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_changed_by_server_side_code_after_the_belief_are_checked() {
-    let env = Env::new("belief_server_side").await;
-    env.raise(5).await;
-    let c = env.env.client().await;
-    env.two_probes(&c, 5).await.expect("the first transaction");
+    let (env, c) = Env::believing_5("belief_server_side").await;
     c.batch_execute(&begin_with(5)).await.unwrap();
     c.batch_execute(PROBE).await.expect("the belief, admitted");
     c.batch_execute("SELECT switch_to('job:7', '4')")

@@ -347,6 +347,23 @@ AS $fn$
     SELECT token FROM fencegate.fence WHERE resource = p_resource
 $fn$;
 
+-- The fast paths' locks: publish the token and take K(r) shared, without waiting; true when
+-- all were granted. A SQL function of one expression, neither SECURITY DEFINER nor with a
+-- SET clause, so PostgreSQL inlines it into the expression of each caller when it plans
+-- that (once per session): the same instructions as the expression written out in both.
+CREATE OR REPLACE FUNCTION fencegate._try_share(p_resource text, p_token bigint)
+RETURNS boolean LANGUAGE sql VOLATILE AS $fn$
+    SELECT (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
+        OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
+               (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
+   AND pg_catalog.pg_try_advisory_xact_lock_shared(
+           pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
+           ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
+            OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
+   AND pg_catalog.pg_try_advisory_xact_lock_shared(
+           pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8))
+$fn$;
+
 -- The check: admits (p_resource, p_token) in the caller's transaction or raises 55Z01.
 -- p_grace_ms bounds the wait behind an older holder's open transaction before that
 -- transaction is ended (0: wait as long as the session's own lock_timeout allows).
@@ -383,15 +400,7 @@ BEGIN
     IF COALESCE((SELECT f0.token FROM fencegate.fence f0
                  WHERE f0.resource OPERATOR(pg_catalog.=) p_resource) OPERATOR(pg_catalog.=) p_token,
                 false)
-       AND (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
-            OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
-                   (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
-       AND pg_catalog.pg_try_advisory_xact_lock_shared(
-               pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
-               ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
-                OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
-       AND pg_catalog.pg_try_advisory_xact_lock_shared(
-               pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8)) THEN
+       AND fencegate._try_share(p_resource, p_token) THEN
         SELECT f1.token INTO admitted FROM fencegate.fence f1
         WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
           AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
@@ -434,24 +443,15 @@ $fn$;
 CREATE OR REPLACE PROCEDURE fencegate.admit_current(p_resource text, p_token bigint,
                                                     p_grace_ms int4 DEFAULT 5000)
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    admitted pg_catalog.int8;
 BEGIN
-    IF (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
-            OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
-                   (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
-       AND pg_catalog.pg_try_advisory_xact_lock_shared(
-               pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
-               ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
-                OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
-       AND pg_catalog.pg_try_advisory_xact_lock_shared(
-               pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8)) THEN
-        SELECT f1.token INTO admitted FROM fencegate.fence f1
+    -- FOUND: whether the read found the row (false also when the locks were not granted).
+    IF fencegate._try_share(p_resource, p_token) THEN
+        PERFORM FROM fencegate.fence f1
         WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
           AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
                OR COALESCE(fencegate._xact_status(f1.xmax) OPERATOR(pg_catalog.<>) 'committed', true));
     END IF;
-    IF admitted IS NULL THEN
+    IF NOT FOUND THEN
         PERFORM fencegate._check_slow(p_resource, p_token, p_grace_ms);
     END IF;
     IF fencegate._proving() THEN
@@ -477,7 +477,7 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
     fencegate._report_preempted(text, int4, bigint, bigint),
     fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
-    fencegate._prove()
+    fencegate._prove(), fencegate._try_share(text, bigint)
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 
