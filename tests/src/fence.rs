@@ -75,6 +75,37 @@ pub struct FenceEnv {
 }
 
 impl FenceEnv {
+    /// Calls of `fencegate.<function>` its sessions published so far (a database made with
+    /// [`FenceEnv::counting`]).
+    pub async fn calls(&self, function: &str) -> i64 {
+        let sql = format!(
+            "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
+             FROM pg_stat_user_functions WHERE schemaname = 'fencegate' AND funcname = '{function}'"
+        );
+        let rows = self.monitor.client().simple_query(&sql).await.unwrap();
+        // The last row: the first is pg_stat_clear_snapshot()'s.
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .last()
+            .and_then(|v| v.parse().ok())
+            .expect("a count")
+    }
+
+    /// Waits until at least `at_least` calls of `function` are counted; the count.
+    pub async fn wait_for_calls(&self, function: &str, at_least: i64) -> i64 {
+        eventually(
+            &format!("{at_least} calls of {function} counted"),
+            || async {
+                let n = self.calls(function).await;
+                (n >= at_least).then_some(n)
+            },
+        )
+        .await
+    }
+
     /// The fence rows, (resource, token), ordered by resource.
     pub async fn fence_rows(&self) -> Vec<(String, i64)> {
         let sql = "SELECT resource, token FROM fencegate.fence ORDER BY resource";

@@ -6,9 +6,7 @@
 //! `admit_current`; on a schema without it the proxy must keep to `check`.
 #![forbid(unsafe_code)]
 
-use fencegate_tests::fence::{
-    assert_stale, comment, eventually, expect_code, FenceEnv, INVALID, STALE,
-};
+use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, INVALID, STALE};
 use tokio_postgres::Client;
 
 const SETUP: &str = "
@@ -56,36 +54,6 @@ impl Env {
                 .await
                 .unwrap();
         }
-    }
-
-    /// Calls of `fencegate.<function>` published so far.
-    async fn calls(&self, function: &str) -> i64 {
-        let sql = format!(
-            "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
-             FROM pg_stat_user_functions WHERE schemaname = 'fencegate' AND funcname = '{function}'"
-        );
-        let rows = self.monitor.client().simple_query(&sql).await.unwrap();
-        // The last row: the first is pg_stat_clear_snapshot()'s.
-        rows.iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .last()
-            .and_then(|v| v.parse().ok())
-            .expect("a count")
-    }
-
-    /// Waits until at least `at_least` calls of `function` are counted.
-    async fn wait_for_calls(&self, function: &str, at_least: i64) -> i64 {
-        eventually(
-            &format!("{at_least} calls of {function} counted"),
-            || async {
-                let n = self.calls(function).await;
-                (n >= at_least).then_some(n)
-            },
-        )
-        .await
     }
 
     /// Appends with a stale `token` on `c` and expects 55Z01 naming `current`; then rolls

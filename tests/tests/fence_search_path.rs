@@ -11,7 +11,7 @@
 
 use fencegate_tests::cluster::TRUST_USER;
 use fencegate_tests::fence::{comment, FenceEnv, INVALID, STALE};
-use fencegate_tests::wire::{error_codes, msg, WireClient};
+use fencegate_tests::wire::{msg, WireClient};
 
 const SETUP: &str = "
 CREATE TABLE t (v int);
@@ -78,15 +78,6 @@ const SESSION: &str = "SET search_path = decoy, pg_catalog, public;
      CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (false);
      CREATE DOMAIN pg_temp.int4 AS pg_catalog.int4 CHECK (false)";
 
-fn codes_of(raw: &mut WireClient, sql: &str, what: &str) -> Vec<String> {
-    raw.send(&msg::query(sql))
-        .unwrap_or_else(|e| panic!("{what}: send: {e}"));
-    let replies = raw
-        .read_until_ready(1)
-        .unwrap_or_else(|e| panic!("{what}: read: {e}"));
-    error_codes(&replies)
-}
-
 fn write(resource: &str, token: i64) -> String {
     format!("INSERT INTO t VALUES (1) {}", comment(resource, token))
 }
@@ -123,12 +114,12 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
         .0;
     raw.round(&msg::query(SESSION), 1, "the session's lookalikes");
     // Each lookalike is really there and in reach: the bare names find them.
-    let reached = codes_of(
-        &mut raw,
-        "SELECT 'a'::pg_catalog.text = 'b'::pg_catalog.text",
-        "a bare =",
+    raw.round_expecting(
+        &msg::query("SELECT 'a'::pg_catalog.text = 'b'::pg_catalog.text"),
+        1,
+        &["FGX01"],
+        "a bare = finds the lookalike first in the path",
     );
-    assert_eq!(reached, ["FGX01"], "the lookalike = is first in the path");
     let comments: &[(i64, &str, &[&str])] = &[
         (5, "the first token: check, then a raise", &[]),
         (5, "the same token again: admit_current", &[]),
@@ -137,12 +128,10 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
         (5, "the older token: stale", &[STALE]),
     ];
     for (token, what, expected) in comments {
-        let codes = codes_of(&mut raw, &write("sp", *token), what);
-        assert_eq!(&codes, expected, "{what}");
+        raw.round_expecting(&msg::query(&write("sp", *token)), 1, expected, what);
     }
     for (sql, what, expected) in SETTINGS_STEPS {
-        let codes = codes_of(&mut raw, sql, what);
-        assert_eq!(&codes, expected, "{what}");
+        raw.round_expecting(&msg::query(sql), 1, expected, what);
     }
     // The session took every path named above: its lookalikes did not make the proxy think
     // the database lacks a function (a probe that names a bare `text` did).

@@ -9,8 +9,8 @@
 //! tests fail when the proxy never sends it.
 #![forbid(unsafe_code)]
 
-use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, STALE};
+use tokio_postgres::Client;
 
 const JOB: &str = "job:7";
 
@@ -101,23 +101,7 @@ impl Env {
         c.batch_execute("SELECT pg_stat_force_next_flush()")
             .await
             .unwrap();
-        eventually(&format!("{at_least} calls of admit_settings"), || async {
-            let sql = "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
-                       FROM pg_stat_user_functions WHERE schemaname = 'fencegate' \
-                       AND funcname = 'admit_settings'";
-            let rows = self.env.monitor.client().simple_query(sql).await.unwrap();
-            let calls: i64 = rows
-                .iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .last()
-                .and_then(|v| v.parse().ok())
-                .expect("a count");
-            (calls >= at_least).then_some(calls)
-        })
-        .await
+        self.env.wait_for_calls("admit_settings", at_least).await
     }
 }
 
