@@ -125,7 +125,7 @@ pub fn sql(
         }
         None => match (has_compare, belief.and_then(SettingsMemo::believable)) {
             (Some(true), Some((token, resource))) => format!(
-                "{WITH_BELIEF}'{token}'::pg_catalog.int8, '{resource}', {grace_ms}, {required}, NULL)"
+                "{WITH_BELIEF}'{token}', '{resource}', {grace_ms}, {required}, NULL)"
             ),
             _ => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
         },
@@ -337,7 +337,7 @@ mod tests {
         let job = memo_of(&[Some(&b"7"[..]), Some(&b"6a6f62"[..]), Some(&b"7"[..])]);
         assert_eq!(
             sql(5000, false, None, Some(&job), Some(true)),
-            "CALL fencegate.admit_settings('7'::pg_catalog.int8, 'job', 5000, false, NULL)"
+            "CALL fencegate.admit_settings('7', 'job', 5000, false, NULL)"
         );
         // Not without schema 11, and not for a token or resource it cannot compare as
         // written: then the first check reads and returns the settings, as without a belief.
