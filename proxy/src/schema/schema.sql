@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 11: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 12: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -7,10 +7,12 @@
 --   K(r) = hashtextextended(r, 7405), one bigint key:
 --     shared    by every transaction admitted with the token that equals H(r);
 --     exclusive by a transaction that raises H(r), from before it reads H until it ends.
---   published token: shared two-int4 keys (hashtext('fencegate:' || r), low 32 bits) and,
---     for a token of 2^32 or more only, first (hashtext(r), high 32 bits), so that a raiser
---     can read from pg_locks which token each holder of K(r) presented (preemption). The
---     high key is taken before the low one: whoever sees the low key sees the token whole.
+--   published token, taken by the slow path only (a raise, a wait to share, a refusal):
+--     shared two-int4 keys (hashtext('fencegate:' || r), low 32 bits) and, for a token of
+--     2^32 or more only, first (hashtext(r), high 32 bits), so that a raiser can read from
+--     pg_locks which token such a session presented (preemption). The high key is taken
+--     before the low one: whoever sees the low key sees the token whole. A holder of K(r)
+--     shared that published nothing was admitted by a fast path and holds H (schema 12).
 -- A check never locks or writes the fence row unless it raises H, and tells whether the
 -- row version its snapshot shows is still the newest from the version's xmax: a raise
 -- that committed after the snapshot was taken leaves its xid there.
@@ -70,8 +72,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 $fn$;
 
 -- Takes K(p_resource) in the given mode, waiting at most p_grace_ms a round. After a round
--- in exclusive mode the sessions whose published tokens are all older than p_token are
--- ended (preemption). Once rounds that end nobody add up to twice the grace or 10 s,
+-- in exclusive mode the sessions holding older tokens than p_token are ended (preemption,
+-- _preempt). Once rounds that end nobody add up to twice the grace or 10 s,
 -- whichever is longer, the wait fails with 55P03: whoever holds the lock is no older holder
 -- (a newer or equal holder inside a long transaction, or a session that took fencegate's
 -- key itself), and a check must not stall behind it for ever.
@@ -185,24 +187,53 @@ BEGIN
 END
 $fn$;
 
--- Ends the sessions whose published tokens for p_resource are all older than p_token.
+-- Ends the sessions that hold older tokens for p_resource than p_token. Two kinds hold one:
+-- - a session that published tokens for the resource (a slow path did: a raise, a wait to
+--   share, a refusal): ended when the highest it published is older;
+-- - a session that holds K(r) shared and published none: a fast path admitted it with the
+--   token that equals H, and H cannot have moved since (a raise needs K(r) exclusive), so
+--   it holds the committed H. Ended when that is older, read here with this statement's
+--   snapshot. Under REPEATABLE READ and SERIALIZABLE that snapshot may be older than H:
+--   when it shows no row, or a row a raise replaced since, H is not known here and nobody
+--   of this kind is ended (the raise then fails with 40001 once it has the lock).
+-- A session caught between a fast path and its slow path's publication holds K(r) shared
+-- with no token published; it can be there longer than the grace only when something else
+-- stalls it there (a session holding fencegate's publication keys exclusively), and it is
+-- then ended if H is older than p_token (docs/fencing.md, "Preemption").
 -- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client);
 -- the caller learns of each ended session from _report_preempted.
 CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
 RETURNS int4 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp SET client_min_messages = error AS $fn$
 DECLARE
+    k int8 := hashtextextended(p_resource, '7405'::int8);
+    seen record := fencegate._read(p_resource);
+    h bigint;
     victim int4;
     theirs bigint;
+    ended_now boolean;
     ended int4 := 0;
 BEGIN
+    h := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
     FOR victim IN
         SELECT DISTINCT l.pid FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.classid = hashtext('fencegate:' || p_resource)::oid AND l.pid <> pg_backend_pid()
+        WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+          AND ((l.objsubid = 2 AND l.classid = hashtext('fencegate:' || p_resource)::oid)
+               OR (l.objsubid = 1 AND l.mode = 'ShareLock'
+                   AND l.classid = ((k >> 32) & 4294967295)::text::oid
+                   AND l.objid = (k & 4294967295)::text::oid))
     LOOP
-        theirs := fencegate._published_token(victim, p_resource);
-        IF theirs IS NOT NULL AND theirs < p_token AND pg_terminate_backend(victim, int8 '0') THEN
+        theirs := COALESCE(fencegate._published_token(victim, p_resource), h);
+        CONTINUE WHEN theirs IS NULL OR theirs >= p_token;
+        BEGIN
+            ended_now := pg_terminate_backend(victim, int8 '0');
+        EXCEPTION WHEN insufficient_privilege THEN
+            -- A superuser's session, which pg_signal_backend may not end: waited for
+            -- (bounded, as in _lock), never an error of the raise's.
+            ended_now := false;
+        END;
+        IF ended_now THEN
             RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
                 victim, theirs, p_resource, p_token;
             PERFORM fencegate._report_preempted(p_resource, victim, theirs, p_token);
@@ -347,21 +378,16 @@ AS $fn$
     SELECT token FROM fencegate.fence WHERE resource = p_resource
 $fn$;
 
--- The fast paths' locks: publish the token and take K(r) shared, without waiting; true when
--- all were granted. A SQL function of one expression, neither SECURITY DEFINER nor with a
--- SET clause, so PostgreSQL inlines it into the expression of each caller when it plans
--- that (once per session): the same instructions as the expression written out in both.
-CREATE OR REPLACE FUNCTION fencegate._try_share(p_resource text, p_token bigint)
+-- The fast paths' lock: K(r) shared, without waiting; true when granted. The fast paths
+-- publish no token (schema 12): a holder of K(r) shared that published none was admitted
+-- with the token that equals H, and a raise reads H for it (_preempt; docs/fencing.md,
+-- "Preemption"). A SQL function of one expression, neither SECURITY DEFINER nor with a SET
+-- clause, so PostgreSQL inlines it into the expression of each caller when it plans that
+-- (once per session): the same instructions as the expression written out in both.
+CREATE OR REPLACE FUNCTION fencegate._try_share(p_resource text)
 RETURNS boolean LANGUAGE sql VOLATILE AS $fn$
-    SELECT (p_token OPERATOR(pg_catalog.<) '4294967296'::pg_catalog.int8
-        OR pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext(p_resource),
-               (p_token OPERATOR(pg_catalog.>>) 32)::pg_catalog.text::pg_catalog.int4))
-   AND pg_catalog.pg_try_advisory_xact_lock_shared(
-           pg_catalog.hashtext('fencegate:' OPERATOR(pg_catalog.||) p_resource),
-           ((p_token OPERATOR(pg_catalog.&) '4294967295'::pg_catalog.int8)
-            OPERATOR(pg_catalog.-) '2147483648'::pg_catalog.int8)::pg_catalog.text::pg_catalog.int4)
-   AND pg_catalog.pg_try_advisory_xact_lock_shared(
-           pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8))
+    SELECT pg_catalog.pg_try_advisory_xact_lock_shared(
+               pg_catalog.hashtextextended(p_resource, '7405'::pg_catalog.int8))
 $fn$;
 
 -- The check: admits (p_resource, p_token) in the caller's transaction or raises 55Z01.
@@ -369,8 +395,8 @@ $fn$;
 -- transaction is ended (0: wait as long as the session's own lock_timeout allows).
 --
 -- The fast path settles the common case, the token that equals H: when the row the
--- snapshot shows holds the token, publish it and take K(r) shared without waiting, then
--- read the row again (after the lock); admitted when it still holds the token and no raise
+-- snapshot shows holds the token, take K(r) shared without waiting (publishing nothing,
+-- see _try_share), then read the row again (after the lock); admitted when it still holds the token and no raise
 -- replaced it. Nothing is written. Everything else goes to the slow path, which then holds
 -- no lock of the fast path's: a raise taken from there never has to upgrade a shared lock
 -- (two first touches of a new token would deadlock).
@@ -400,7 +426,7 @@ BEGIN
     IF COALESCE((SELECT f0.token FROM fencegate.fence f0
                  WHERE f0.resource OPERATOR(pg_catalog.=) p_resource) OPERATOR(pg_catalog.=) p_token,
                 false)
-       AND fencegate._try_share(p_resource, p_token) THEN
+       AND fencegate._try_share(p_resource) THEN
         SELECT f1.token INTO admitted FROM fencegate.fence f1
         WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
           AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
@@ -434,10 +460,10 @@ $fn$;
 
 -- The check for a token the proxy has seen admitted for this resource before (so H is at
 -- least the token, unless the fence went back: a restore, or a failover that lost the
--- raise). The same decision as check(), one read cheaper: publish the token and take K(r)
--- shared without waiting first, then read the row once, after the locks, with the same
--- admission rule as check()'s second read. Anything else goes to the slow path, which
--- then holds this path's locks: harmless for a stale token (no exclusive lock is needed to
+-- raise). The same decision as check(), one read cheaper: take K(r) shared without waiting
+-- first (publishing nothing, see _try_share), then read the row once, after the lock,
+-- with the same admission rule as check()'s second read. Anything else goes to the slow
+-- path, which publishes the token and then holds this path's lock too: harmless for a stale token (no exclusive lock is needed to
 -- refuse it), and for a raise (H below the token) the shared K(r) is upgraded, which only
 -- two such raises of one token at once can turn into a deadlock (docs/fencing.md).
 CREATE OR REPLACE PROCEDURE fencegate.admit_current(p_resource text, p_token bigint,
@@ -445,7 +471,7 @@ CREATE OR REPLACE PROCEDURE fencegate.admit_current(p_resource text, p_token big
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
     -- FOUND: whether the read found the row (false also when the locks were not granted).
-    IF fencegate._try_share(p_resource, p_token) THEN
+    IF fencegate._try_share(p_resource) THEN
         PERFORM FROM fencegate.fence f1
         WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
           AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
@@ -477,10 +503,11 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
     fencegate._report_preempted(text, int4, bigint, bigint),
     fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
-    fencegate._prove(), fencegate._try_share(text, bigint)
+    fencegate._prove(), fencegate._try_share(text)
     FROM PUBLIC;
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
+DROP FUNCTION IF EXISTS fencegate._try_share(text, bigint);
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '11')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '12')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 

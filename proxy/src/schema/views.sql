@@ -18,7 +18,9 @@ FULL JOIN fencegate.lease l ON l.resource = f.resource;
 
 -- The sessions holding a resource's fence lock K(r) in their open transaction: `holding`
 -- (shared, admitted with the token that equals H) or `raising` (exclusive, raising H), with
--- the token they published, their transaction's age, and who and where they are.
+-- their token, their transaction's age, and who and where they are. The token is the
+-- highest the session published for the resource; a holder that published none was
+-- admitted by a fast path, which publishes nothing, and holds H (docs/fencing.md).
 CREATE OR REPLACE VIEW fencegate.holders AS
 SELECT f.resource,
        k.pid,
@@ -26,7 +28,8 @@ SELECT f.resource,
        a.client_addr,
        a.state,
        CASE k.mode WHEN 'ExclusiveLock' THEN 'raising' ELSE 'holding' END AS role,
-       fencegate._published_token(k.pid, f.resource) AS token,
+       COALESCE(fencegate._published_token(k.pid, f.resource),
+                CASE WHEN k.mode = 'ShareLock' THEN f.token END) AS token,
        pg_catalog.clock_timestamp() - a.xact_start AS xact_age
 FROM fencegate.fence f
 JOIN pg_catalog.pg_locks k
