@@ -37,7 +37,8 @@ pub struct Holder {
     pub state: Option<String>,
     /// `holding` (admitted with the current token) or `raising` (raising H).
     pub role: String,
-    /// The token the session published.
+    /// Its token: the highest it published, or H for a holder a fast path admitted (which
+    /// publishes nothing).
     pub token: Option<i64>,
     /// Seconds since its transaction began.
     pub xact_age_seconds: Option<f64>,
