@@ -12,7 +12,8 @@
 --     2^32 or more only, first (hashtext(r), high 32 bits), so that a raiser can read from
 --     pg_locks which token such a session presented (preemption). The high key is taken
 --     before the low one: whoever sees the low key sees the token whole. A holder of K(r)
---     shared that published nothing was admitted by a fast path and holds H (schema 12).
+--     shared that published nothing was admitted by a fast path and holds H, unless it is
+--     inside a check on its way from a fast path to its slow path (schema 12; _preempt).
 -- A check never locks or writes the fence row unless it raises H, and tells whether the
 -- row version its snapshot shows is still the newest from the version's xmax: a raise
 -- that committed after the snapshot was taken leaves its xid there.
@@ -114,7 +115,7 @@ BEGIN
                 RAISE EXCEPTION USING ERRCODE = '55P03',
                     MESSAGE = format('fencing check for resource %s could not lock the resource within %s ms',
                         quote_literal(p_resource), bound_ms),
-                    DETAIL = 'The resource is held by a session that is not an older fencing token''s holder (a holder of the same or a newer token inside a long transaction, or a session that took fencegate''s advisory lock itself).',
+                    DETAIL = 'The resource is held by a session this check may not end: a holder of the same or a newer token inside a long transaction, a superuser''s session, or a session that took fencegate''s advisory lock itself.',
                     HINT = 'Keep transactions that present a new token short; never take fencegate''s advisory locks directly.';
             END IF;
         END;
@@ -187,19 +188,18 @@ BEGIN
 END
 $fn$;
 
--- Ends the sessions that hold older tokens for p_resource than p_token. Two kinds hold one:
+-- Ends the sessions that hold older tokens for p_resource than p_token (docs/fencing.md,
+-- "Preemption", case by case). Two kinds hold one:
 -- - a session that published tokens for the resource (a slow path did: a raise, a wait to
---   share, a refusal): ended when the highest it published is older;
+--   share, a refusal): ended when the highest it published, read just before, is older;
 -- - a session that holds K(r) shared and published none: a fast path admitted it with the
---   token that equals H, and H cannot have moved since (a raise needs K(r) exclusive), so
---   it holds the committed H. Ended when that is older, read here with this statement's
---   snapshot. Under REPEATABLE READ and SERIALIZABLE that snapshot may be older than H:
---   when it shows no row, or a row a raise replaced since, H is not known here and nobody
---   of this kind is ended (the raise then fails with 40001 once it has the lock).
--- A session caught between a fast path and its slow path's publication holds K(r) shared
--- with no token published; it can be there longer than the grace only when something else
--- stalls it there (a session holding fencegate's publication keys exclusively), and it is
--- then ended if H is older than p_token (docs/fencing.md, "Preemption").
+--   token that equals H, and H cannot move while it holds K(r) (a raise needs K(r)
+--   exclusive), so it holds the committed H. But a session inside a check between a fast
+--   path's K(r) and its slow path's publication looks the same, and its token may be
+--   newer. So such sessions are looked at again after 20 ms: ended only if the same
+--   transaction still holds K(r) shared and still published nothing, with H read after
+--   that (this statement's snapshot: under REPEATABLE READ, when it shows no row or a row a
+--   raise replaced since, H is unknown and the session is not ended).
 -- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client);
 -- the caller learns of each ended session from _report_preempted.
 CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
@@ -207,36 +207,58 @@ RETURNS int4 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp SET client_min_messages = error AS $fn$
 DECLARE
     k int8 := hashtextextended(p_resource, '7405'::int8);
-    seen record := fencegate._read(p_resource);
-    h bigint;
-    victim int4;
+    db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    pids int4[];
+    vxids text[];
+    seen record;
     theirs bigint;
     ended_now boolean;
     ended int4 := 0;
 BEGIN
-    h := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
-    FOR victim IN
-        SELECT DISTINCT l.pid FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
-          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-          AND ((l.objsubid = 2 AND l.classid = hashtext('fencegate:' || p_resource)::oid)
-               OR (l.objsubid = 1 AND l.mode = 'ShareLock'
-                   AND l.classid = ((k >> 32) & 4294967295)::text::oid
-                   AND l.objid = (k & 4294967295)::text::oid))
-    LOOP
-        theirs := COALESCE(fencegate._published_token(victim, p_resource), h);
+    SELECT array_agg(s.pid ORDER BY s.pid), array_agg(s.vxid ORDER BY s.pid) INTO pids, vxids
+    FROM (SELECT DISTINCT l.pid, l.virtualtransaction AS vxid FROM pg_locks l
+          WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+            AND l.database = db
+            AND ((l.objsubid = 2 AND l.classid = hashtext('fencegate:' || p_resource)::oid)
+                 OR (l.objsubid = 1 AND l.mode = 'ShareLock'
+                     AND l.classid = ((k >> 32) & 4294967295)::text::oid
+                     AND l.objid = (k & 4294967295)::text::oid))) s;
+    IF pids IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(pids) v(pid)
+               WHERE fencegate._published_token(v.pid, p_resource) IS NULL) THEN
+        PERFORM pg_sleep('0.02'::float8);
+    END IF;
+    FOR i IN 1 .. array_length(pids, 1) LOOP
+        theirs := fencegate._published_token(pids[i], p_resource);
+        IF theirs IS NULL THEN
+            CONTINUE WHEN NOT EXISTS (
+                SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pids[i]
+                  AND l.virtualtransaction = vxids[i] AND l.database = db
+                  AND l.objsubid = 1 AND l.mode = 'ShareLock'
+                  AND l.classid = ((k >> 32) & 4294967295)::text::oid
+                  AND l.objid = (k & 4294967295)::text::oid);
+            seen := fencegate._read(p_resource);
+            theirs := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
+        END IF;
         CONTINUE WHEN theirs IS NULL OR theirs >= p_token;
         BEGIN
-            ended_now := pg_terminate_backend(victim, int8 '0');
+            ended_now := pg_terminate_backend(pids[i], int8 '0');
         EXCEPTION WHEN insufficient_privilege THEN
             -- A superuser's session, which pg_signal_backend may not end: waited for
-            -- (bounded, as in _lock), never an error of the raise's.
+            -- (bounded, as in _lock). Any other refusal is the raise's error, as before.
+            IF NOT EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+                           WHERE a.pid = pids[i] AND r.rolsuper) THEN
+                RAISE;
+            END IF;
             ended_now := false;
         END;
         IF ended_now THEN
             RAISE LOG 'fencegate: ended session % holding stale token % for resource % (newer token %)',
-                victim, theirs, p_resource, p_token;
-            PERFORM fencegate._report_preempted(p_resource, victim, theirs, p_token);
+                pids[i], theirs, p_resource, p_token;
+            PERFORM fencegate._report_preempted(p_resource, pids[i], theirs, p_token);
             ended := ended + 1;
         END IF;
     END LOOP;
@@ -380,8 +402,8 @@ $fn$;
 
 -- The fast paths' lock: K(r) shared, without waiting; true when granted. The fast paths
 -- publish no token (schema 12): a holder of K(r) shared that published none was admitted
--- with the token that equals H, and a raise reads H for it (_preempt; docs/fencing.md,
--- "Preemption"). A SQL function of one expression, neither SECURITY DEFINER nor with a SET
+-- with the token that equals H (or is on its way to its slow path, which publishes), and a
+-- raise reads H for it (_preempt; docs/fencing.md, "Preemption"). A SQL function of one expression, neither SECURITY DEFINER nor with a SET
 -- clause, so PostgreSQL inlines it into the expression of each caller when it plans that
 -- (once per session): the same instructions as the expression written out in both.
 CREATE OR REPLACE FUNCTION fencegate._try_share(p_resource text)
