@@ -83,6 +83,7 @@ async fn migrate_grant_gives_a_role_the_public_interface() {
         ("fencegate.check(text, bigint, int4)", true),
         ("fencegate.acquire(text, text, interval)", true),
         ("fencegate._preempt(text, bigint)", false),
+        ("fencegate._lockers(text, oid)", false),
     ] {
         let can: bool = admin
             .query_one(

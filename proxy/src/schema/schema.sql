@@ -76,8 +76,10 @@ $fn$;
 -- in exclusive mode the sessions holding older tokens than p_token are ended (preemption,
 -- _preempt). Once rounds that end nobody add up to twice the grace or 10 s,
 -- whichever is longer, the wait fails with 55P03: whoever holds the lock is no older holder
--- (a newer or equal holder inside a long transaction, or a session that took fencegate's
--- key itself), and a check must not stall behind it for ever.
+-- this check may end (a newer or equal holder inside a long transaction, a superuser's
+-- session, a holder whose token this transaction's snapshot cannot read, a prepared
+-- transaction, or a session that took fencegate's key itself), and a check must not stall
+-- behind it for ever.
 -- p_grace_ms <= 0: wait as the session's own lock_timeout allows, and never preempt.
 CREATE OR REPLACE FUNCTION fencegate._lock(p_resource text, p_token bigint,
                                            p_exclusive boolean, p_grace_ms int4)
@@ -115,7 +117,7 @@ BEGIN
                 RAISE EXCEPTION USING ERRCODE = '55P03',
                     MESSAGE = format('fencing check for resource %s could not lock the resource within %s ms',
                         quote_literal(p_resource), bound_ms),
-                    DETAIL = 'The resource is held by a session this check may not end: a holder of the same or a newer token inside a long transaction, a superuser''s session, or a session that took fencegate''s advisory lock itself.',
+                    DETAIL = 'The resource is held by a session this check may not end: a holder of the same or a newer token inside a long transaction, a superuser''s session, a holder whose token this transaction''s snapshot cannot read, a prepared transaction, or a session that took fencegate''s advisory lock itself.',
                     HINT = 'Keep transactions that present a new token short; never take fencegate''s advisory locks directly.';
             END IF;
         END;
@@ -188,67 +190,94 @@ BEGIN
 END
 $fn$;
 
+-- The sessions (but this one) holding fencegate's advisory locks for p_resource in database
+-- p_db, one row each, from one read of pg_locks: their transaction (NULL while one is
+-- ending: its rows may then show two), whether they hold K(r) shared, and whether they
+-- published a token for it (its value: _published_token).
+CREATE OR REPLACE FUNCTION fencegate._lockers(p_resource text, p_db oid,
+    OUT pid int4, OUT vxid text, OUT shares boolean, OUT published boolean)
+RETURNS SETOF record LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT l.pid,
+           CASE WHEN count(DISTINCT l.virtualtransaction) = 1 THEN min(l.virtualtransaction) END,
+           bool_or(l.objsubid = 1 AND l.mode = 'ShareLock'),
+           bool_or(l.objsubid = 2)
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.database = p_db
+      AND l.pid <> pg_backend_pid()
+      AND ((l.objsubid = 2 AND l.classid = hashtext('fencegate:' || p_resource)::oid)
+           OR (l.objsubid = 1
+               AND l.classid = ((hashtextextended(p_resource, '7405'::int8) >> 32) & 4294967295)::text::oid
+               AND l.objid = (hashtextextended(p_resource, '7405'::int8) & 4294967295)::text::oid))
+    GROUP BY l.pid
+$fn$;
+
 -- Ends the sessions that hold older tokens for p_resource than p_token (docs/fencing.md,
 -- "Preemption", case by case). Two kinds hold one:
 -- - a session that published tokens for the resource (a slow path did: a raise, a wait to
---   share, a refusal): ended when the highest it published, read just before, is older;
+--   share, a refusal): ended when the highest it published, read again just before, is
+--   older;
 -- - a session that holds K(r) shared and published none: a fast path admitted it with the
 --   token that equals H, and H cannot move while it holds K(r) (a raise needs K(r)
 --   exclusive), so it holds the committed H. But a session inside a check between a fast
---   path's K(r) and its slow path's publication looks the same, and its token may be
---   newer. So such sessions are looked at again after 20 ms: ended only if the same
---   transaction still holds K(r) shared and still published nothing, with H read after
---   that (this statement's snapshot: under REPEATABLE READ, when it shows no row or a row a
---   raise replaced since, H is unknown and the session is not ended).
+--   path's K(r) and its slow path's publication looks the same for a moment, and its
+--   token may be newer. So such sessions are looked at twice, 20 ms apart, and counted
+--   only if the same transaction shared K(r) and had published nothing both times; H is
+--   read after the second look (this statement's snapshot: under REPEATABLE READ, when it
+--   shows no row or a row a raise replaced since, H is unknown and nobody is ended), and
+--   the statement that ends the session checks its transaction and lock once more.
 -- Its LOG line goes to the server log only (client_min_messages: nothing reaches the client);
 -- the caller learns of each ended session from _report_preempted.
 CREATE OR REPLACE FUNCTION fencegate._preempt(p_resource text, p_token bigint)
 RETURNS int4 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp SET client_min_messages = error AS $fn$
 DECLARE
-    k int8 := hashtextextended(p_resource, '7405'::int8);
     db oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
     pids int4[];
     vxids text[];
+    unpublished boolean[];
+    settled int4[];
     seen record;
     theirs bigint;
     ended_now boolean;
     ended int4 := 0;
 BEGIN
-    SELECT array_agg(s.pid ORDER BY s.pid), array_agg(s.vxid ORDER BY s.pid) INTO pids, vxids
-    FROM (SELECT DISTINCT l.pid, l.virtualtransaction AS vxid FROM pg_locks l
-          WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
-            AND l.database = db
-            AND ((l.objsubid = 2 AND l.classid = hashtext('fencegate:' || p_resource)::oid)
-                 OR (l.objsubid = 1 AND l.mode = 'ShareLock'
-                     AND l.classid = ((k >> 32) & 4294967295)::text::oid
-                     AND l.objid = (k & 4294967295)::text::oid))) s;
+    SELECT array_agg(x.pid ORDER BY x.pid), array_agg(x.vxid ORDER BY x.pid),
+           array_agg(x.shares AND NOT x.published ORDER BY x.pid)
+    INTO pids, vxids, unpublished
+    FROM fencegate._lockers(p_resource, db) x;
     IF pids IS NULL THEN
         RETURN 0;
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(pids) v(pid)
-               WHERE fencegate._published_token(v.pid, p_resource) IS NULL) THEN
+    IF true = ANY (unpublished) THEN
         PERFORM pg_sleep('0.02'::float8);
+        SELECT array_agg(x.pid) INTO settled
+        FROM fencegate._lockers(p_resource, db) x
+        JOIN unnest(pids, vxids, unpublished) f(pid, vxid, unpublished)
+          ON f.pid = x.pid AND f.vxid = x.vxid
+        WHERE f.unpublished AND x.shares AND NOT x.published;
     END IF;
     FOR i IN 1 .. array_length(pids, 1) LOOP
-        theirs := fencegate._published_token(pids[i], p_resource);
-        IF theirs IS NULL THEN
-            CONTINUE WHEN NOT EXISTS (
-                SELECT 1 FROM pg_locks l
-                WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pids[i]
-                  AND l.virtualtransaction = vxids[i] AND l.database = db
-                  AND l.objsubid = 1 AND l.mode = 'ShareLock'
-                  AND l.classid = ((k >> 32) & 4294967295)::text::oid
-                  AND l.objid = (k & 4294967295)::text::oid);
+        IF unpublished[i] THEN
+            CONTINUE WHEN settled IS NULL OR NOT pids[i] = ANY (settled);
             seen := fencegate._read(p_resource);
             theirs := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
+        ELSE
+            theirs := fencegate._published_token(pids[i], p_resource);
         END IF;
         CONTINUE WHEN theirs IS NULL OR theirs >= p_token;
         BEGIN
-            ended_now := pg_terminate_backend(pids[i], int8 '0');
+            IF unpublished[i] THEN
+                ended_now := COALESCE((SELECT pg_terminate_backend(x.pid, int8 '0')
+                                       FROM fencegate._lockers(p_resource, db) x
+                                       WHERE x.pid = pids[i] AND x.vxid = vxids[i]
+                                         AND x.shares AND NOT x.published), false);
+            ELSE
+                ended_now := pg_terminate_backend(pids[i], int8 '0');
+            END IF;
         EXCEPTION WHEN insufficient_privilege THEN
             -- A superuser's session, which pg_signal_backend may not end: waited for
             -- (bounded, as in _lock). Any other refusal is the raise's error, as before.
+            PERFORM pg_stat_clear_snapshot();
             IF NOT EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
                            WHERE a.pid = pids[i] AND r.rolsuper) THEN
                 RAISE;
@@ -523,6 +552,7 @@ $fn$;
 REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
     fencegate._lock(text, bigint, boolean, int4), fencegate._publish(text, bigint, int4),
     fencegate._published_token(int4, text), fencegate._preempt(text, bigint),
+    fencegate._lockers(text, oid),
     fencegate._report_preempted(text, int4, bigint, bigint),
     fencegate._stale(text, bigint, bigint, boolean), fencegate._check_slow(text, bigint, int4),
     fencegate._prove(), fencegate._try_share(text)
