@@ -149,7 +149,9 @@ impl SettingsMemo {
     /// as a plain literal.
     fn believable(&self) -> Option<(&str, String)> {
         let canonical = self.token == "0" || !self.token.starts_with('0');
-        canonical.then_some(())?;
+        if !canonical {
+            return None;
+        }
         Some((self.token.as_str(), self.plain_resource()?))
     }
 

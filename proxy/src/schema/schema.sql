@@ -237,6 +237,7 @@ DECLARE
     unpublished boolean[];
     settled int4[];
     seen record;
+    h bigint;
     theirs bigint;
     ended_now boolean;
     ended int4 := 0;
@@ -255,12 +256,13 @@ BEGIN
         JOIN unnest(pids, vxids, unpublished) f(pid, vxid, unpublished)
           ON f.pid = x.pid AND f.vxid = x.vxid
         WHERE f.unpublished AND x.shares AND NOT x.published;
+        seen := fencegate._read(p_resource);
+        h := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
     END IF;
     FOR i IN 1 .. array_length(pids, 1) LOOP
         IF unpublished[i] THEN
             CONTINUE WHEN settled IS NULL OR NOT pids[i] = ANY (settled);
-            seen := fencegate._read(p_resource);
-            theirs := CASE WHEN seen.superseded THEN NULL ELSE seen.token END;
+            theirs := h;
         ELSE
             theirs := fencegate._published_token(pids[i], p_resource);
         END IF;
