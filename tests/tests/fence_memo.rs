@@ -22,10 +22,12 @@ use fencegate_tests::memo::{note, read, write, SETUP};
 use fencegate_tests::wire::{self, msg, tags, WireClient};
 use tokio_postgres::{Client, GenericClient, SimpleQueryMessage, ToStatement};
 
-/// Calls of the token checks (`fencegate.check`, and `fencegate.admit_current` for a token
-/// the session saw admitted) published so far in the current database.
+/// Calls of the token checks (`fencegate.check`, `fencegate.admit_current` for a token the
+/// session saw admitted, `fencegate.admit_set` for settings the client just set) published
+/// so far in the current database.
 const CHECK_CALLS: &str = "SELECT COALESCE(sum(calls), 0)::int8 FROM pg_stat_user_functions \
-                           WHERE schemaname = 'fencegate' AND funcname IN ('check', 'admit_current')";
+                           WHERE schemaname = 'fencegate' \
+                           AND funcname IN ('check', 'admit_current', 'admit_set')";
 
 /// Makes the session publish its pending statistics before its next ReadyForQuery.
 const FLUSH: &str = "SELECT pg_stat_force_next_flush()";
@@ -307,7 +309,8 @@ fn settings_cases() -> Vec<QueryCase> {
                 checks: 2,
             },
             Round {
-                what: "the same block again: a new transaction checks again",
+                what: "the same block again: a new transaction checks again (admit_set: the proxy read \
+                       both SETs)",
                 statements: settings_block(3),
                 sent: Sent::OneByOne,
                 checks: 1,

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! The checks the proxy sends (`check`, `admit_current`, `check_settings`,
+//! The checks the proxy sends (`check`, `admit_current`, `admit_set`, `check_settings`,
 //! `settings_unchanged`) pin no search_path: they name everything with its schema instead
 //! (schema.sql, docs/security.md). So a session that puts a lookalike of every function,
 //! operator and type they use first in its search_path, and lookalike types in its
@@ -93,6 +93,15 @@ const SETTINGS_STEPS: &[(&str, &str, &[&str])] = &[
     ("INSERT INTO t VALUES (2)", "settings: the first check", &[]),
     ("INSERT INTO t VALUES (3)", "settings: the comparison", &[]),
     ("COMMIT", "commit", &[]),
+    ("BEGIN", "begin", &[]),
+    ("SET LOCAL fencing.resource = 'sp'", "set local", &[]),
+    ("SET LOCAL fencing.token = 6", "set local", &[]),
+    (
+        "INSERT INTO t VALUES (6)",
+        "settings just set: admit_set",
+        &[],
+    ),
+    ("COMMIT", "commit", &[]),
     (
         "SET fencing.token = 5; INSERT INTO t VALUES (4)",
         "settings: stale",
@@ -145,7 +154,8 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
         .client()
         .query(
             "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'fencegate' \
-             AND funcname IN ('check', 'admit_current', 'check_settings', 'settings_unchanged') \
+             AND funcname IN ('check', 'admit_current', 'admit_set', 'check_settings', \
+             'settings_unchanged') \
              ORDER BY funcname",
             &[],
         )
@@ -156,6 +166,7 @@ async fn lookalikes_in_the_search_path_and_pg_temp_never_run_in_a_check() {
         ran,
         [
             "admit_current",
+            "admit_set",
             "check",
             "check_settings",
             "settings_unchanged"

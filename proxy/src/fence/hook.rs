@@ -31,9 +31,10 @@ use dashmap::DashSet;
 use super::annotation::LastComment;
 use super::cache::HighWaterCache;
 use super::memo::Admitted;
-use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Schema11, SCHEMA_PROBE};
+use super::plan::{self, Analysis, CheckForm, Decision, FencePolicy, Procedures, SCHEMA_PROBE};
 use super::prepared::{PreparedStatements, StatementOp};
 use super::seen::SeenAdmitted;
+use super::settings_known::KnownSettings;
 use super::settings_memo::SettingsBelief;
 use super::stats::{FenceStats, WaitingShare};
 use crate::config::Config;
@@ -116,9 +117,10 @@ impl HookFactory for FenceHooks {
             settings_aware,
             prepared: PreparedStatements::default(),
             admitted: Admitted::default(),
-            schema_11: None,
+            procedures: None,
             seen: SeenAdmitted::default(),
             settings_belief: SettingsBelief::default(),
+            known_settings: KnownSettings::default(),
             first_check: None,
             last_parse: None,
             last_comment: LastComment::default(),
@@ -158,12 +160,14 @@ pub struct FenceHook {
     admitted: Admitted,
     /// Whether the database has schema 11's procedures (learned from the session's first
     /// check; forgotten when a check finds the schema missing).
-    schema_11: Schema11,
+    procedures: Procedures,
     /// The tokens this session saw admitted.
     seen: SeenAdmitted,
     /// What the session believes its settings are, for the first settings check of each
     /// transaction.
     settings_belief: SettingsBelief,
+    /// What the client's own SET statements have just set.
+    known_settings: KnownSettings,
     /// The fence of the token check [`FenceHook::decide`] put first in its answer, if any.
     first_check: Option<super::Fence>,
     /// The text and analysis of the last Parse (reused when the next Parse is the same).
@@ -174,6 +178,10 @@ pub struct FenceHook {
 
 impl SessionHook for FenceHook {
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
+        if msg.tag != fe::QUERY {
+            // It may run code that changes the settings (on_query reads each statement).
+            self.known_settings.forget();
+        }
         match msg.tag {
             fe::QUERY => {
                 self.rules
@@ -231,13 +239,13 @@ impl SessionHook for FenceHook {
     fn injected_row(&mut self, body: &[u8]) {
         if let Some(learned) = self.settings_belief.learn(body) {
             if learned.has_compare.is_some() {
-                self.schema_11 = learned.has_compare;
+                self.procedures = learned.has_compare;
             }
             if let Some(memo) = learned.memo {
                 self.admitted.settings_admitted(memo);
             }
-        } else if let Some(answer) = plan::schema_11_answer(body) {
-            self.schema_11 = Some(answer);
+        } else if let Some(answer) = plan::procedures_answer(body) {
+            self.procedures = Some(answer);
         }
         if !self.schema_known {
             self.schema_known = true;
@@ -271,7 +279,7 @@ impl SessionHook for FenceHook {
             c if MISSING_SCHEMA_STATES.contains(&c) => {
                 FenceStats::bump(&self.stats.not_installed);
                 self.schema_known = false;
-                self.schema_11 = None;
+                self.procedures = None;
                 self.schemas.remove(&self.database);
                 tracing::warn!(database = %self.database, "fenced statement in a database without the fencegate schema");
                 return Some(error_response(
@@ -385,11 +393,7 @@ impl FenceHook {
                 vec![self.policy.check_sql(fence, self.check_form(fence))]
             }
             Decision::CheckSettings { required } if self.schema_known => {
-                self.admitted.settings_check_sent();
-                let memo = self.admitted.settings();
-                vec![self
-                    .settings_belief
-                    .sql(self.policy.grace_ms, required, memo, self.schema_11)]
+                vec![self.settings_check(required)]
             }
             _ => self
                 .policy
@@ -407,7 +411,7 @@ impl FenceHook {
     /// session saw admitted, where the database has it; while the session does not know
     /// whether it has, the check asks.
     fn check_form(&self, fence: &super::Fence) -> CheckForm {
-        match self.schema_11 {
+        match self.procedures {
             None => CheckForm::CheckAsking,
             Some(true) if self.seen.is_believed(fence) => CheckForm::Current,
             Some(_) => CheckForm::Check,
@@ -448,10 +452,13 @@ impl FenceHook {
     fn on_query(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         let Some(text) = msg.query_text() else { return };
         self.admitted.boundary(inject.settled_status());
+        self.known_settings
+            .query_begins(inject.settled_status() == Some(TxStatus::InBlock));
         if !self.settings_aware
             && self.policy.require_token_tables.is_empty()
             && !contains_ignore_case(text, b"fencing")
         {
+            self.known_settings.forget();
             self.follow_unchecked_query(text);
             return;
         }
@@ -468,7 +475,11 @@ impl FenceHook {
                 // splitter saw, do not trust the memo past it.
                 self.admitted.forget();
             }
+            let a_set_read = self.known_settings.statement(statement);
             let sqls = self.decide(&analysis, true);
+            if !a_set_read {
+                self.known_settings.forget();
+            }
             if sqls.is_empty() {
                 continue;
             }
@@ -584,5 +595,6 @@ impl FenceHook {
     }
 }
 
+mod settings;
 #[cfg(test)]
 mod tests;

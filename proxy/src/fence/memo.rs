@@ -91,6 +91,13 @@ impl Admitted {
         }
     }
 
+    /// A settings check of what the client's own SETs set is being sent (see
+    /// `super::settings_known`): like a token's record, it holds from now on, since the
+    /// check either admits them or fails the transaction.
+    pub fn settings_known(&mut self, memo: SettingsMemo) {
+        self.settings = Some(memo);
+    }
+
     fn clear(&mut self) {
         self.fences.clear();
         self.settings = None;

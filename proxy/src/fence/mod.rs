@@ -9,6 +9,7 @@
 //! - [`memo`]: the checks a session already sent in its current transaction.
 //! - [`seen`]: the tokens a session saw admitted (the cheaper check for a current token).
 //! - [`settings_memo`]: the fencing settings a check of this transaction admitted.
+//! - [`settings_known`]: the fencing settings the client's own SETs have just set.
 //! - [`prepared`]: the session's prepared statements, as the server has confirmed them.
 //! - [`hook`]: the per-session hook that applies the decisions to client traffic.
 //! - [`stats`]: counters shared by all sessions.
@@ -22,6 +23,7 @@ pub mod memo;
 pub mod plan;
 pub mod prepared;
 pub mod seen;
+pub mod settings_known;
 pub mod settings_memo;
 pub mod stats;
 

@@ -251,7 +251,7 @@ impl FencePolicy {
         sql.push(')');
         if form == CheckForm::CheckAsking {
             sql.push_str(", ");
-            sql.push_str(SCHEMA_11_PROBE);
+            sql.push_str(PROCEDURES_PROBE);
         }
         sql
     }
@@ -282,7 +282,7 @@ pub enum CheckForm {
     /// `fencegate.check`.
     Check,
     /// `fencegate.check`, and in a second column whether the database has schema 11's
-    /// procedures ([`SCHEMA_11_PROBE`]).
+    /// procedures ([`PROCEDURES_PROBE`]).
     CheckAsking,
     /// `CALL fencegate.admit_current` (schema 11), for a token the session saw admitted: the
     /// same decision with one read of the fence row instead of two (docs/fencing.md), and
@@ -290,19 +290,24 @@ pub enum CheckForm {
     Current,
 }
 
-/// Whether the session's database has schema 11's procedures (`admit_current`,
-/// `settings_unchanged`): `None` until a check's row said. A database migrated by an older
+/// Whether the session's database has the procedures the proxy sends: schema 11's
+/// (`admit_current`, `settings_unchanged`) and schema 13's (`admit_set`, the two-argument
+/// `settings_unchanged`). `None` until a check's row said. A database migrated by an older
 /// fencegate is checked with `check` and comparisons written out until it is migrated.
-pub type Schema11 = Option<bool>;
+pub type Procedures = Option<bool>;
 
-/// The column a check carries while [`Schema11`] is unknown. Its type names are qualified: a
-/// bare `text` is looked up in the session's pg_temp and search_path, where a type of the
-/// client's own would make the function seem missing (`fence_search_path.rs`).
-pub const SCHEMA_11_PROBE: &str =
-    "pg_catalog.to_regprocedure('fencegate.settings_unchanged(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL";
+/// The column a check carries while [`Procedures`] is unknown: true when the newest of them
+/// and the oldest are there (a migration installs them all at once; the tests that stand
+/// for older schemas drop one of schema 11's). Its type names are qualified: a bare `text`
+/// is looked up in the session's pg_temp and search_path, where a type of the client's own
+/// would make the function seem missing (`fence_search_path.rs`).
+pub const PROCEDURES_PROBE: &str =
+    "pg_catalog.to_regprocedure('fencegate.settings_unchanged(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL \
+     AND pg_catalog.to_regprocedure('fencegate.admit_current(pg_catalog.text,bigint,integer)') IS NOT NULL \
+     AND pg_catalog.to_regprocedure('fencegate.admit_set(pg_catalog.text,bigint,integer)') IS NOT NULL";
 
-/// The answer to [`SCHEMA_11_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
-pub fn schema_11_answer(row: &[u8]) -> Option<bool> {
+/// The answer to [`PROCEDURES_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
+pub fn procedures_answer(row: &[u8]) -> Option<bool> {
     match data_row_values(row)?.as_slice() {
         [Some(admitted), Some(answer)] if admitted.iter().all(u8::is_ascii_digit) => {
             match *answer {
@@ -408,7 +413,7 @@ mod tests {
         };
         let args = format!("({resource}, '{}', {})", fence.token, p.grace_ms);
         match form {
-            CheckForm::CheckAsking => format!("SELECT fencegate.check{args}, {SCHEMA_11_PROBE}"),
+            CheckForm::CheckAsking => format!("SELECT fencegate.check{args}, {PROCEDURES_PROBE}"),
             CheckForm::Check => format!("SELECT fencegate.check{args}"),
             CheckForm::Current => format!("CALL fencegate.admit_current{args}"),
         }

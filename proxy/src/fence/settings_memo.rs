@@ -23,9 +23,9 @@
 //! when the database has it; else the same comparison written out as a statement, which
 //! PostgreSQL parses and plans each time. Whether a database has it, the session learns
 //! from its first check: until it knows, that check's row also says whether the database
-//! has schema 11's procedures ([`SCHEMA_11_PROBE`]).
+//! has schema 11's procedures ([`PROCEDURES_PROBE`]).
 
-use super::plan::{Schema11, SCHEMA_11_PROBE};
+use super::plan::{Procedures, PROCEDURES_PROBE};
 use crate::protocol::backend::data_row_values;
 
 /// The settings a check admitted earlier in the current transaction.
@@ -66,7 +66,7 @@ impl SettingsBelief {
         grace_ms: u32,
         required: bool,
         memo: Option<&SettingsMemo>,
-        has_compare: Schema11,
+        has_compare: Procedures,
     ) -> String {
         let sql = sql(grace_ms, required, memo, self.held.as_ref(), has_compare);
         if sql.starts_with(WITH_BELIEF) {
@@ -116,12 +116,12 @@ pub fn sql(
     required: bool,
     memo: Option<&SettingsMemo>,
     belief: Option<&SettingsMemo>,
-    has_compare: Schema11,
+    has_compare: Procedures,
 ) -> String {
     let check = format!("fencegate.check_settings({grace_ms}, {required})");
     match memo {
         None if has_compare.is_none() => {
-            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {SCHEMA_11_PROBE}")
+            format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}, {PROCEDURES_PROBE}")
         }
         None => match (has_compare, belief.and_then(SettingsMemo::believable)) {
             (Some(true), Some((token, resource))) => format!(
@@ -130,6 +130,12 @@ pub fn sql(
             _ => format!("SELECT {check}, {RESOURCE_HEX}, {TOKEN}"),
         },
         Some(memo) => match (has_compare, memo.plain_resource()) {
+            (Some(true), Some(resource)) if grace_ms == DEFAULT_GRACE_MS && !required => {
+                format!(
+                    "CALL fencegate.settings_unchanged('{}', '{resource}')",
+                    memo.token
+                )
+            }
             (Some(true), Some(resource)) => format!(
                 "CALL fencegate.settings_unchanged('{}', '{resource}', {grace_ms}, {required})",
                 memo.token
@@ -143,7 +149,24 @@ pub fn sql(
     }
 }
 
+/// The grace the two-argument `settings_unchanged` (schema 13) passes on: the default.
+const DEFAULT_GRACE_MS: u32 = 5000;
+
 impl SettingsMemo {
+    /// The memo of a resource that is printable ASCII without quote or backslash, and a
+    /// token's canonical text (see `super::settings_known`).
+    pub fn from_plain(resource: &str, token: &str) -> SettingsMemo {
+        use std::fmt::Write;
+        let mut resource_hex = String::with_capacity(2 * resource.len());
+        for b in resource.bytes() {
+            let _ = write!(resource_hex, "{b:02x}");
+        }
+        SettingsMemo {
+            resource_hex,
+            token: token.to_string(),
+        }
+    }
+
     /// The token and resource as `admit_settings` takes them, when they can be: the token
     /// in canonical text (what `admit_settings` compares the setting with) and the resource
     /// as a plain literal.
@@ -188,7 +211,7 @@ pub struct Learned {
     /// What the check admitted, when it admitted a token.
     pub memo: Option<SettingsMemo>,
     /// Whether the database has `settings_unchanged`, when the row says.
-    pub has_compare: Schema11,
+    pub has_compare: Procedures,
 }
 
 /// What a row of [`sql`]'s first check teaches: the memo only when the check ran and

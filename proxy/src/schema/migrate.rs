@@ -12,7 +12,9 @@ pub async fn run(url: &str) -> Result<i32, AdminError> {
 /// The public interface of the schema: what an application role needs.
 const PUBLIC_ROUTINES: &str = "fencegate.check(text, bigint, int4), \
      fencegate.admit_current(text, bigint, int4), \
+     fencegate.admit_set(text, bigint, int4), \
      fencegate.settings_unchanged(text, text, int4, boolean), \
+     fencegate.settings_unchanged(text, text), \
      fencegate.admit_settings(bigint, text, int4, boolean, boolean), \
      fencegate.check_current(text, bigint, int4), \
      fencegate.check_settings(int4, boolean), fencegate.high_water(text), \

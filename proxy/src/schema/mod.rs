@@ -25,7 +25,7 @@ pub mod migrate;
 pub mod require;
 
 /// Version recorded in `fencegate.meta` by this build's migration.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 /// Idempotent installation script for [`SCHEMA_VERSION`]; run in one transaction: the fence
 /// (`schema.sql`), the checks of settings (`settings.sql`), the lease service (`lease.sql`),

@@ -1,4 +1,4 @@
--- The `fencegate` schema, version 12: the authority for fencing decisions. `fencegate
+-- The `fencegate` schema, version 13: the authority for fencing decisions. `fencegate
 -- migrate` runs this whole file in one transaction; it is idempotent and upgrades any
 -- earlier version in place. The design, case by case, is in docs/fencing.md.
 --
@@ -539,6 +539,42 @@ BEGIN
 END
 $fn$;
 
+-- The first settings check of a transaction whose client has just set both settings with
+-- SET statements of its own that the proxy read, each a Query of its own inside the
+-- transaction block with nothing sent in between (proxy/src/fence/settings_known.rs): the
+-- proxy passes what they set, so no row has to tell it what was admitted. When the
+-- settings in effect are those (the token in its canonical text), it admits them as
+-- admit_current() does, written out here (a nested CALL would cost a frame of its own);
+-- else the proxy misread a SET, and the statement is refused (XX000) rather than checked
+-- under settings the proxy would then take for admitted (docs/fencing.md, "Settings the
+-- client just set").
+CREATE OR REPLACE PROCEDURE fencegate.admit_set(p_resource text, p_token bigint,
+                                                p_grace_ms int4 DEFAULT 5000)
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    -- COALESCE: a setting never set in the session reads as NULL.
+    IF NOT COALESCE(pg_catalog.current_setting('fencing.token', true) OPERATOR(pg_catalog.=) p_token::pg_catalog.text
+                    AND pg_catalog.current_setting('fencing.resource', true) OPERATOR(pg_catalog.=) p_resource,
+                    false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = 'fencegate could not confirm the fencing settings this transaction set; the statement was not run',
+            HINT = 'This is a defect of fencegate: please report the SET statements that preceded it.';
+    END IF;
+    IF fencegate._try_share(p_resource) THEN
+        PERFORM FROM fencegate.fence f1
+        WHERE f1.resource OPERATOR(pg_catalog.=) p_resource AND f1.token OPERATOR(pg_catalog.=) p_token
+          AND (f1.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid
+               OR COALESCE(fencegate._xact_status(f1.xmax) OPERATOR(pg_catalog.<>) 'committed', true));
+    END IF;
+    IF NOT FOUND THEN
+        PERFORM fencegate._check_slow(p_resource, p_token, p_grace_ms);
+    END IF;
+    IF fencegate._proving() THEN
+        PERFORM fencegate._prove();
+    END IF;
+END
+$fn$;
+
 -- check_current() as a function, returning the token it admitted: for direct callers and
 -- for proxies before schema 11. The decision is admit_current()'s.
 CREATE OR REPLACE FUNCTION fencegate.check_current(p_resource text, p_token bigint,
@@ -562,6 +598,6 @@ REVOKE ALL ON FUNCTION fencegate._xact_status(xid), fencegate._read(text),
 DROP FUNCTION IF EXISTS fencegate._publish(text, bigint);
 DROP FUNCTION IF EXISTS fencegate._try_share(text, bigint);
 
-INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '12')
+INSERT INTO fencegate.meta (key, value) VALUES ('schema_version', '13')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 

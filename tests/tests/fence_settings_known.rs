@@ -1,0 +1,212 @@
+//! Settings the client has just set (schema 13, docs/fencing.md, "Settings the client just
+//! set"): when a transaction block's first statements are the client's own `SET [LOCAL]
+//! fencing.resource` and `fencing.token`, each a Query the proxy reads, the next statement's
+//! check is `CALL fencegate.admit_set(r, t, grace)`, and under the default grace the later
+//! statements carry the two-argument `settings_unchanged`. Each case: a current token
+//! admitted, a newer one raising, an older one refused; settings changed by server-side code
+//! afterwards checked again; a SET whose value PostgreSQL keeps in another text than the
+//! proxy would read, and SETs outside a transaction block, checked as before; `admit_set`
+//! itself refusing settings other than those it is given. Which procedure ran is read from
+//! pg_stat_user_functions, so the tests fail when the proxy never sends it.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
+use tokio_postgres::Client;
+
+const JOB: &str = "job:7";
+
+const SETUP: &str = "
+CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
+INSERT INTO jobs VALUES (7, '');
+GRANT ALL ON jobs TO trust_user;
+CREATE FUNCTION switch_to(r text, t text) RETURNS text LANGUAGE sql
+    AS $$ SELECT set_config('fencing.resource', r, true) || set_config('fencing.token', t, true) $$;
+GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user;
+";
+
+/// Appends `x` to job 7, with no annotation: checked under the settings in effect.
+const PROBE: &str = "UPDATE jobs SET steps = steps || 'x' WHERE id = 7";
+
+/// A proxy with the default grace (so the two-argument comparison is used), H(job:7) = 5,
+/// and a client whose session knows the database has schema 13's procedures.
+async fn env(prefix: &str) -> (FenceEnv, Client) {
+    let env = FenceEnv::with_grace(prefix, SETUP, Duration::from_secs(5)).await;
+    env.monitor
+        .client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET track_functions = 'all'",
+            env.db
+        ))
+        .await
+        .unwrap();
+    raise(&env, 5).await;
+    let c = env.client().await;
+    // A session learns from its first check whether the database has the procedures.
+    let first = format!("SELECT 1 FROM jobs WHERE id = 7 {}", comment(JOB, 5));
+    c.batch_execute(&first).await.unwrap();
+    (env, c)
+}
+
+async fn raise(env: &FenceEnv, token: i64) {
+    let sql = format!("SELECT 1 FROM jobs WHERE id = 7 {}", comment(JOB, token));
+    env.client().await.batch_execute(&sql).await.unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(token));
+}
+
+/// BEGIN, then each of `sets` as a Query of its own.
+async fn begin_setting(c: &Client, sets: &[&str]) {
+    c.batch_execute("BEGIN").await.unwrap();
+    for set in sets {
+        c.batch_execute(set).await.unwrap();
+    }
+}
+
+fn token_set(token: &str) -> String {
+    format!("SET LOCAL fencing.token = {token}")
+}
+
+const RESOURCE_SET: &str = "SET LOCAL fencing.resource = 'job:7'";
+
+/// Calls of the procedure `signature` counted, once `c`'s session has flushed its counts
+/// and at least `at_least` are there.
+async fn calls(env: &FenceEnv, c: &Client, signature: &str, at_least: i64) -> i64 {
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let sql = format!(
+        "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
+         FROM pg_stat_user_functions WHERE funcid = 'fencegate.{signature}'::regprocedure"
+    );
+    eventually(&format!("{at_least} calls of {signature}"), || async {
+        let rows = env.monitor.client().simple_query(&sql).await.unwrap();
+        let n: i64 = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .last()
+            .and_then(|v| v.parse().ok())
+            .expect("a count");
+        (n >= at_least).then_some(n)
+    })
+    .await
+}
+
+const ADMIT_SET: &str = "admit_set(text,bigint,int4)";
+const UNCHANGED_2: &str = "settings_unchanged(text,text)";
+
+async fn steps(env: &FenceEnv) -> String {
+    let sql = "SELECT steps FROM jobs WHERE id = 7";
+    env.monitor.text(sql).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_the_client_just_set_are_admitted_raised_and_refused() {
+    let (env, c) = env("known_tokens").await;
+    // The current token: admitted by admit_set, then compared with two arguments.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
+    c.batch_execute(PROBE).await.expect("5 is current");
+    c.batch_execute(PROBE).await.expect("5, compared");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(calls(&env, &c, ADMIT_SET, 1).await, 1);
+    assert_eq!(calls(&env, &c, UNCHANGED_2, 1).await, 1);
+    // A newer token raises H (admit_set's slow path).
+    begin_setting(&c, &[&token_set("7"), RESOURCE_SET]).await;
+    c.batch_execute(PROBE).await.expect("7 raises");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(env.monitor.high_water(JOB).await, Some(7));
+    // An older one is refused, and so are the SETs' and the probe's effects.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("6")]).await;
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 6, 7);
+    assert!(err.message().contains("job:7"), "{err:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Both statements in one Query inside the block count as well.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("{RESOURCE_SET}; {}; {PROBE}", token_set("7")))
+        .await
+        .expect("7, current");
+    c.batch_execute("COMMIT").await.unwrap();
+    // The newer token's and the last (a call that raised is not counted).
+    assert_eq!(calls(&env, &c, ADMIT_SET, 3).await, 3);
+    assert_eq!(steps(&env).await, "xxxx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_by_server_side_code_afterwards_are_checked() {
+    let (env, c) = env("known_server_side").await;
+    begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
+    c.batch_execute(PROBE).await.expect("5 is current");
+    c.batch_execute("SELECT switch_to('job:7', '4')")
+        .await
+        .unwrap();
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 4, 5);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Another resource set by a function is checked, and raised, at the next statement.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
+    c.batch_execute(PROBE).await.expect("5 is current");
+    c.batch_execute("SELECT switch_to('other', '1')")
+        .await
+        .unwrap();
+    c.batch_execute(PROBE).await.expect("other:1 raises");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(env.monitor.high_water("other").await, Some(1));
+    assert_eq!(calls(&env, &c, ADMIT_SET, 2).await, 2);
+    assert_eq!(steps(&env).await, "xx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_read_otherwise_or_outside_a_block_are_checked_as_before() {
+    let (env, c) = env("known_fallbacks").await;
+    // PostgreSQL keeps '05' as written, where the proxy would read 5: the first check reads
+    // the settings back (check_settings), which admits 05 as 5.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("'05'")]).await;
+    c.batch_execute(PROBE).await.expect("05 is 5, current");
+    c.batch_execute("COMMIT").await.unwrap();
+    // SET LOCAL outside a transaction block only warns: nothing is set, and the probe in
+    // its own transaction runs unchecked, as it would directly.
+    c.batch_execute(RESOURCE_SET).await.unwrap();
+    c.batch_execute(&token_set("4")).await.unwrap();
+    c.batch_execute(PROBE).await.expect("no token in effect");
+    // The same SETs with something else between them and the statement.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("4"), "SAVEPOINT s"]).await;
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 4, 5);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Then SETs it reads: the one call counted is theirs.
+    begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
+    c.batch_execute(PROBE).await.expect("5 is current");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(calls(&env, &c, ADMIT_SET, 1).await, 1);
+    assert_eq!(steps(&env).await, "xxx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admit_set_refuses_settings_other_than_it_is_given() {
+    let (env, c) = env("known_guard").await;
+    for (settings, what) in [
+        ("", "no settings"),
+        (
+            "SET LOCAL fencing.resource = 'guard'; SET LOCAL fencing.token = '01';",
+            "01",
+        ),
+        (
+            "SET LOCAL fencing.resource = 'guard2'; SET LOCAL fencing.token = 1;",
+            "another resource",
+        ),
+    ] {
+        let sql = format!("BEGIN; {settings} CALL fencegate.admit_set('guard', '1', 0)");
+        let err = expect_code(c.batch_execute(&sql).await, "XX000");
+        assert!(
+            err.message()
+                .contains("could not confirm the fencing settings"),
+            "{what}: {err:?}"
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(env.monitor.high_water("guard").await, None);
+}
