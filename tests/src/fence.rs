@@ -132,7 +132,12 @@ impl FenceEnv {
     /// [`FenceEnv::new`] for a database whose sessions count their function calls
     /// (`track_functions = 'all'`), for a test that reads pg_stat_user_functions.
     pub async fn counting(prefix: &str, setup: &str) -> FenceEnv {
-        let env = FenceEnv::new(prefix, setup).await;
+        FenceEnv::counting_with_grace(prefix, setup, Duration::ZERO).await
+    }
+
+    /// [`FenceEnv::counting`] with a proxy whose preemption grace is `grace`.
+    pub async fn counting_with_grace(prefix: &str, setup: &str, grace: Duration) -> FenceEnv {
+        let env = FenceEnv::with_grace(prefix, setup, grace).await;
         env.monitor
             .client()
             .batch_execute(&format!(
@@ -505,6 +510,14 @@ CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
 INSERT INTO jobs VALUES (7, '');
 CREATE TABLE log (id int PRIMARY KEY, note text);
 GRANT ALL ON jobs, log TO trust_user;
+";
+
+    /// To run after [`SETUP`]: `switch_to(r, t)`, which any client may call, server-side code
+    /// that sets both fencing settings for the transaction, unseen by the proxy.
+    pub const SWITCH_TO: &str = "
+CREATE FUNCTION switch_to(r text, t text) RETURNS text LANGUAGE sql
+    AS $$ SELECT set_config('fencing.resource', r, true) || set_config('fencing.token', t, true) $$;
+GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user;
 ";
 
     /// A [`FenceEnv`] set up with [`SETUP`] (database named after `prefix`) in which a client

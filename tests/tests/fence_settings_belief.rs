@@ -9,19 +9,9 @@
 //! tests fail when the proxy never sends it.
 #![forbid(unsafe_code)]
 
+use fencegate_tests::fence::jobs::{JOB, SETUP, SWITCH_TO};
 use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, STALE};
 use tokio_postgres::Client;
-
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-GRANT ALL ON jobs TO trust_user;
-CREATE FUNCTION switch_to(r text, t text) RETURNS text LANGUAGE sql
-    AS $$ SELECT set_config('fencing.resource', r, true) || set_config('fencing.token', t, true) $$;
-GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user;
-";
 
 /// Appends `x` to job 7, with no annotation: checked under the settings in effect.
 const PROBE: &str = "UPDATE jobs SET steps = steps || 'x' WHERE id = 7";
@@ -39,7 +29,7 @@ struct Env {
 
 impl Env {
     async fn new(prefix: &str) -> Env {
-        let env = FenceEnv::counting(prefix, SETUP).await;
+        let env = FenceEnv::counting(prefix, &format!("{SETUP}{SWITCH_TO}")).await;
         let other = env.client().await;
         Env { env, other }
     }

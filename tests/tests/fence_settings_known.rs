@@ -12,19 +12,13 @@
 
 use std::time::Duration;
 
+use fencegate_tests::fence::jobs::{JOB, SETUP, SWITCH_TO};
 use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
 use tokio_postgres::Client;
 
-const JOB: &str = "job:7";
-
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, steps text NOT NULL DEFAULT '');
-INSERT INTO jobs VALUES (7, '');
-GRANT ALL ON jobs TO trust_user;
-CREATE FUNCTION switch_to(r text, t text) RETURNS text LANGUAGE sql
-    AS $$ SELECT set_config('fencing.resource', r, true) || set_config('fencing.token', t, true) $$;
-GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user;
-";
+fn setup() -> String {
+    format!("{SETUP}{SWITCH_TO}")
+}
 
 /// Appends `x` to job 7, with no annotation: checked under the settings in effect.
 const PROBE: &str = "UPDATE jobs SET steps = steps || 'x' WHERE id = 7";
@@ -32,15 +26,7 @@ const PROBE: &str = "UPDATE jobs SET steps = steps || 'x' WHERE id = 7";
 /// A proxy with the default grace (so the two-argument comparison is used), H(job:7) = 5,
 /// and a client whose session knows the database has schema 13's procedures.
 async fn env(prefix: &str) -> (FenceEnv, Client) {
-    let env = FenceEnv::with_grace(prefix, SETUP, Duration::from_secs(5)).await;
-    env.monitor
-        .client()
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET track_functions = 'all'",
-            env.db
-        ))
-        .await
-        .unwrap();
+    let env = FenceEnv::counting_with_grace(prefix, &setup(), Duration::from_secs(5)).await;
     raise(&env, 5).await;
     let c = env.client().await;
     // A session learns from its first check whether the database has the procedures.

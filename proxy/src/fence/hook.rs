@@ -178,9 +178,13 @@ pub struct FenceHook {
 
 impl SessionHook for FenceHook {
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
-        if msg.tag != fe::QUERY {
-            // It may run code that changes the settings (on_query reads each statement).
-            self.known_settings.forget();
+        // Any other message may run code that changes the settings (on_query reads each
+        // statement of a Query).
+        match msg.tag {
+            fe::QUERY => {}
+            fe::SYNC => self.known_settings.sync(),
+            fe::FUNCTION_CALL => self.known_settings.forget(),
+            _ => self.known_settings.extended_message(),
         }
         match msg.tag {
             fe::QUERY => {

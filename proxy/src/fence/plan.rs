@@ -296,15 +296,16 @@ pub enum CheckForm {
 /// fencegate is checked with `check` and comparisons written out until it is migrated.
 pub type Procedures = Option<bool>;
 
-/// The column a check carries while [`Procedures`] is unknown: true when the newest of them
-/// and the oldest are there (a migration installs them all at once; the tests that stand
-/// for older schemas drop one of schema 11's). Its type names are qualified: a bare `text`
+/// The column a check carries while [`Procedures`] is unknown: true when all of them are
+/// there (a migration installs them all at once; the tests that stand for older schemas
+/// drop one of schema 11's). Its type names are qualified: a bare `text`
 /// is looked up in the session's pg_temp and search_path, where a type of the client's own
 /// would make the function seem missing (`fence_search_path.rs`).
 pub const PROCEDURES_PROBE: &str =
     "pg_catalog.to_regprocedure('fencegate.settings_unchanged(pg_catalog.text,pg_catalog.text,integer,boolean)') IS NOT NULL \
      AND pg_catalog.to_regprocedure('fencegate.admit_current(pg_catalog.text,bigint,integer)') IS NOT NULL \
-     AND pg_catalog.to_regprocedure('fencegate.admit_set(pg_catalog.text,bigint,integer)') IS NOT NULL";
+     AND pg_catalog.to_regprocedure('fencegate.admit_set(pg_catalog.text,bigint,integer)') IS NOT NULL \
+     AND pg_catalog.to_regprocedure('fencegate.settings_unchanged(pg_catalog.text,pg_catalog.text)') IS NOT NULL";
 
 /// The answer to [`PROCEDURES_PROBE`] in the row of a [`CheckForm::CheckAsking`] check.
 pub fn procedures_answer(row: &[u8]) -> Option<bool> {

@@ -18,7 +18,9 @@
 //! fencing.resource {= | TO} '<printable ASCII, no quote or backslash>'` and `SET [LOCAL |
 //! SESSION] fencing.token {= | TO} <digits>` (or the digits quoted), the token in its
 //! canonical text (no sign, no leading zero, at most `i64::MAX`). Anything else, another
-//! statement included, forgets what was known; so does every message other than a Query.
+//! statement included, forgets what was known; so does every message other than a Query,
+//! and after an extended-protocol message nothing is learned until a Sync (an Execute of
+//! COMMIT without a Sync ends the block with no ReadyForQuery to say so).
 
 use super::settings_memo::SettingsMemo;
 
@@ -41,12 +43,16 @@ pub struct KnownSettings {
     /// The current Query began inside a transaction block and only recognised SETs have
     /// run in it so far: a SET now is sure to run inside the block.
     in_block: bool,
+    /// An extended-protocol message was sent since the last Sync: what it ran (a COMMIT
+    /// executed without a Sync) may have ended the block with no ReadyForQuery to say so.
+    unsynced: bool,
 }
 
 impl KnownSettings {
     /// A Query begins; `in_block`: the last ReadyForQuery said the session is in a
     /// transaction block and none still to come may say otherwise.
     pub fn query_begins(&mut self, in_block: bool) {
+        let in_block = in_block && !self.unsynced;
         self.in_block = in_block;
         if !in_block {
             self.forget();
@@ -68,6 +74,18 @@ impl KnownSettings {
         true
     }
 
+    /// An extended-protocol message other than Sync is being sent.
+    pub fn extended_message(&mut self) {
+        self.unsynced = true;
+        self.forget();
+    }
+
+    /// A Sync is being sent: the ReadyForQuery it brings tells the status again.
+    pub fn sync(&mut self) {
+        self.unsynced = false;
+        self.forget();
+    }
+
     /// Something other than a SET this module reads was sent, or may run next.
     pub fn forget(&mut self) {
         self.resource = None;
@@ -86,7 +104,7 @@ impl KnownSettings {
 /// The setting and value of a SET this module reads (see the module's documentation).
 fn recognize(text: &[u8]) -> Option<(Setting, &str)> {
     let text = std::str::from_utf8(text).ok()?;
-    let rest = keyword(text.trim_start(), "set")?;
+    let rest = keyword(text.trim_start_matches(is_space), "set")?;
     let rest = keyword(rest, "local")
         .or_else(|| keyword(rest, "session"))
         .unwrap_or(rest);
@@ -264,6 +282,21 @@ mod tests {
             again.as_deref(),
             Some("CALL fencegate.admit_set('job:7', '6', 5000)")
         );
+    }
+
+    #[test]
+    fn an_extended_round_without_sync_leaves_the_block_in_doubt() {
+        let mut known = KnownSettings::default();
+        known.extended_message(); // say, Parse/Bind/Execute of COMMIT, no Sync yet
+        known.query_begins(true);
+        assert!(!known.statement(b"SET LOCAL fencing.resource = 'r'"));
+        known.sync();
+        known.query_begins(true);
+        assert!(known.statement(b"SET LOCAL fencing.resource = 'r'"));
+        assert!(known.statement(b"SET LOCAL fencing.token = 1"));
+        assert!(known.admit_sql(5000).is_some());
+        known.extended_message();
+        assert!(known.admit_sql(5000).is_none());
     }
 
     #[test]

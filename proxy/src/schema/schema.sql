@@ -540,8 +540,8 @@ END
 $fn$;
 
 -- The first settings check of a transaction whose client has just set both settings with
--- SET statements of its own that the proxy read, each a Query of its own inside the
--- transaction block with nothing sent in between (proxy/src/fence/settings_known.rs): the
+-- SET statements of its own that the proxy read, in Queries that began inside the
+-- transaction block with nothing else sent in between (proxy/src/fence/settings_known.rs): the
 -- proxy passes what they set, so no row has to tell it what was admitted. When the
 -- settings in effect are those (the token in its canonical text), it admits them as
 -- admit_current() does, written out here (a nested CALL would cost a frame of its own);
