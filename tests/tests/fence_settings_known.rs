@@ -12,8 +12,10 @@
 
 use std::time::Duration;
 
+use fencegate_tests::cluster::TRUST_USER;
 use fencegate_tests::fence::jobs::{JOB, SETUP, SWITCH_TO};
 use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
+use fencegate_tests::wire::{msg, WireClient};
 use tokio_postgres::Client;
 
 fn setup() -> String {
@@ -195,4 +197,42 @@ async fn admit_set_refuses_settings_other_than_it_is_given() {
         c.batch_execute("ROLLBACK").await.unwrap();
     }
     assert_eq!(env.monitor.high_water("guard").await, None);
+}
+
+/// An Execute of COMMIT without a Sync ends the block with no ReadyForQuery to say so: the
+/// SETs of the next Query run in an implicit transaction, and a memo taken from them would
+/// outlive it. Here session-level SETs and an UPDATE follow such a COMMIT, H rises, and a
+/// stale extended-protocol UPDATE must still be refused (without the rule that nothing is
+/// learned before a Sync, its check is only a comparison with the memo, which matches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_after_a_commit_executed_without_sync_are_not_read() {
+    let (env, _c) = env("known_unsynced").await;
+    let mut raw = WireClient::connect(env.fp.endpoint().addr, TRUST_USER, &env.db)
+        .expect("login")
+        .0;
+    let first = format!("SELECT 1 FROM jobs WHERE id = 7 {}", comment(JOB, 5));
+    raw.round(&msg::query(&first), 1, "learn the procedures");
+    raw.round(&msg::query("BEGIN"), 1, "begin");
+    let mut commit = msg::parse("", "COMMIT");
+    commit.extend(msg::bind("", "", &[]));
+    commit.extend(msg::execute("", 0));
+    commit.extend(msg::flush());
+    raw.send(&commit).unwrap();
+    raw.read_until_tag(b'C').expect("COMMIT completes");
+    let sets = format!(
+        "SET fencing.resource = '{JOB}'; SET fencing.token = 5; {}",
+        "UPDATE jobs SET steps = steps || 'a' WHERE id = 7"
+    );
+    raw.round(&msg::query(&sets), 1, "session SETs and an UPDATE");
+    env.monitor
+        .client()
+        .batch_execute("SELECT fencegate.check('job:7', 6, 0)")
+        .await
+        .unwrap();
+    let mut stale = msg::parse("", "UPDATE jobs SET steps = steps || 'STALE' WHERE id = 7");
+    stale.extend(msg::bind("", "", &[]));
+    stale.extend(msg::execute("", 0));
+    stale.extend(msg::sync());
+    raw.round_expecting(&stale, 1, &[STALE], "the stale UPDATE");
+    assert_eq!(steps(&env).await, "a");
 }

@@ -179,12 +179,17 @@ pub struct FenceHook {
 impl SessionHook for FenceHook {
     fn before_client_message(&mut self, msg: &FrontendMessage<'_>, inject: &mut Injector<'_>) {
         // Any other message may run code that changes the settings (on_query reads each
-        // statement of a Query).
+        // statement of a Query), and the first after a Query is a boundary.
         match msg.tag {
-            fe::QUERY => {}
-            fe::SYNC => self.known_settings.sync(),
-            fe::FUNCTION_CALL => self.known_settings.forget(),
-            _ => self.known_settings.extended_message(),
+            fe::QUERY => self.admitted.query_sent(),
+            tag => {
+                self.admitted.after_query(inject.settled_status());
+                match tag {
+                    fe::SYNC => self.known_settings.sync(),
+                    fe::FUNCTION_CALL => self.known_settings.forget(),
+                    _ => self.known_settings.extended_message(),
+                }
+            }
         }
         match msg.tag {
             fe::QUERY => {

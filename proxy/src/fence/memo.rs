@@ -48,6 +48,8 @@ pub struct Admitted {
     /// The portal of the client's last Bind, when that Bind came after the last boundary.
     last_portal: Vec<u8>,
     bound_this_round: bool,
+    /// A Query was sent since the last message of another kind.
+    query_sent: bool,
 }
 
 impl Admitted {
@@ -127,6 +129,20 @@ impl Admitted {
         }
         self.unsure = false;
         self.bound_this_round = false;
+    }
+
+    /// A Query is being sent.
+    pub fn query_sent(&mut self) {
+        self.query_sent = true;
+    }
+
+    /// Before a message other than a Query: the first one after a Query is a boundary, since
+    /// the Query may have run in an implicit transaction that has ended since (a settings
+    /// check's memo learned there must not stand for a check in the next one).
+    pub fn after_query(&mut self, settled_status: Option<TxStatus>) {
+        if std::mem::take(&mut self.query_sent) {
+            self.boundary(settled_status);
+        }
     }
 
     /// The client bound `portal`.
