@@ -78,20 +78,10 @@ impl FenceEnv {
     /// Calls of `fencegate.<function>` its sessions published so far (a database made with
     /// [`FenceEnv::counting`]).
     pub async fn calls(&self, function: &str) -> i64 {
-        let sql = format!(
-            "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
-             FROM pg_stat_user_functions WHERE schemaname = 'fencegate' AND funcname = '{function}'"
-        );
-        let rows = self.monitor.client().simple_query(&sql).await.unwrap();
-        // The last row: the first is pg_stat_clear_snapshot()'s.
-        rows.iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .last()
-            .and_then(|v| v.parse().ok())
-            .expect("a count")
+        self.count_calls(&format!(
+            "schemaname = 'fencegate' AND funcname = '{function}'"
+        ))
+        .await
     }
 
     /// Waits until at least `at_least` calls of `function` are counted; the count.
@@ -104,6 +94,39 @@ impl FenceEnv {
             },
         )
         .await
+    }
+
+    /// [`FenceEnv::wait_for_calls`] of one routine, `fencegate.<signature>` (such as
+    /// `settings_unchanged(text,text)`), where overloads share a name.
+    pub async fn wait_for_routine_calls(&self, signature: &str, at_least: i64) -> i64 {
+        let filter = format!("funcid = 'fencegate.{signature}'::regprocedure");
+        eventually(
+            &format!("{at_least} calls of {signature} counted"),
+            || async {
+                let n = self.count_calls(&filter).await;
+                (n >= at_least).then_some(n)
+            },
+        )
+        .await
+    }
+
+    /// The calls pg_stat_user_functions counts for the routines `filter` selects, read
+    /// afresh.
+    async fn count_calls(&self, filter: &str) -> i64 {
+        let sql = format!(
+            "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
+             FROM pg_stat_user_functions WHERE {filter}"
+        );
+        let rows = self.monitor.client().simple_query(&sql).await.unwrap();
+        // The last row: the first is pg_stat_clear_snapshot()'s.
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .last()
+            .and_then(|v| v.parse().ok())
+            .expect("a count")
     }
 
     /// The fence rows, (resource, token), ordered by resource.

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use fencegate_tests::cluster::TRUST_USER;
-use fencegate_tests::fence::jobs::{JOB, SETUP, SWITCH_TO};
-use fencegate_tests::fence::{assert_stale, comment, eventually, expect_code, FenceEnv, STALE};
+use fencegate_tests::fence::jobs::{self, JOB, SETUP, SWITCH_TO};
+use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, STALE};
 use fencegate_tests::wire::{msg, WireClient};
 use tokio_postgres::Client;
 
@@ -63,32 +63,22 @@ async fn calls(env: &FenceEnv, c: &Client, signature: &str, at_least: i64) -> i6
     c.batch_execute("SELECT pg_stat_force_next_flush()")
         .await
         .unwrap();
-    let sql = format!(
-        "SELECT pg_stat_clear_snapshot(); SELECT COALESCE(sum(calls), 0)::text \
-         FROM pg_stat_user_functions WHERE funcid = 'fencegate.{signature}'::regprocedure"
-    );
-    eventually(&format!("{at_least} calls of {signature}"), || async {
-        let rows = env.monitor.client().simple_query(&sql).await.unwrap();
-        let n: i64 = rows
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .last()
-            .and_then(|v| v.parse().ok())
-            .expect("a count");
-        (n >= at_least).then_some(n)
-    })
-    .await
+    env.wait_for_routine_calls(signature, at_least).await
 }
 
 const ADMIT_SET: &str = "admit_set(text,bigint,int4)";
 const UNCHANGED_2: &str = "settings_unchanged(text,text)";
 
 async fn steps(env: &FenceEnv) -> String {
-    let sql = "SELECT steps FROM jobs WHERE id = 7";
-    env.monitor.text(sql).await.unwrap()
+    jobs::steps(&env.monitor).await
+}
+
+/// BEGIN, `sets` each as a Query of its own, one probe that must be admitted (`what`),
+/// COMMIT.
+async fn admitted_once(c: &Client, sets: &[&str], what: &str) {
+    begin_setting(c, sets).await;
+    c.batch_execute(PROBE).await.expect(what);
+    c.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,9 +92,7 @@ async fn tokens_the_client_just_set_are_admitted_raised_and_refused() {
     assert_eq!(calls(&env, &c, ADMIT_SET, 1).await, 1);
     assert_eq!(calls(&env, &c, UNCHANGED_2, 1).await, 1);
     // A newer token raises H (admit_set's slow path).
-    begin_setting(&c, &[&token_set("7"), RESOURCE_SET]).await;
-    c.batch_execute(PROBE).await.expect("7 raises");
-    c.batch_execute("COMMIT").await.unwrap();
+    admitted_once(&c, &[&token_set("7"), RESOURCE_SET], "7 raises").await;
     assert_eq!(env.monitor.high_water(JOB).await, Some(7));
     // An older one is refused, and so are the SETs' and the probe's effects.
     begin_setting(&c, &[RESOURCE_SET, &token_set("6")]).await;
@@ -152,9 +140,7 @@ async fn sets_read_otherwise_or_outside_a_block_are_checked_as_before() {
     let (env, c) = env("known_fallbacks").await;
     // PostgreSQL keeps '05' as written, where the proxy would read 5: the first check reads
     // the settings back (check_settings), which admits 05 as 5.
-    begin_setting(&c, &[RESOURCE_SET, &token_set("'05'")]).await;
-    c.batch_execute(PROBE).await.expect("05 is 5, current");
-    c.batch_execute("COMMIT").await.unwrap();
+    admitted_once(&c, &[RESOURCE_SET, &token_set("'05'")], "05 is 5, current").await;
     // SET LOCAL outside a transaction block only warns: nothing is set, and the probe in
     // its own transaction runs unchecked, as it would directly.
     c.batch_execute(RESOURCE_SET).await.unwrap();
@@ -166,9 +152,7 @@ async fn sets_read_otherwise_or_outside_a_block_are_checked_as_before() {
     assert_stale(&err, JOB, 4, 5);
     c.batch_execute("ROLLBACK").await.unwrap();
     // Then SETs it reads: the one call counted is theirs.
-    begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
-    c.batch_execute(PROBE).await.expect("5 is current");
-    c.batch_execute("COMMIT").await.unwrap();
+    admitted_once(&c, &[RESOURCE_SET, &token_set("5")], "5 is current").await;
     assert_eq!(calls(&env, &c, ADMIT_SET, 1).await, 1);
     assert_eq!(steps(&env).await, "xxx");
 }

@@ -352,13 +352,18 @@ fn push_text_expr(out: &mut String, text: &str) {
         out.push_str(text);
         out.push('\'');
     } else {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         out.push_str("pg_catalog.convert_from(pg_catalog.decode('");
-        for b in text.bytes() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
+        push_hex(out, text.as_bytes());
         out.push_str("', 'hex'), 'UTF8')");
+    }
+}
+
+/// Appends `bytes` in lowercase hex, two digits each.
+pub(super) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
 }
 

@@ -25,7 +25,7 @@
 //! from its first check: until it knows, that check's row also says whether the database
 //! has schema 11's procedures ([`PROCEDURES_PROBE`]).
 
-use super::plan::{Procedures, PROCEDURES_PROBE};
+use super::plan::{push_hex, Procedures, PROCEDURES_PROBE};
 use crate::protocol::backend::data_row_values;
 
 /// The settings a check admitted earlier in the current transaction.
@@ -156,11 +156,8 @@ impl SettingsMemo {
     /// The memo of a resource that is printable ASCII without quote or backslash, and a
     /// token's canonical text (see `super::settings_known`).
     pub fn from_plain(resource: &str, token: &str) -> SettingsMemo {
-        use std::fmt::Write;
         let mut resource_hex = String::with_capacity(2 * resource.len());
-        for b in resource.bytes() {
-            let _ = write!(resource_hex, "{b:02x}");
-        }
+        push_hex(&mut resource_hex, resource.as_bytes());
         SettingsMemo {
             resource_hex,
             token: token.to_string(),
