@@ -68,6 +68,7 @@ async fn calls(env: &FenceEnv, c: &Client, signature: &str, at_least: i64) -> i6
 
 const ADMIT_SET: &str = "admit_set(text,bigint,int4)";
 const UNCHANGED_2: &str = "settings_unchanged(text,text)";
+const ADMIT_SETTINGS: &str = "admit_settings(bigint,text,int4,boolean,boolean)";
 
 async fn steps(env: &FenceEnv) -> String {
     jobs::steps(&env.monitor).await
@@ -109,6 +110,48 @@ async fn tokens_the_client_just_set_are_admitted_raised_and_refused() {
     // The newer token's and the last (a call that raised is not counted).
     assert_eq!(calls(&env, &c, ADMIT_SET, 3).await, 3);
     assert_eq!(steps(&env).await, "xxxx");
+}
+
+/// SETs sent in one Query with the statement they are for (psql, psycopg2 and pgbench's
+/// `\;` do that) change the settings, not the transaction: the memo their admit_set left
+/// stands at the next Query, whose statement carries only the two-argument comparison
+/// (before this, the SETs counted as transaction control, and the next statement carried
+/// the belief's whole first check, `admit_settings`). A stale token set that way, and
+/// settings changed by server-side code afterwards, are refused as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_in_one_query_with_their_statement_leave_the_memo_standing() {
+    let (env, c) = env("known_one_query").await;
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("{RESOURCE_SET}; {}; {PROBE}", token_set("5")))
+        .await
+        .expect("5 is current");
+    c.batch_execute(PROBE).await.expect("5, compared");
+    c.batch_execute(PROBE).await.expect("5, compared again");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(calls(&env, &c, ADMIT_SET, 1).await, 1);
+    assert_eq!(calls(&env, &c, UNCHANGED_2, 2).await, 2);
+    assert_eq!(calls(&env, &c, ADMIT_SETTINGS, 0).await, 0);
+    // Stale in the same form: refused.
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = expect_code(
+        c.batch_execute(&format!("{RESOURCE_SET}; {}; {PROBE}", token_set("4")))
+            .await,
+        STALE,
+    );
+    assert_stale(&err, JOB, 4, 5);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Changed by a function after the memo was left: checked at the next statement.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("{RESOURCE_SET}; {}; {PROBE}", token_set("5")))
+        .await
+        .expect("5 is current");
+    c.batch_execute("SELECT switch_to('job:7', '4')")
+        .await
+        .unwrap();
+    let err = expect_code(c.batch_execute(PROBE).await, STALE);
+    assert_stale(&err, JOB, 4, 5);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(steps(&env).await, "xxx");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,11 +342,17 @@ impl FenceHook {
     /// The statements to put in front of a statement (none, one, or a settings check in the
     /// DO form followed by [`SCHEMA_PROBE`]). `atomic`: the statement will run in a context
     /// where it cannot COMMIT midway (a transaction block, or a multi-statement Query, which
-    /// is what a rewritten Query is).
-    fn decide(&mut self, analysis: &Analysis, atomic: bool) -> Vec<String> {
+    /// is what a rewritten Query is). `fencing_set`: the statement is a SET of a fencing
+    /// setting inside a transaction block, read by [`KnownSettings`]: it changes the
+    /// settings but cannot begin or end a transaction, so only the settings memo goes.
+    fn decide(&mut self, analysis: &Analysis, atomic: bool, fencing_set: bool) -> Vec<String> {
         self.first_check = None;
         self.note_settings(analysis);
-        self.admitted.statement(analysis.class.kind);
+        if fencing_set {
+            self.admitted.settings_set();
+        } else {
+            self.admitted.statement(analysis.class.kind);
+        }
         let mut decision = self.policy.decide_analyzed(analysis, self.settings_aware);
         if let Some(reason) = self
             .rules
@@ -485,7 +491,7 @@ impl FenceHook {
                 self.admitted.forget();
             }
             let a_set_read = self.known_settings.statement(statement);
-            let sqls = self.decide(&analysis, true);
+            let sqls = self.decide(&analysis, true, a_set_read);
             if !a_set_read {
                 self.known_settings.forget();
             }
@@ -575,7 +581,7 @@ impl FenceHook {
         // still unanswered, and then each is checked.
         let mut checks: Vec<(String, Option<super::Fence>)> = Vec::new();
         for analysis in self.prepared.candidates(statement) {
-            let sqls = self.decide(&analysis, atomic);
+            let sqls = self.decide(&analysis, atomic, false);
             let mut first_check = self.first_check.take();
             for sql in sqls {
                 let check = first_check.take();

@@ -18,7 +18,9 @@ pub const MAX_REMEMBERED: usize = 64;
 /// The memo is kept only while the proxy is sure the transaction continues:
 /// - it is dropped at every statement that may end, begin or partly roll back a
 ///   transaction (transaction control, SET and the like, CALL/DO, statements that commit
-///   on their own), and the next boundary drops it too;
+///   on their own), and the next boundary drops it too; a SET of a fencing setting that
+///   `super::settings_known` read inside a block drops only the settings memo (it changes
+///   the settings, not the transaction);
 /// - at a boundary (the start of a Query, a Sync), it survives only into a transaction
 ///   block that the last ReadyForQuery reported, with no ReadyForQuery still to come;
 /// - an Execute of a portal other than the one bound last in the same round (which may be a
@@ -102,6 +104,14 @@ impl Admitted {
 
     fn clear(&mut self) {
         self.fences.clear();
+        self.settings = None;
+        self.epoch += 1;
+    }
+
+    /// A SET of a fencing setting inside a transaction block is being sent: what a settings
+    /// check admitted no longer stands (nor does the row of one still on its way), but the
+    /// transaction goes on, and so does every token's record.
+    pub fn settings_set(&mut self) {
         self.settings = None;
         self.epoch += 1;
     }
@@ -243,6 +253,20 @@ mod tests {
         m.boundary(None);
         m.settings_admitted(memo());
         assert!(m.settings().is_none());
+    }
+
+    #[test]
+    fn a_fencing_set_drops_only_the_settings_memo() {
+        let mut m = Admitted::default();
+        m.boundary(Some(TxStatus::InBlock));
+        m.record(&fence(1));
+        m.settings_known(SettingsMemo::from_plain("r", "1"));
+        m.settings_set();
+        assert!(m.settings().is_none() && m.contains(&fence(1)));
+        m.settings_known(SettingsMemo::from_plain("r", "2"));
+        m.boundary(Some(TxStatus::InBlock));
+        assert!(m.settings().is_some(), "a SET does not end the block");
+        assert!(m.contains(&fence(1)));
     }
 
     #[test]
