@@ -36,10 +36,13 @@ class Mode:
     matrix: tuple = tuple(MATRIX)
     idle_counts: tuple = (1, 100, 1000)
     token_clients: tuple = None  # client counts the token targets run at (None: all)
+    floor_clients: tuple = (8,)  # client counts the floor target runs at (simple protocol)
 
     def runs(self, target, workload):
         if target.scripts.startswith("setlocal") and workload.script != "tpcb-like":
             return False
+        if target.scripts == "floor":
+            return workload.protocol == "simple" and workload.clients in self.floor_clients
         return (target.scripts == "builtin" or self.token_clients is None
                 or workload.clients in self.token_clients)
 
@@ -52,7 +55,7 @@ class Mode:
 
 MODES = {
     # Seconds: every target answers and every workload completes without errors.
-    "smoke": Mode(scale=1, reps=1, transactions=20, idle_counts=(1, 10),
+    "smoke": Mode(scale=1, reps=1, transactions=20, idle_counts=(1, 10), floor_clients=(2,),
                   matrix=(Workload("select-only", "simple", 2),
                           Workload("select-only", "extended", 2),
                           Workload("tpcb-like", "simple", 2))),
@@ -139,6 +142,7 @@ class Bench:
         targets += [Target("fencegate", fg.port, fg, "builtin"),
                     Target("fencegate+token", fg.port, fg, "token"),
                     Target("fencegate+shared", fg.port, fg, "shared"),
+                    Target("fencegate+floor", fg.port, fg, "floor"),
                     Target("fencegate+SET LOCAL unfenced", fg.port, fg, "setlocal-unfenced"),
                     Target("fencegate+SET LOCAL", fg.port, fg, "setlocal")]
         for t in targets:

@@ -3,7 +3,7 @@
 import statistics
 
 TARGET_ORDER = ["direct", "pgbouncer", "fencegate", "fencegate+token", "fencegate+shared",
-                "fencegate+SET LOCAL unfenced", "fencegate+SET LOCAL"]
+                "fencegate+floor", "fencegate+SET LOCAL unfenced", "fencegate+SET LOCAL"]
 
 
 def summarize(runs):
@@ -83,6 +83,13 @@ def token_cost_targets(summary):
             x = rows[label]["tps"] / rows["fencegate"]["tps"]
             out.append(f"- {name} ({script} {protocol} c={clients}): {label} / fencegate TPS = "
                        f"{x:.2f} (goal ≥ {goal:.2f}): {'met' if x >= goal else 'missed'}")
+            if label == "fencegate+token" and "fencegate+floor" in rows:
+                floor = rows["fencegate+floor"]["tps"]
+                out.append(f"  - the floor under it, a statement that takes a lock and reads "
+                           f"nothing in the same Query: fencegate+floor / fencegate TPS = "
+                           f"{floor / rows['fencegate']['tps']:.2f}; the check above it, "
+                           f"fencegate+token / fencegate+floor TPS = "
+                           f"{rows[label]['tps'] / floor:.2f}")
     rows = next((r for w, r in summary.items()
                  if (w.script, w.protocol, w.clients) == ("tpcb-like", "simple", 8)), None)
     plain, fenced = "fencegate+SET LOCAL unfenced", "fencegate+SET LOCAL"
@@ -163,6 +170,9 @@ interleaved for exactly that reason), not absolute numbers across runs.
   (extended protocol: one script per resource `benchx:<i>`, see benches/README.md);
   fencegate+shared runs them with `/*fencing_resource='leader',fencing_token='1'*/`, the
   same token on every client (one holder writing through a pool, G7);
+  fencegate+floor (simple protocol, 8 clients) runs the built-in statements with
+  `SELECT pg_catalog.pg_try_advisory_xact_lock_shared(<client_id>)` sent in the same Query
+  as the first data statement, where the proxy puts its check: the least any check costs;
   fencegate+SET LOCAL runs tpcb-like with `SET LOCAL fencing.resource/fencing.token`
   after BEGIN; fencegate+SET LOCAL unfenced the same with `SET LOCAL bench.resource/
   bench.token`, settings fencegate does not read (the two statements without a fence)

@@ -10,6 +10,8 @@ then share a resource for a moment now and then, which costs little on a stateme
 holds the row lock for well under a millisecond.
 The "shared" scripts give every client the same resource (`leader`) and token: one holder
 writing through a pool, which must run as concurrently as without a token (G7).
+The "floor" scripts send, in the Query where the proxy would put its check, a statement
+that only takes a lock: what any check costs before it reads the fence row (issue 13).
 """
 
 import os
@@ -40,26 +42,27 @@ class Target:
     label: str        # column in the report
     port: int
     proxy: object     # proxies.Proxy whose CPU is measured, or None (direct)
-    scripts: str      # "builtin", "token" (sqlcommenter), "shared" (one token), "setlocal"
-                      # or "setlocal-unfenced"
+    scripts: str      # "builtin", "token" (sqlcommenter), "shared" (one token), "setlocal",
+                      # "setlocal-unfenced" or "floor" (a lock where the check would go)
 
 
 def comment(resource):
     return f"/*fencing_resource='{resource}',fencing_token='{TOKEN}'*/"
 
 
-def select_only(scale, note=""):
+def select_only(scale, note="", first=""):
     return (f"\\set aid random(1, {100000 * scale})\n"
-            f"SELECT abalance FROM pgbench_accounts WHERE aid = :aid{note};\n")
+            f"{first}SELECT abalance FROM pgbench_accounts WHERE aid = :aid{note};\n")
 
 
-def tpcb_like(scale, note="", prologue=""):
+def tpcb_like(scale, note="", prologue="", first=""):
     return (f"\\set aid random(1, {100000 * scale})\n"
             f"\\set bid random(1, {scale})\n"
             f"\\set tid random(1, {10 * scale})\n"
             "\\set delta random(-5000, 5000)\n"
             "BEGIN;\n" + prologue +
-            f"UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid{note};\n"
+            f"{first}UPDATE pgbench_accounts SET abalance = abalance + :delta "
+            f"WHERE aid = :aid{note};\n"
             f"SELECT abalance FROM pgbench_accounts WHERE aid = :aid{note};\n"
             f"UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid{note};\n"
             f"UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid{note};\n"
@@ -75,6 +78,11 @@ SET_LOCAL = ("SET LOCAL fencing.resource = 'bench-:client_id';\n"
 # The same two statements without fencing (settings fencegate does not read): what a SET
 # LOCAL token costs is the difference to these, the two extra statements are the client's.
 SET_LOCAL_UNFENCED = SET_LOCAL.replace("fencing.", "bench.")
+# The least a check can cost (issue 13): a statement of its own, sent in the same Query as
+# the statement it would guard (pgbench's `\;` joins them, as the proxy joins its check),
+# taking a shared advisory lock of the client's, as every check takes K(r) shared, and
+# reading nothing. A real check costs more: it must also read the fence row.
+FLOOR = "SELECT pg_catalog.pg_try_advisory_xact_lock_shared(:client_id)\\; "
 
 
 def script_args(workload, target, scale, script_dir):
@@ -86,6 +94,9 @@ def script_args(workload, target, scale, script_dir):
         prologue = SET_LOCAL if target.scripts == "setlocal" else SET_LOCAL_UNFENCED
         return _files(script_dir, target.scripts, [tpcb_like(scale, prologue=prologue)])
     make = select_only if workload.script == "select-only" else tpcb_like
+    if target.scripts == "floor":
+        assert workload.protocol == "simple"
+        return _files(script_dir, f"floor-{workload.script}", [make(scale, first=FLOOR)])
     if target.scripts == "shared":
         # One holder, many connections (G7): every client presents the same token.
         return _files(script_dir, f"shared-{workload.script}",
