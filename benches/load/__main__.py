@@ -37,6 +37,8 @@ class Mode:
     idle_counts: tuple = (1, 100, 1000)
     token_clients: tuple = None  # client counts the token targets run at (None: all)
     floor_clients: tuple = (8,)  # client counts the floor target runs at (simple protocol)
+    labels: tuple = None         # the targets that run (None: all)
+    report: bool = True          # write benches/RESULTS.md unless --out says elsewhere
 
     def runs(self, target, workload):
         if target.scripts.startswith("setlocal") and workload.script != "tpcb-like":
@@ -62,6 +64,12 @@ MODES = {
     # Token targets at 8 clients only, to stay under 2 minutes on this 2-core machine.
     "quick": Mode(scale=10, reps=3, duration=1, token_clients=(8,)),
     "full": Mode(scale=10, reps=5, duration=6),
+    # Issue 13's cells only, in many short repetitions (their spread in --full is wide):
+    # about 8 minutes; prints its tables and writes no report unless --out is given.
+    "cost": Mode(scale=10, reps=14, duration=4, idle_counts=(), report=False,
+                 matrix=(Workload("select-only", "simple", 8), Workload("tpcb-like", "simple", 8)),
+                 labels=("fencegate", "fencegate+token", "fencegate+floor",
+                         "fencegate+SET LOCAL unfenced", "fencegate+SET LOCAL")),
 }
 
 
@@ -77,7 +85,7 @@ def main():
         machine.REPO, "target", "release", "fencegate")))
     args = ap.parse_args()
     args.mode = args.mode or "quick"
-    if args.out is None and args.mode != "smoke":
+    if args.out is None and args.mode != "smoke" and MODES[args.mode].report:
         args.out = os.path.join(machine.REPO, "benches", "RESULTS.md")
 
     # SIGTERM and SIGHUP end the run like Ctrl-C does: through the finally below.
@@ -108,29 +116,35 @@ class Bench:
         self.cluster.start()
         say(f"PostgreSQL on port {self.cluster.port}; pgbench -i -s {mode.scale}: "
             f"{self.cluster.pgbench_init(mode.scale):.1f} s")
-        fg, pb = self.start_proxies(info)
+        fg, pb = self.start_proxies(info, with_pgbouncer=self.mode.labels is None
+                                    or "pgbouncer" in self.mode.labels)
         runs = self.run_matrix(self.targets(fg, pb))
+        labels = mode.labels or ("fencegate+token", "fencegate+shared")
         checks_.fence_rows(self.checks, self.cluster, mode.max_clients("token", protocol="simple"),
-                           mode.max_clients("setlocal"))
+                           mode.max_clients("setlocal"),
+                           extended="fencegate+token" in labels
+                           and any(w.protocol == "extended" for w in mode.matrix),
+                           shared="fencegate+shared" in labels)
         checks_.stale_rejected(self.checks, fg.port)
         for proxy in (fg, pb):
             if proxy:
                 self.procs.stop(proxy.proc)
         self.cluster.wait_no_backends()
-        memory = self.measure_memory()
+        memory = self.measure_memory() if self.mode.idle_counts else {}
         self.note_logs(("fencegate", "fencegate-idle", "pgbouncer/pgbouncer",
                         "pgbouncer-idle/pgbouncer"))
         info["elapsed"] = time.monotonic() - t0
         info["load_end"] = machine.loadavg()
         return self.finish(info, runs, memory)
 
-    def start_proxies(self, info):
+    def start_proxies(self, info, with_pgbouncer):
         proxies.migrate(self.args.fencegate, self.cluster)
         fg = proxies.start_fencegate(self.procs, self.args.fencegate, self.cluster)
-        pb = proxies.start_pgbouncer(self.procs, self.cluster)
+        pb = proxies.start_pgbouncer(self.procs, self.cluster) if with_pgbouncer else None
         info["fencegate"] = fg.version
-        info["pgbouncer"] = pb.version if pb else "not installed: skipped"
-        if pb is None:
+        info["pgbouncer"] = (pb.version if pb else "not installed: skipped") if with_pgbouncer \
+            else "not run in this mode"
+        if pb is None and with_pgbouncer:
             self.notes.append("PgBouncer is not installed and could not be installed: its "
                               "rows and the ratios to it are missing")
         return fg, pb
@@ -145,6 +159,8 @@ class Bench:
                     Target("fencegate+floor", fg.port, fg, "floor"),
                     Target("fencegate+SET LOCAL unfenced", fg.port, fg, "setlocal-unfenced"),
                     Target("fencegate+SET LOCAL", fg.port, fg, "setlocal")]
+        targets = [t for t in targets
+                   if self.mode.labels is None or t.label in self.mode.labels]
         for t in targets:
             if t.scripts == "builtin":
                 self.checks.expect(proxies.answers(t.port),
@@ -212,15 +228,21 @@ class Bench:
                                   f"the first: {lines[0][:300]}")
 
     def finish(self, info, runs, memory):
+        summary = report.summarize(runs)
         if self.args.out:
-            summary = report.summarize(runs)
             with open(self.args.out, "w") as f:
                 f.write(report.results_md(info, summary, memory, self.checks.lines,
                                           self.notes))
+        if self.args.out or self.args.mode == "cost":
             print(report.throughput_table(summary))
-            print(report.memory_table(memory))
-            print(report.issue_targets(summary, memory))
+            if memory:
+                print(report.memory_table(memory))
+                print(report.issue_targets(summary, memory))
+            print(report.token_cost_targets(summary))
+        if self.args.out:
             say(f"wrote {os.path.relpath(self.args.out)} in {info['elapsed']:.0f} s")
+        elif self.args.mode == "cost":
+            say(f"done in {info['elapsed']:.0f} s (no report written; --out FILE writes one)")
         failed = self.checks.failed
         for line in failed:
             print(line)
