@@ -38,7 +38,11 @@ class Mode:
     token_clients: tuple = None  # client counts the token targets run at (None: all)
     floor_clients: tuple = (8,)  # client counts the floor target runs at (simple protocol)
     labels: tuple = None         # the targets that run (None: all)
-    report: bool = True          # write benches/RESULTS.md unless --out says elsewhere
+    report: bool = True          # writes benches/RESULTS.md by default; else prints its tables
+
+    def has(self, label):
+        """Whether the target called `label` runs in this mode."""
+        return self.labels is None or label in self.labels
 
     def runs(self, target, workload):
         if target.scripts.startswith("setlocal") and workload.script != "tpcb-like":
@@ -116,15 +120,13 @@ class Bench:
         self.cluster.start()
         say(f"PostgreSQL on port {self.cluster.port}; pgbench -i -s {mode.scale}: "
             f"{self.cluster.pgbench_init(mode.scale):.1f} s")
-        fg, pb = self.start_proxies(info, with_pgbouncer=self.mode.labels is None
-                                    or "pgbouncer" in self.mode.labels)
+        fg, pb = self.start_proxies(info, with_pgbouncer=mode.has("pgbouncer"))
         runs = self.run_matrix(self.targets(fg, pb))
-        labels = mode.labels or ("fencegate+token", "fencegate+shared")
         checks_.fence_rows(self.checks, self.cluster, mode.max_clients("token", protocol="simple"),
                            mode.max_clients("setlocal"),
-                           extended="fencegate+token" in labels
+                           extended=mode.has("fencegate+token")
                            and any(w.protocol == "extended" for w in mode.matrix),
-                           shared="fencegate+shared" in labels)
+                           shared=mode.has("fencegate+shared"))
         checks_.stale_rejected(self.checks, fg.port)
         for proxy in (fg, pb):
             if proxy:
@@ -142,8 +144,8 @@ class Bench:
         fg = proxies.start_fencegate(self.procs, self.args.fencegate, self.cluster)
         pb = proxies.start_pgbouncer(self.procs, self.cluster) if with_pgbouncer else None
         info["fencegate"] = fg.version
-        info["pgbouncer"] = (pb.version if pb else "not installed: skipped") if with_pgbouncer \
-            else "not run in this mode"
+        info["pgbouncer"] = pb.version if pb else (
+            "not installed: skipped" if with_pgbouncer else "not run in this mode")
         if pb is None and with_pgbouncer:
             self.notes.append("PgBouncer is not installed and could not be installed: its "
                               "rows and the ratios to it are missing")
@@ -159,8 +161,7 @@ class Bench:
                     Target("fencegate+floor", fg.port, fg, "floor"),
                     Target("fencegate+SET LOCAL unfenced", fg.port, fg, "setlocal-unfenced"),
                     Target("fencegate+SET LOCAL", fg.port, fg, "setlocal")]
-        targets = [t for t in targets
-                   if self.mode.labels is None or t.label in self.mode.labels]
+        targets = [t for t in targets if self.mode.has(t.label)]
         for t in targets:
             if t.scripts == "builtin":
                 self.checks.expect(proxies.answers(t.port),
@@ -233,7 +234,7 @@ class Bench:
             with open(self.args.out, "w") as f:
                 f.write(report.results_md(info, summary, memory, self.checks.lines,
                                           self.notes))
-        if self.args.out or self.args.mode == "cost":
+        if self.args.out or not self.mode.report:
             print(report.throughput_table(summary))
             if memory:
                 print(report.memory_table(memory))
@@ -241,7 +242,7 @@ class Bench:
             print(report.token_cost_targets(summary))
         if self.args.out:
             say(f"wrote {os.path.relpath(self.args.out)} in {info['elapsed']:.0f} s")
-        elif self.args.mode == "cost":
+        elif not self.mode.report:
             say(f"done in {info['elapsed']:.0f} s (no report written; --out FILE writes one)")
         failed = self.checks.failed
         for line in failed:

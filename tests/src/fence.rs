@@ -594,4 +594,16 @@ GRANT EXECUTE ON FUNCTION switch_to(text, text) TO trust_user;
             super::comment(JOB, token)
         )
     }
+
+    /// Inside a transaction block whose fence holds H([`JOB`]) = 5: [`SWITCH_TO`] sets token
+    /// 4 unseen by the proxy, so the next statement, `probe`, is refused as stale; then the
+    /// block is rolled back.
+    pub async fn stale_after_switch_to_4(c: &Client, probe: &str) {
+        c.batch_execute("SELECT switch_to('job:7', '4')")
+            .await
+            .unwrap();
+        let err = super::expect_code(c.batch_execute(probe).await, super::STALE);
+        super::assert_stale(&err, JOB, 4, 5);
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
 }

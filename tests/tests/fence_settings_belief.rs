@@ -9,7 +9,7 @@
 //! tests fail when the proxy never sends it.
 #![forbid(unsafe_code)]
 
-use fencegate_tests::fence::jobs::{JOB, SETUP, SWITCH_TO};
+use fencegate_tests::fence::jobs::{self, JOB, SETUP, SWITCH_TO};
 use fencegate_tests::fence::{assert_stale, comment, expect_code, FenceEnv, STALE};
 use tokio_postgres::Client;
 
@@ -131,12 +131,7 @@ async fn settings_changed_by_server_side_code_after_the_belief_are_checked() {
     let (env, c) = Env::believing_5("belief_server_side").await;
     c.batch_execute(&begin_with(5)).await.unwrap();
     c.batch_execute(PROBE).await.expect("the belief, admitted");
-    c.batch_execute("SELECT switch_to('job:7', '4')")
-        .await
-        .unwrap();
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 4, 5);
-    c.batch_execute("ROLLBACK").await.unwrap();
+    jobs::stale_after_switch_to_4(&c, PROBE).await;
     assert!(env.belief_calls(&c, 1).await >= 1);
     assert_eq!(env.steps().await, "xx");
 }

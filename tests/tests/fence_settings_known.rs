@@ -82,16 +82,6 @@ async fn admitted_once(c: &Client, sets: &[&str], what: &str) {
     c.batch_execute("COMMIT").await.unwrap();
 }
 
-/// A function sets token 4 (H = 5): the next probe is refused, and the block rolled back.
-async fn stale_after_a_function_switched_to_4(c: &Client) {
-    c.batch_execute("SELECT switch_to('job:7', '4')")
-        .await
-        .unwrap();
-    let err = expect_code(c.batch_execute(PROBE).await, STALE);
-    assert_stale(&err, JOB, 4, 5);
-    c.batch_execute("ROLLBACK").await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_the_client_just_set_are_admitted_raised_and_refused() {
     let (env, c) = env("known_tokens").await;
@@ -155,7 +145,7 @@ async fn sets_in_one_query_with_their_statement_leave_the_memo_standing() {
     c.batch_execute(&format!("{RESOURCE_SET}; {}; {PROBE}", token_set("5")))
         .await
         .expect("5 is current");
-    stale_after_a_function_switched_to_4(&c).await;
+    jobs::stale_after_switch_to_4(&c, PROBE).await;
     assert_eq!(steps(&env).await, "xxx");
 }
 
@@ -164,7 +154,7 @@ async fn settings_changed_by_server_side_code_afterwards_are_checked() {
     let (env, c) = env("known_server_side").await;
     begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
     c.batch_execute(PROBE).await.expect("5 is current");
-    stale_after_a_function_switched_to_4(&c).await;
+    jobs::stale_after_switch_to_4(&c, PROBE).await;
     // Another resource set by a function is checked, and raised, at the next statement.
     begin_setting(&c, &[RESOURCE_SET, &token_set("5")]).await;
     c.batch_execute(PROBE).await.expect("5 is current");
